@@ -1,0 +1,63 @@
+"""The errors eventbus raises.
+
+pika's exceptions never leave the queue layer: they are translated here, once,
+at the boundary, into this tree::
+
+    EventBusError
+     +-- ConfigurationError        a setting has a value that cannot work
+     +-- EventEncodingError        an event is not JSON-serializable, or a body is not JSON
+     +-- BrokerError               anything between us and RabbitMQ
+          +-- BrokerUnreachable    could not connect (within the retry budget)
+          +-- PublishError         RabbitMQ did not take an event
+          |    +-- UnroutableError no queue to route to (mandatory publishing)
+          |    +-- NackedError     the broker refused the event (basic.nack)
+          |    +-- PublishTimeout  connected, but no confirm within the budget
+          +-- QueueNotFound        no queue of that name
+          +-- ConsumerError        the consumer's connection thread died
+"""
+
+from __future__ import annotations
+
+
+class EventBusError(Exception):
+    """Base of every error eventbus raises."""
+
+
+class ConfigurationError(EventBusError):
+    """A setting has a value that cannot work."""
+
+
+class EventEncodingError(EventBusError, ValueError):
+    """An event cannot be encoded to JSON, or a body cannot be decoded."""
+
+
+class BrokerError(EventBusError):
+    """Something went wrong between this process and RabbitMQ."""
+
+
+class BrokerUnreachable(BrokerError):
+    """The broker could not be reached within the retry budget."""
+
+
+class PublishError(BrokerError):
+    """RabbitMQ did not take an event."""
+
+
+class UnroutableError(PublishError):
+    """A mandatory publish had no queue to go to (the queue was deleted)."""
+
+
+class NackedError(PublishError):
+    """RabbitMQ answered a publish with basic.nack (an internal broker error)."""
+
+
+class PublishTimeout(PublishError):
+    """Connected, but the broker confirmed nothing within the budget."""
+
+
+class QueueNotFound(BrokerError):
+    """There is no queue of that name."""
+
+
+class ConsumerError(BrokerError):
+    """A consumer's connection thread died; the events it held go back to the queue."""

@@ -1,0 +1,417 @@
+"""An AMQP client over one of pika's asynchronous connections, reconnecting by itself.
+
+``AmqpClient`` is the one place that speaks to RabbitMQ. It owns a connection
+and one channel in confirm mode, and it:
+
+- reconnects with backoff after any failure, logging each one (warnings at
+  first, errors once failures repeat);
+- holds publishes made while disconnected, and sends them again, in order,
+  when a connection dies before RabbitMQ confirmed them;
+- declares each queue (durable) once per channel before its first use;
+- re-registers its consumers on every new channel.
+
+It does not care which loop drives it: the Tornado client runs it on Tornado's
+IOLoop through pika's TornadoConnection, the synchronous publisher and
+consumer on pika's own select loop. Thread rule: every method must be called
+from the thread that runs the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+import pika
+import pika.channel
+import pika.connection
+import pika.frame
+import pika.spec
+
+from eventbus.errors import NackedError, UnroutableError
+from eventbus.queue.backoff import Backoff
+from eventbus.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Consecutive failed connection attempts logged as warnings before they are logged as errors.
+ESCALATE_AFTER = 5
+#: Persistent (delivery_mode=2) JSON: events survive a broker restart in durable queues.
+PERSISTENT_JSON = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+
+#: Called with None once RabbitMQ confirmed a publish, or with the error that stopped it.
+DoneCallback = Callable[[BaseException | None], None]
+#: Called with (channel generation, delivery tag, body) for each delivery.
+MessageCallback = Callable[[int, int, bytes], None]
+
+
+class Loop(Protocol):
+    """What the client needs of a loop: Tornado's IOLoop and pika's IOLoop both have it."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
+
+    def remove_timeout(self, timeout: Any) -> None: ...
+
+
+class ConnectionFactory(Protocol):
+    def __call__(
+        self,
+        parameters: pika.connection.Parameters,
+        on_open_callback: Callable[[Any], None],
+        on_open_error_callback: Callable[[Any, BaseException], None],
+        on_close_callback: Callable[[Any, BaseException], None],
+    ) -> pika.connection.Connection: ...
+
+
+@dataclass(eq=False)
+class Publish:
+    """One event on its way to RabbitMQ, until the broker confirms it."""
+
+    queue: str
+    body: bytes
+    on_done: DoneCallback
+    returned: bool = False
+
+
+@dataclass(eq=False)
+class _Consumer:
+    queue: str
+    on_message: MessageCallback
+    tag: str | None = None
+
+
+class AmqpClient:
+    """One self-healing connection and confirm-mode channel; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        loop: Loop,
+        connection_factory: ConnectionFactory,
+        *,
+        prefetch: int | None = None,
+        name: str = "eventbus",
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.url = settings.redacted_url
+        self.name = name
+        self.prefetch = prefetch or settings.prefetch
+        #: Grows with each new channel; acks for deliveries of an older channel are dropped.
+        self.generation = 0
+        self.last_error: BaseException | None = None
+        self.connects = 0
+        self._parameters = pika.URLParameters(settings.connection_url)
+        self._loop = loop
+        self._factory = connection_factory
+        self._on_ready = on_ready
+        self._backoff = Backoff()
+        self._connection: pika.connection.Connection | None = None
+        self._channel: pika.channel.Channel | None = None  # open or still being set up
+        self._ready = False
+        self._reconnect_timer: Any = None
+        self._closing = False
+        self._on_closed: Callable[[], None] | None = None
+        self._held: deque[Publish] = deque()
+        self._unconfirmed: OrderedDict[int, Publish] = OrderedDict()
+        self._next_tag = 1
+        self._declared: set[str] = set()
+        self._declaring: dict[str, list[Callable[[], None]]] = {}
+        self._consumers: dict[str, _Consumer] = {}
+
+    # -- public API ---------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether a channel is open and set up."""
+        return self._ready
+
+    def start(self) -> None:
+        """Begin connecting; returns at once."""
+        self._closing = False
+        if self._connection is None and self._reconnect_timer is None:
+            self._connect()
+
+    def close(self, on_closed: Callable[[], None] | None = None) -> None:
+        """Close the connection and stop reconnecting; ``on_closed()`` runs once it is gone.
+
+        Held publishes stay held.
+        """
+        self._closing = True
+        self._on_closed = on_closed
+        if self._reconnect_timer is not None:
+            self._loop.remove_timeout(self._reconnect_timer)
+            self._reconnect_timer = None
+        conn = self._connection
+        if conn is None:
+            self._notify_closed()
+        elif not (conn.is_closing or conn.is_closed):
+            conn.close()
+
+    def _notify_closed(self) -> None:
+        callback, self._on_closed = self._on_closed, None
+        if callback is not None:
+            callback()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was asked for and the connection is gone."""
+        return self._closing and self._connection is None
+
+    def publish(self, queue: str, body: bytes, on_done: DoneCallback) -> Publish:
+        """Send ``body`` to ``queue`` now, or as soon as a channel is ready."""
+        pub = Publish(queue, body, on_done)
+        self._held.append(pub)
+        if self._ready:
+            self._send_held()
+        return pub
+
+    def abandon(self, pubs: list[Publish]) -> None:
+        """Forget publishes whose caller gave up: they are not sent again, nor reported."""
+        gone = set(map(id, pubs))
+        self._held = deque(p for p in self._held if id(p) not in gone)
+        for tag in [t for t, p in self._unconfirmed.items() if id(p) in gone]:
+            del self._unconfirmed[tag]
+
+    def add_consumer(self, queue: str, on_message: MessageCallback) -> None:
+        """Consume ``queue`` on this and every later channel."""
+        if queue in self._consumers:
+            raise ValueError(f"already consuming {queue!r}")
+        consumer = _Consumer(queue, on_message)
+        self._consumers[queue] = consumer
+        if self._ready:
+            self._start_consumer(consumer)
+
+    def ack(self, generation: int, delivery_tag: int, multiple: bool = False) -> None:
+        """Acknowledge a delivery; a no-op if its channel is gone (RabbitMQ requeued it)."""
+        channel = self._channel_of(generation)
+        if channel is not None:
+            channel.basic_ack(delivery_tag, multiple=multiple)
+
+    def nack(self, generation: int, delivery_tag: int, multiple: bool = False, requeue: bool = True) -> None:
+        """Reject a delivery; a no-op if its channel is gone (RabbitMQ requeued it)."""
+        channel = self._channel_of(generation)
+        if channel is not None:
+            channel.basic_nack(delivery_tag, multiple=multiple, requeue=requeue)
+
+    def _channel_of(self, generation: int) -> pika.channel.Channel | None:
+        """The channel, if it is ready and still the one of ``generation``."""
+        return self._channel if self._ready and generation == self.generation else None
+
+    def statistics(self) -> dict[str, Any]:
+        """A plain record of the client's state, for logs, metrics and tests."""
+        return {
+            "ready": self.ready,
+            "connects": self.connects,
+            "failures": self._backoff.failures,
+            "held": len(self._held),
+            "unconfirmed": len(self._unconfirmed),
+            "consumers": sorted(self._consumers),
+            "last_error": repr(self.last_error) if self.last_error else None,
+        }
+
+    # -- connecting ---------------------------------------------------------------
+
+    def _connect(self) -> None:
+        self._reconnect_timer = None
+        if self._closing:
+            return
+        logger.debug("%s: connecting to %s", self.name, self.url)
+        self._connection = self._factory(
+            self._parameters,
+            on_open_callback=self._on_connection_open,
+            on_open_error_callback=self._on_connection_open_error,
+            on_close_callback=self._on_connection_closed,
+        )
+
+    def _on_connection_open(self, connection: pika.connection.Connection) -> None:
+        """Invoked by pika when the connection is open."""
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_connection_open_error(self, _connection: Any, error: BaseException) -> None:
+        """Invoked by pika when a connection attempt fails."""
+        self._connection = None
+        if self._closing:
+            self._notify_closed()
+        else:
+            self._retry_later(error)
+
+    def _on_connection_closed(self, _connection: Any, reason: BaseException) -> None:
+        """Invoked by pika when an open connection closes, by us, the broker or the network."""
+        self._connection = None
+        self._lose_channel()
+        if self._closing:
+            logger.debug("%s: connection to %s closed", self.name, self.url)
+            self._notify_closed()
+        else:
+            self._retry_later(reason)
+
+    def _retry_later(self, error: BaseException) -> None:
+        self.last_error = error
+        if self._closing:
+            return
+        delay = self._backoff.next_delay()
+        level = logging.WARNING if self._backoff.failures < ESCALATE_AFTER else logging.ERROR
+        logger.log(level, "%s: no connection to RabbitMQ at %s (%s: %s); retry %d in %.1f s",
+                   self.name, self.url, type(error).__name__, error, self._backoff.failures, delay)
+        self._reconnect_timer = self._loop.call_later(delay, self._connect)
+
+    def _on_channel_open(self, channel: pika.channel.Channel) -> None:
+        """Invoked by pika when our channel is open: turn on confirms, then set the prefetch."""
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.add_on_cancel_callback(self._on_consumer_cancelled)
+        channel.confirm_delivery(
+            ack_nack_callback=self._on_confirm,
+            callback=lambda _frame: channel.basic_qos(
+                prefetch_count=self.prefetch, callback=lambda _f: self._on_channel_ready(channel)
+            ),
+        )
+
+    def _on_channel_ready(self, channel: pika.channel.Channel) -> None:
+        if channel is not self._channel:
+            return
+        self._ready = True
+        self.generation += 1
+        self.connects += 1
+        if self._backoff.failures:
+            logger.warning("%s: connected to RabbitMQ at %s again after %d failed attempts",
+                           self.name, self.url, self._backoff.failures)
+        self._backoff.reset()
+        self.last_error = None
+        for consumer in self._consumers.values():
+            self._start_consumer(consumer)
+        self._send_held()
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def _on_channel_closed(self, channel: pika.channel.Channel, reason: BaseException) -> None:
+        """Invoked by pika when the channel closes: a broker error, or the connection going away."""
+        if channel is not self._channel:
+            return
+        self._lose_channel()
+        conn = self._connection
+        if self._closing or conn is None or conn.is_closing or conn.is_closed:
+            return
+        # The broker closed the channel (a bad declare, say) but kept the connection: reopen it.
+        logger.error("%s: RabbitMQ closed the channel: %s", self.name, reason)
+        self.last_error = reason
+        self._reconnect_timer = self._loop.call_later(self._backoff.next_delay(), partial(self._reopen_channel, conn))
+
+    def _reopen_channel(self, connection: pika.connection.Connection) -> None:
+        self._reconnect_timer = None
+        if connection.is_open and connection is self._connection:
+            connection.channel(on_open_callback=self._on_channel_open)  # type: ignore[union-attr]
+
+    def _lose_channel(self) -> None:
+        """Forget the channel: unconfirmed publishes go back to the front of the held ones."""
+        self._channel = None
+        self._ready = False
+        for pub in self._unconfirmed.values():
+            pub.returned = False
+        self._held.extendleft(reversed(self._unconfirmed.values()))
+        self._unconfirmed.clear()
+        self._next_tag = 1
+        self._declared.clear()
+        self._declaring.clear()
+        for consumer in self._consumers.values():
+            consumer.tag = None
+
+    # -- queues, publishing, confirms ---------------------------------------------
+
+    def _declare(self, queue: str, then: Callable[[], None]) -> None:
+        waiting = self._declaring.get(queue)
+        if waiting is not None:
+            waiting.append(then)
+            return
+        self._declaring[queue] = [then]
+        channel = self._channel
+        assert channel is not None
+
+        def on_declared(_frame: pika.frame.Method) -> None:
+            if channel is not self._channel:
+                return
+            self._declared.add(queue)
+            for callback in self._declaring.pop(queue, []):
+                callback()
+
+        channel.queue_declare(queue, durable=True, callback=on_declared)
+
+    def _send_held(self) -> None:
+        channel = self._channel
+        while self._held and self._ready and channel is not None:
+            pub = self._held[0]
+            if pub.queue not in self._declared:
+                self._declare(pub.queue, self._send_held)
+                return
+            self._held.popleft()
+            channel.basic_publish("", pub.queue, pub.body, PERSISTENT_JSON, mandatory=True)
+            self._unconfirmed[self._next_tag] = pub
+            self._next_tag += 1
+
+    def _on_return(self, _channel: Any, method: pika.spec.Basic.Return, _props: Any, body: bytes) -> None:
+        """Invoked by pika when RabbitMQ returns a mandatory publish it could not route.
+
+        The return comes before the publish's ack and carries no delivery tag:
+        it belongs to the oldest unconfirmed publish with the same queue and body.
+        """
+        for pub in self._unconfirmed.values():
+            if not pub.returned and pub.queue == method.routing_key and pub.body == body:
+                pub.returned = True
+                self._declared.discard(pub.queue)  # declare it again before the next publish
+                return
+
+    def _on_confirm(self, frame: pika.frame.Method) -> None:
+        """Invoked by pika when RabbitMQ acks or nacks one publish, or all up to a tag."""
+        method = frame.method
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        tag = method.delivery_tag
+        if method.multiple:
+            done = []
+            while self._unconfirmed and next(iter(self._unconfirmed)) <= tag:
+                done.append(self._unconfirmed.popitem(last=False)[1])
+        else:
+            pub = self._unconfirmed.pop(tag, None)
+            done = [pub] if pub is not None else []
+        for pub in done:
+            self._finish(pub, nacked)
+
+    def _finish(self, pub: Publish, nacked: bool) -> None:
+        error: BaseException | None = None
+        if pub.returned:
+            error = UnroutableError(f"RabbitMQ at {self.url} had no queue {pub.queue!r} to route the event to")
+        elif nacked:
+            error = NackedError(f"RabbitMQ at {self.url} refused an event for queue {pub.queue!r}")
+        try:
+            pub.on_done(error)
+        except Exception:
+            logger.exception("%s: publish callback failed", self.name)
+
+    # -- consuming ----------------------------------------------------------------
+
+    def _start_consumer(self, consumer: _Consumer) -> None:
+        channel = self._channel
+
+        def on_delivery(_ch: Any, method: pika.spec.Basic.Deliver, _props: Any, body: bytes) -> None:
+            consumer.on_message(self.generation, method.delivery_tag, body)
+
+        def begin() -> None:
+            if channel is self._channel and channel is not None and consumer.tag is None:
+                consumer.tag = channel.basic_consume(consumer.queue, on_delivery, auto_ack=False)
+
+        self._declare(consumer.queue, begin)
+
+    def _on_consumer_cancelled(self, frame: pika.frame.Method) -> None:
+        """Invoked by pika when RabbitMQ cancels a consumer (its queue was deleted)."""
+        tag = frame.method.consumer_tag
+        for consumer in self._consumers.values():
+            if consumer.tag == tag:
+                logger.warning("%s: RabbitMQ cancelled the consumer of %r; declaring it again",
+                               self.name, consumer.queue)
+                consumer.tag = None
+                self._declared.discard(consumer.queue)
+                if self._ready:
+                    self._start_consumer(consumer)

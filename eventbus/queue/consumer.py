@@ -1,0 +1,148 @@
+"""The consume loop that synchronous workers run, whatever the broker.
+
+``Consumer.run()`` takes batches of deliveries, decodes them and calls the
+callback with the list of events, in the caller's thread. After the callback
+returns, the batch is acked (one ack, ``multiple``); if it raises anything,
+BaseException included, the batch is nacked with requeue and the exception
+propagates out of ``run()``. A body that is not JSON never reaches the
+callback: it goes to the error store (or to ``on_undecodable``) and is acked.
+
+Batching: a batch holds at most ``batch_size`` events. With ``timeout=None``
+a batch is what is there already (at least one event, no waiting); with a
+timeout, the consumer waits up to that many seconds for the batch to fill.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from eventbus import codec
+from eventbus.errors import EventEncodingError
+from eventbus.queue.error_store import ErrorStore, check_queue_name
+
+logger = logging.getLogger(__name__)
+
+#: The callback gets a list of decoded events (one, for batch_size=1).
+BatchCallback = Callable[[list[Any]], None]
+#: Called with the raw body and the decoding error of a body that is not JSON.
+UndecodableCallback = Callable[[bytes, EventEncodingError], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message as the broker handed it over."""
+
+    generation: int  # the channel it came on; an ack on a later channel would be wrong
+    tag: int
+    body: bytes
+
+
+class Consumer(ABC):
+    """A blocking consume loop; see the module docstring. Subclasses bring the broker."""
+
+    def __init__(
+        self,
+        queue: str,
+        callback: BatchCallback,
+        *,
+        batch_size: int = 1,
+        timeout: float | None = None,
+        error_store: ErrorStore | None = None,
+        on_undecodable: UndecodableCallback | None = None,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.queue = check_queue_name(queue)
+        self.callback = callback
+        self.batch_size = batch_size
+        self.timeout = timeout
+        self.error_store = error_store
+        self.on_undecodable = on_undecodable
+        self.on_idle = on_idle
+        self._stopping = False
+
+    def run(self) -> None:
+        """Consume until ``stop()``; the batch in hand when it is called is finished and acked first."""
+        self._stopping = False
+        self._open()
+        try:
+            while not self._stopping:
+                batch = self._next_batch()
+                if batch:
+                    self._handle(batch)
+        finally:
+            self._close()
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return after the current batch. Safe from any thread and from signal handlers."""
+        self._stopping = True
+        self._wake()
+
+    def _next_batch(self) -> list[Delivery]:
+        first = self._get(0)
+        if first is None:
+            if self.on_idle is not None:
+                self.on_idle()
+            first = self._get(None)
+            if first is None:
+                return []
+        batch = [first]
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while len(batch) < self.batch_size and not self._stopping:
+            wait = 0.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            delivery = self._get(wait)
+            if delivery is None:
+                break
+            batch.append(delivery)
+        return batch
+
+    def _handle(self, batch: list[Delivery]) -> None:
+        events = []
+        for delivery in batch:
+            try:
+                events.append(codec.decode(delivery.body))
+            except EventEncodingError as e:
+                self._undecodable(delivery, e)
+        last = batch[-1]
+        try:
+            if events:
+                self.callback(events)
+        except BaseException:
+            self._settle(last, ack=False, multiple=True)
+            raise
+        self._settle(last, ack=True, multiple=True)
+
+    def _undecodable(self, delivery: Delivery, error: EventEncodingError) -> None:
+        if self.on_undecodable is not None:
+            self.on_undecodable(delivery.body, error)
+        elif self.error_store is not None:
+            self.error_store.record(self.queue, raw=delivery.body, error=str(error), tries=0)
+        else:
+            logger.error("queue %s: dropped a body that is not JSON (%s): %r", self.queue, error, delivery.body[:200])
+        self._settle(delivery, ack=True, multiple=False)
+
+    @abstractmethod
+    def _open(self) -> None:
+        """Start receiving deliveries."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Stop receiving; deliveries not settled go back to the queue."""
+
+    @abstractmethod
+    def _get(self, timeout: float | None) -> Delivery | None:
+        """The next delivery, waiting up to ``timeout`` s (None: until one comes or ``_wake()``)."""
+
+    @abstractmethod
+    def _wake(self) -> None:
+        """Make a waiting ``_get`` return None at once; must be safe in a signal handler."""
+
+    @abstractmethod
+    def _settle(self, delivery: Delivery, *, ack: bool, multiple: bool) -> None:
+        """Ack, or nack with requeue, ``delivery`` (and, with ``multiple``, every earlier one)."""

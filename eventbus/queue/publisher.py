@@ -1,0 +1,104 @@
+"""Confirmed publishing for synchronous code: a Django view, a worker, a script.
+
+A ``BlockingPublisher`` drives an ``AmqpClient`` on pika's select loop in the
+calling thread, only while a publish waits for its confirms. A batch is
+pipelined: every event is written, then the confirms are awaited together, so
+a batch costs one round trip, not one per event. One publisher serves one
+thread; ``RabbitMQBroker`` keeps one per thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+
+from pika.adapters.select_connection import IOLoop, SelectConnection
+
+from eventbus.errors import BrokerUnreachable, PublishTimeout
+from eventbus.queue.client import AmqpClient, Publish
+from eventbus.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class BlockingPublisher:
+    """Publishes bodies to queues and returns once RabbitMQ confirmed them all."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.timeout = settings.publish_timeout
+        self._ioloop = IOLoop()
+        self._ioloop.activate_poller()
+        self._client = AmqpClient(
+            settings, self._ioloop, partial(SelectConnection, custom_ioloop=self._ioloop),
+            name="publisher",
+        )
+        self._client.start()
+
+    def publish_many(self, queue: str, bodies: Sequence[bytes]) -> None:
+        """Publish ``bodies`` to ``queue``, in order; return once all are confirmed.
+
+        Raises BrokerUnreachable when no connection could be made within the
+        publish timeout, and a PublishError when RabbitMQ refused an event (the
+        others of the batch were still published).
+        """
+        remaining = len(bodies)
+        errors: list[BaseException] = []
+
+        def on_done(error: BaseException | None) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if error is not None:
+                errors.append(error)
+
+        pubs = [self._client.publish(queue, body, on_done) for body in bodies]
+        if not self._run_until(lambda: remaining == 0):
+            self._client.abandon(pubs)
+            raise self._timeout_error(queue, remaining)
+        if errors:
+            raise errors[0]
+
+    def _run_until(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Run the loop until ``done()``; False if the timeout (default: the publish timeout) passed first."""
+        if done():
+            return True
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        wake = self._ioloop.call_later(timeout, lambda: None)  # poll() wakes at the deadline
+        try:
+            while not done():
+                if time.monotonic() >= deadline:
+                    return False
+                self._ioloop.poll()
+                self._ioloop.process_timeouts()
+            return True
+        finally:
+            self._ioloop.remove_timeout(wake)
+
+    def _timeout_error(self, queue: str, remaining: int) -> BrokerUnreachable | PublishTimeout:
+        client = self._client
+        if not client.ready:
+            return BrokerUnreachable(
+                f"cannot reach RabbitMQ at {client.url} within {self.timeout:g} s "
+                f"({remaining} event(s) for {queue!r} not published): {client.last_error}"
+            )
+        return PublishTimeout(
+            f"RabbitMQ at {client.url} confirmed no publish to {queue!r} within {self.timeout:g} s"
+        )
+
+    def close(self) -> None:
+        """Close the connection (waits a moment for RabbitMQ to agree)."""
+        self._client.close()
+        self._run_until(lambda: self._client.closed, timeout=2.0)
+        self._ioloop.close()
+
+    def statistics(self) -> dict[str, object]:
+        return self._client.statistics()
+
+    @property
+    def client(self) -> AmqpClient:
+        return self._client
+
+
+__all__ = ["BlockingPublisher", "Publish"]

@@ -1,0 +1,223 @@
+"""The RabbitMQ broker: confirmed publishing per thread, and consumers for workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from queue import Empty, SimpleQueue
+
+import pika
+import pika.adapters.blocking_connection
+import pika.exceptions
+from pika.adapters.select_connection import IOLoop, SelectConnection
+
+from eventbus.errors import BrokerError, BrokerUnreachable, ConsumerError, QueueNotFound
+from eventbus.queue.broker import Broker, QueueInfo
+from eventbus.queue.client import AmqpClient
+from eventbus.queue.consumer import BatchCallback, Consumer, Delivery
+from eventbus.queue.error_store import check_queue_name
+from eventbus.queue.publisher import BlockingPublisher
+from eventbus.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: RabbitMQ's reply code for "no such queue".
+NOT_FOUND = 404
+
+
+class RabbitMQBroker(Broker):
+    """Publishes through one confirmed connection per thread; each consumer has its own connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._local = threading.local()
+
+    def _publisher(self) -> BlockingPublisher:
+        local = self._local
+        # A forked child must not share its parent's socket: it gets a connection of its own.
+        if getattr(local, "pid", None) != os.getpid():
+            local.publisher = BlockingPublisher(self.settings)
+            local.pid = os.getpid()
+        publisher: BlockingPublisher = local.publisher
+        return publisher
+
+    def publish_bodies(self, queue: str, bodies: list[bytes]) -> None:
+        self._publisher().publish_many(queue, bodies)
+
+    def close(self) -> None:
+        publisher = getattr(self._local, "publisher", None)
+        if publisher is not None and self._local.pid == os.getpid():
+            publisher.close()
+        self._local.__dict__.clear()
+
+    def consumer(
+        self,
+        queue: str,
+        callback: BatchCallback,
+        *,
+        batch_size: int = 1,
+        timeout: float | None = None,
+        prefetch: int | None = None,
+        on_idle: Callable[[], None] | None = None,
+    ) -> Consumer:
+        return RabbitMQConsumer(self.settings, queue, callback, batch_size=batch_size, timeout=timeout,
+                                prefetch=prefetch, error_store=self.error_store, on_idle=on_idle)
+
+    @contextmanager
+    def _admin_channel(self) -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
+        """A short-lived channel for the operator's commands; pika's errors become ours."""
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(self.settings.connection_url))
+        except pika.exceptions.AMQPError as e:
+            raise BrokerUnreachable(f"cannot reach RabbitMQ at {self.settings.redacted_url}: {e!r}") from None
+        try:
+            yield connection.channel()
+        except pika.exceptions.ChannelClosedByBroker as e:
+            if e.reply_code == NOT_FOUND:
+                raise QueueNotFound(e.reply_text) from None
+            raise BrokerError(f"RabbitMQ refused: {e.reply_code} {e.reply_text}") from None
+        except pika.exceptions.AMQPError as e:
+            raise BrokerError(f"RabbitMQ at {self.settings.redacted_url} failed: {e!r}") from None
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def queue_info(self, queue: str) -> QueueInfo:
+        try:
+            with self._admin_channel() as channel:
+                ok = channel.queue_declare(check_queue_name(queue), passive=True).method
+        except QueueNotFound:
+            return QueueInfo(queue, exists=False, depth=0, consumers=0)
+        return QueueInfo(queue, exists=True, depth=ok.message_count, consumers=ok.consumer_count)
+
+    def purge(self, queue: str) -> int:
+        with self._admin_channel() as channel:
+            channel.queue_declare(check_queue_name(queue), passive=True)
+            return int(channel.queue_purge(queue).method.message_count)
+
+    def delete_queue(self, queue: str) -> None:
+        with self._admin_channel() as channel:
+            channel.queue_delete(check_queue_name(queue))
+
+
+class _Wake:
+    """Put in a consumer's inbox to make a waiting ``_get`` return."""
+
+
+_WAKE = _Wake()
+
+
+class RabbitMQConsumer(Consumer):
+    """A consumer whose pika I/O runs in a thread of its own.
+
+    The callback runs in the thread that called ``run()``; the connection,
+    heartbeats included, is served by an I/O thread meanwhile, so a callback
+    may take longer than the heartbeat timeout (pika issue 636). Acks go to
+    the I/O thread through ``add_callback_threadsafe``; acks that pile up
+    while it is busy are sent as one ``multiple`` ack.
+    """
+
+    def __init__(self, settings: Settings, queue: str, callback: BatchCallback, *,
+                 prefetch: int | None = None, **options: object) -> None:
+        super().__init__(queue, callback, **options)  # type: ignore[arg-type]
+        self.settings = settings
+        # Twice the batch: the next batch arrives while this one is processed.
+        self.prefetch = prefetch or max(settings.prefetch, 2 * self.batch_size)
+        self._inbox: SimpleQueue[Delivery | _Wake] = SimpleQueue()
+        self._settlements: list[tuple[bool, Delivery, bool]] = []
+        self._settle_lock = threading.Lock()
+        self._flush_scheduled = False
+        self._failure: BaseException | None = None
+        self._ioloop: IOLoop | None = None
+        self._client: AmqpClient | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def client(self) -> AmqpClient:
+        assert self._client is not None, "the consumer is not running"
+        return self._client
+
+    def _open(self) -> None:
+        self._failure = None
+        self._ioloop = ioloop = IOLoop()
+        self._client = AmqpClient(
+            self.settings, ioloop, partial(SelectConnection, custom_ioloop=ioloop),
+            prefetch=self.prefetch, name=f"consumer of {self.queue}",
+        )
+        self._client.add_consumer(self.queue, self._on_message)
+        self._thread = threading.Thread(target=self._io_main, name=f"amqp-io {self.queue}", daemon=True)
+        self._thread.start()
+
+    def _io_main(self) -> None:
+        assert self._ioloop is not None and self._client is not None
+        try:
+            self._client.start()
+            self._ioloop.start()
+        except BaseException as e:
+            logger.exception("consumer of %s: the connection thread died", self.queue)
+            self._failure = e
+            self._inbox.put(_WAKE)
+        finally:
+            self._ioloop.close()
+
+    def _on_message(self, generation: int, tag: int, body: bytes) -> None:
+        """Invoked in the I/O thread for each delivery."""
+        self._inbox.put(Delivery(generation, tag, body))
+
+    def _get(self, timeout: float | None) -> Delivery | None:
+        while True:
+            try:
+                item = self._inbox.get_nowait() if timeout == 0 else self._inbox.get(timeout=timeout)
+            except Empty:
+                return None
+            if isinstance(item, _Wake):
+                if self._failure is not None:
+                    raise ConsumerError(f"consumer of {self.queue}: connection thread died") from self._failure
+                return None
+            if item.generation == self.client.generation:
+                return item
+            # Delivered on a channel that has since closed: RabbitMQ delivers it again.
+
+    def _wake(self) -> None:
+        self._inbox.put(_WAKE)  # SimpleQueue.put is reentrant: safe in a signal handler
+
+    def _settle(self, delivery: Delivery, *, ack: bool, multiple: bool) -> None:
+        with self._settle_lock:
+            self._settlements.append((ack, delivery, multiple))
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        assert self._ioloop is not None
+        self._ioloop.add_callback_threadsafe(self._flush_settlements)
+
+    def _flush_settlements(self) -> None:
+        """Invoked in the I/O thread: send the acks and nacks asked for, in order."""
+        with self._settle_lock:
+            settlements, self._settlements = self._settlements, []
+            self._flush_scheduled = False
+        client = self.client
+        for i, (ack, delivery, multiple) in enumerate(settlements):
+            if ack and i + 1 < len(settlements):
+                next_ack, next_delivery, next_multiple = settlements[i + 1]
+                if next_ack and next_multiple and next_delivery.generation == delivery.generation:
+                    continue  # the next ack covers this one
+            if ack:
+                client.ack(delivery.generation, delivery.tag, multiple)
+            else:
+                client.nack(delivery.generation, delivery.tag, multiple, requeue=True)
+
+    def _close(self) -> None:
+        thread, ioloop, client = self._thread, self._ioloop, self._client
+        if thread is None or ioloop is None or client is None:
+            return
+        if thread.is_alive():
+            # Runs after any pending settlements: callbacks run in the order they were added.
+            ioloop.add_callback_threadsafe(lambda: client.close(on_closed=ioloop.stop))
+            thread.join(timeout=10)
+            if thread.is_alive():
+                logger.warning("consumer of %s: connection thread did not stop within 10 s", self.queue)
+        self._thread = None

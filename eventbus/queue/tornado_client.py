@@ -1,0 +1,201 @@
+"""RabbitMQ inside a running Tornado IOLoop, through pika's TornadoConnection.
+
+``TornadoQueueClient`` never blocks the loop: connecting (even to a host that
+does not answer, pika issue 889), reconnecting (with backoff through
+``IOLoop.call_later``), publishing and acking are all asynchronous, and the
+error store is written from a thread of the loop's executor.
+
+Thread rule: create it, start it and call it from the IOLoop's thread only;
+from another thread, go through ``IOLoop.add_callback``, the only thread-safe
+method of Tornado's IOLoop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from pika.adapters.tornado_connection import TornadoConnection
+from tornado.ioloop import IOLoop
+
+from eventbus import codec
+from eventbus.errors import EventEncodingError
+from eventbus.queue.client import AmqpClient
+from eventbus.queue.error_store import ErrorStore, check_queue_name
+from eventbus.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+#: Called with one decoded event; may return an awaitable, and the event is acked once it is done.
+EventCallback = Callable[[Any], Awaitable[None] | None]
+
+
+class TornadoQueueClient:
+    """Publishes and consumes JSON events from within Tornado's IOLoop.
+
+    - ``publish(queue, event)`` returns a Future that resolves once RabbitMQ
+      confirmed the event. Publishes made while disconnected are held and
+      sent once connected.
+    - ``consume(queue, callback)`` calls ``callback(event)`` for each event and
+      acks it after the callback returns (or its awaitable finishes). An event
+      that is not JSON, or whose callback raises, is logged and moved to the
+      error store, then acked: it never wedges the consumer.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        prefetch: int | None = None,
+        error_store: ErrorStore | None = None,
+        name: str = "tornado",
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.prefetch = prefetch or self.settings.prefetch
+        self.error_store = error_store or ErrorStore(self.settings.var_dir)
+        self.name = name
+        self._client: AmqpClient | None = None
+        self._ioloop: IOLoop | None = None
+        self._ready_waiters: list[asyncio.Future[None]] = []
+        self._consumers: dict[str, EventCallback] = {}
+        self.consumed = 0
+        self.failed = 0
+
+    @property
+    def client(self) -> AmqpClient:
+        if self._client is None:
+            raise RuntimeError("TornadoQueueClient.start() was not called")
+        return self._client
+
+    def start(self) -> None:
+        """Begin connecting; call from the running IOLoop's thread. Returns at once."""
+        if self._client is not None:
+            return
+        self._ioloop = IOLoop.current()
+        self._client = AmqpClient(
+            self.settings, self._ioloop, partial(TornadoConnection, custom_ioloop=self._ioloop),
+            prefetch=self.prefetch, name=self.name, on_ready=self._on_ready,
+        )
+        for queue, callback in self._consumers.items():
+            self._add_consumer(queue, callback)
+        self._client.start()
+
+    @property
+    def ready(self) -> bool:
+        """Whether a channel is open right now."""
+        return self._client is not None and self._client.ready
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until connected (asyncio.TimeoutError after ``timeout`` s)."""
+        if self.ready:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._ready_waiters.append(waiter)
+        await asyncio.wait_for(waiter, timeout)
+
+    def _on_ready(self) -> None:
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def publish(self, queue: str, event: Any) -> asyncio.Future[None]:
+        """Publish one event; the Future resolves once RabbitMQ confirmed it.
+
+        An event that is not JSON raises EventEncodingError here, at once.
+        """
+        body = codec.encode(event)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_done(error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        self.client.publish(check_queue_name(queue), body, on_done)
+        return future
+
+    def consume(self, queue: str, callback: EventCallback) -> None:
+        """Call ``callback(event)`` for every event of ``queue``, on this and every later connection."""
+        self._consumers[check_queue_name(queue)] = callback
+        if self._client is not None:
+            self._add_consumer(queue, callback)
+
+    def _add_consumer(self, queue: str, callback: EventCallback) -> None:
+        self.client.add_consumer(queue, partial(self._on_message, queue, callback))
+
+    def _on_message(self, queue: str, callback: EventCallback, generation: int, tag: int, body: bytes) -> None:
+        """Invoked by the AMQP client, in the IOLoop, for each delivery."""
+        ack = partial(self.client.ack, generation, tag)
+        try:
+            event = codec.decode(body)
+        except EventEncodingError as e:
+            self._store_failure(queue, ack, raw=body, error=str(e))
+            return
+        try:
+            result = callback(event)
+        except Exception as e:
+            self._store_failure(queue, ack, event=event, error=f"{type(e).__name__}: {e}",
+                                traceback=traceback.format_exc())
+            return
+        if result is None:
+            self.consumed += 1
+            ack()
+            return
+        future = asyncio.ensure_future(result)
+        future.add_done_callback(partial(self._after_async_callback, queue, event, ack))
+
+    def _after_async_callback(self, queue: str, event: Any, ack: Callable[[], None],
+                              future: asyncio.Future[None]) -> None:
+        error = None if future.cancelled() else future.exception()
+        if error is None and not future.cancelled():
+            self.consumed += 1
+            ack()
+            return
+        reason = "cancelled" if error is None else f"{type(error).__name__}: {error}"
+        tb = "".join(traceback.format_exception(error)) if error is not None else None
+        self._store_failure(queue, ack, event=event, error=reason, traceback=tb)
+
+    def _store_failure(self, queue: str, ack: Callable[[], None], **entry: Any) -> None:
+        """Log, write the error store off the loop, then ack: the event is kept before it is let go."""
+        self.failed += 1
+        logger.error("%s: event from %s could not be processed: %s", self.name, queue, entry["error"])
+        assert self._ioloop is not None
+        done = self._ioloop.run_in_executor(None, partial(self.error_store.record, queue, **entry))
+
+        def on_recorded(f: asyncio.Future[None]) -> None:
+            if f.exception() is not None:
+                # Not acked: RabbitMQ keeps it and delivers it again after a reconnect.
+                logger.error("%s: could not write the error store for %s: %s", self.name, queue, f.exception())
+                return
+            ack()
+
+        asyncio.ensure_future(done).add_done_callback(on_recorded)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the connection and stop reconnecting."""
+        if self._client is None:
+            return
+        closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_closed() -> None:
+            if not closed.done():
+                closed.set_result(None)
+
+        self._client.close(on_closed=on_closed)
+        try:
+            await asyncio.wait_for(closed, timeout)
+        except TimeoutError:
+            logger.warning("%s: connection did not close within %.0f s", self.name, timeout)
+
+    def statistics(self) -> dict[str, Any]:
+        """A plain record: the connection's state and the consumed and failed counts."""
+        stats = self.client.statistics() if self._client is not None else {"ready": False}
+        return {**stats, "consumed": self.consumed, "failed": self.failed}

@@ -1,0 +1,148 @@
+"""One settings object for the whole system, read from ``EVENTBUS_*`` variables.
+
+Secrets (the RabbitMQ password, the shared secret of internal endpoints) never
+come from code: they are read from the secrets file, an INI file whose
+``[secrets]`` section holds ``rabbitmq_password`` and ``shared_secret``::
+
+    [secrets]
+    rabbitmq_password = ...
+    shared_secret = ...
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+import threading
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+
+from eventbus.errors import ConfigurationError
+
+#: Guest on loopback is what a fresh rabbitmq-server accepts.
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+#: Where production keeps secrets, as Zulip keeps zulip-secrets.conf.
+DEFAULT_SECRETS_FILE = "/etc/eventbus/secrets.conf"
+BROKERS = ("amqp", "memory")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every setting, documented in README's configuration table."""
+
+    broker: str = "amqp"
+    amqp_url: str = DEFAULT_AMQP_URL
+    secrets_file: Path = Path(DEFAULT_SECRETS_FILE)
+    var_dir: Path = Path("var")
+    #: Seconds a synchronous publish keeps retrying before it gives up.
+    publish_timeout: float = 15.0
+    #: Unacknowledged events RabbitMQ sends a consumer ahead of its acks.
+    prefetch: int = 100
+    rabbitmq_password: str | None = None
+    shared_secret: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``environ`` (default: ``os.environ``)."""
+        env = os.environ if environ is None else environ
+        secrets_file = Path(env.get("EVENTBUS_SECRETS_FILE", DEFAULT_SECRETS_FILE))
+        secrets = _read_secrets(secrets_file)
+        settings = cls(
+            broker=env.get("EVENTBUS_BROKER", "amqp").strip().lower(),
+            amqp_url=env.get("EVENTBUS_AMQP_URL", DEFAULT_AMQP_URL),
+            secrets_file=secrets_file,
+            var_dir=Path(env.get("EVENTBUS_VAR_DIR", "var")),
+            publish_timeout=_number(env, "EVENTBUS_PUBLISH_TIMEOUT", 15.0),
+            prefetch=int(_number(env, "EVENTBUS_PREFETCH", 100)),
+            rabbitmq_password=secrets.get("rabbitmq_password"),
+            shared_secret=secrets.get("shared_secret"),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ConfigurationError naming the first setting that cannot work."""
+        if self.broker not in BROKERS:
+            raise ConfigurationError(
+                f"EVENTBUS_BROKER must be one of {', '.join(BROKERS)}, not {self.broker!r}"
+            )
+        scheme = urllib.parse.urlsplit(self.amqp_url).scheme
+        if scheme not in ("amqp", "amqps"):
+            raise ConfigurationError(
+                f"EVENTBUS_AMQP_URL must start with amqp:// or amqps://, not {scheme!r}"
+            )
+        if self.publish_timeout <= 0 or self.prefetch < 1:
+            raise ConfigurationError("EVENTBUS_PUBLISH_TIMEOUT and EVENTBUS_PREFETCH must be positive")
+
+    @property
+    def connection_url(self) -> str:
+        """The AMQP URL to connect with: the password from the secrets file fills a URL without one."""
+        parts = urllib.parse.urlsplit(self.amqp_url)
+        if parts.password is not None or not self.rabbitmq_password:
+            return self.amqp_url
+        user = parts.username or "guest"
+        password = urllib.parse.quote(self.rabbitmq_password, safe="")
+        host = parts.netloc.rpartition("@")[2]
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+    @property
+    def redacted_url(self) -> str:
+        """The broker URL for messages and logs, with any password replaced by ``***``."""
+        return redact_url(self.amqp_url)
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some settings changed (for tests and command-line flags)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, not {raw!r}") from None
+
+
+def _read_secrets(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path, encoding="utf-8")
+    except (configparser.Error, OSError) as e:
+        raise ConfigurationError(f"cannot read secrets file {path}: {e}") from None
+    return dict(parser["secrets"]) if parser.has_section("secrets") else {}
+
+
+_lock = threading.Lock()
+_current: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    global _current
+    with _lock:
+        if _current is None:
+            _current = Settings.from_env()
+        return _current
+
+
+def set_settings(settings: Settings | None) -> None:
+    """Replace the process's settings (None: read the environment again on next use)."""
+    global _current
+    with _lock:
+        _current = settings

@@ -1,0 +1,29 @@
+"""Installs the eventbus package and its `eventbus` command line."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="eventbus",
+    version="0.1.0",
+    description="A Tornado-integrated event bus on RabbitMQ, after Zulip's queue system",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["eventbus", "eventbus.*"]),
+    install_requires=[
+        "tornado>=6.2,<7",
+        # pika 2.0 deprecates TornadoConnection and BlockingConnection.
+        "pika>=1.3,<2",
+        "ujson>=5",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "pytest-timeout>=2",
+            "kombu>=5.3",
+            "ruff>=0.5",
+            "mypy>=1.8",
+        ],
+    },
+    entry_points={"console_scripts": ["eventbus=eventbus.processors.cli:main"]},
+)

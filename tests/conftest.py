@@ -1,0 +1,70 @@
+"""Fixtures shared by the whole suite: one private RabbitMQ node for the session, and helpers."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from eventbus.queue.rabbitmq import RabbitMQBroker
+from eventbus.queue.rabbitmq_node import RabbitMQNode, is_installed
+from eventbus.settings import Settings
+from tests.forwarder import Forwarder
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQNode]:
+    """One private RabbitMQ node for the whole run, stopped at the end."""
+    if not is_installed():
+        reason = "rabbitmq-server is not installed (apt-get install -y rabbitmq-server)"
+        if os.environ.get("CI"):
+            pytest.fail(reason + ": in CI the RabbitMQ tests must run", pytrace=False)
+        pytest.skip(reason)
+    node = RabbitMQNode(tmp_path_factory.mktemp("rabbitmq"), name=f"eventbus-test-{os.getpid()}")
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def settings(rabbitmq_node: RabbitMQNode, tmp_path: Path) -> Settings:
+    """Settings pointing at the session's node, with a var folder of the test's own."""
+    return Settings(amqp_url=rabbitmq_node.url, var_dir=tmp_path / "var", publish_timeout=5.0)
+
+
+@pytest.fixture
+def broker(settings: Settings) -> Iterator[RabbitMQBroker]:
+    broker = RabbitMQBroker(settings)
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def queue_name(request: pytest.FixtureRequest) -> str:
+    """A queue name no other test uses."""
+    base = re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)[:60]
+    return f"t_{base}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def forwarder(rabbitmq_node: RabbitMQNode) -> Iterator[Forwarder]:
+    """A TCP forwarder to the node that the test can cut."""
+    fwd = Forwarder(rabbitmq_node.port)
+    yield fwd
+    fwd.close()
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it is true; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)

@@ -1,0 +1,59 @@
+"""Settings come from EVENTBUS_* variables and the secrets file, never from code."""
+
+from pathlib import Path
+
+import pytest
+
+from eventbus.errors import ConfigurationError
+from eventbus.settings import DEFAULT_AMQP_URL, Settings, redact_url
+
+
+def test_defaults_when_nothing_is_set() -> None:
+    settings = Settings.from_env({})
+    assert settings.broker == "amqp"
+    assert settings.amqp_url == DEFAULT_AMQP_URL
+    assert settings.var_dir == Path("var")
+    assert settings.prefetch == 100
+
+
+def test_variables_override_defaults(tmp_path: Path) -> None:
+    settings = Settings.from_env({
+        "EVENTBUS_BROKER": "memory",
+        "EVENTBUS_AMQP_URL": "amqp://u:p@rabbit:5672/%2F",
+        "EVENTBUS_VAR_DIR": str(tmp_path),
+        "EVENTBUS_PUBLISH_TIMEOUT": "2.5",
+        "EVENTBUS_PREFETCH": "7",
+    })
+    assert (settings.broker, settings.amqp_url, settings.var_dir) == ("memory", "amqp://u:p@rabbit:5672/%2F", tmp_path)
+    assert (settings.publish_timeout, settings.prefetch) == (2.5, 7)
+
+
+def test_password_comes_from_the_secrets_file(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.conf"
+    secrets.write_text("[secrets]\nrabbitmq_password = s3cr/t@!\nshared_secret = abc\n")
+    settings = Settings.from_env({
+        "EVENTBUS_AMQP_URL": "amqp://eventbus@rabbit:5672/%2F",
+        "EVENTBUS_SECRETS_FILE": str(secrets),
+    })
+    assert settings.connection_url == "amqp://eventbus:s3cr%2Ft%40%21@rabbit:5672/%2F"
+    assert settings.shared_secret == "abc"
+    assert "s3cr" not in settings.redacted_url
+
+
+def test_redacted_url_hides_the_password() -> None:
+    assert redact_url("amqp://user:hunter2@host:5672/%2F") == "amqp://user:***@host:5672/%2F"
+    assert redact_url("amqp://host/") == "amqp://host/"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("EVENTBUS_BROKER", "redis", "EVENTBUS_BROKER must be one of amqp, memory"),
+        ("EVENTBUS_AMQP_URL", "http://x", "EVENTBUS_AMQP_URL must start with amqp://"),
+        ("EVENTBUS_PREFETCH", "many", "EVENTBUS_PREFETCH must be a number"),
+        ("EVENTBUS_PUBLISH_TIMEOUT", "0", "must be positive"),
+    ],
+)
+def test_bad_values_get_a_clear_error(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        Settings.from_env({variable: value})
