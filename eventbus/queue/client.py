@@ -198,7 +198,10 @@ class AmqpClient:
 
     def _channel_of(self, generation: int) -> pika.channel.Channel | None:
         """The channel, if it is ready and still the one of ``generation``."""
-        return self._channel if self._ready and generation == self.generation else None
+        channel = self._channel
+        if self._ready and generation == self.generation and channel is not None and channel.is_open:
+            return channel
+        return None
 
     def statistics(self) -> dict[str, Any]:
         """A plain record of the client's state, for logs, metrics and tests."""

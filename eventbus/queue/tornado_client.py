@@ -64,6 +64,8 @@ class TornadoQueueClient:
         self._consumers: dict[str, EventCallback] = {}
         self.consumed = 0
         self.failed = 0
+        self._in_flight = 0  # events handed to a callback and not yet acked
+        self._drained: asyncio.Event | None = None  # set when _in_flight drops to 0 during close()
 
     @property
     def client(self) -> AmqpClient:
@@ -133,7 +135,7 @@ class TornadoQueueClient:
 
     def _on_message(self, queue: str, callback: EventCallback, generation: int, tag: int, body: bytes) -> None:
         """Invoked by the AMQP client, in the IOLoop, for each delivery."""
-        ack = partial(self.client.ack, generation, tag)
+        ack = self._acker(generation, tag)
         try:
             event = codec.decode(body)
         except EventEncodingError as e:
@@ -151,6 +153,18 @@ class TornadoQueueClient:
             return
         future = asyncio.ensure_future(result)
         future.add_done_callback(partial(self._after_async_callback, queue, event, ack))
+
+    def _acker(self, generation: int, tag: int) -> Callable[[], None]:
+        """The one way to ack a delivery: it also counts the events in flight, which close() waits for."""
+        self._in_flight += 1
+
+        def ack() -> None:
+            self._in_flight -= 1
+            self.client.ack(generation, tag)
+            if not self._in_flight and self._drained is not None:
+                self._drained.set()
+
+        return ack
 
     def _after_async_callback(self, queue: str, event: Any, ack: Callable[[], None],
                               future: asyncio.Future[None]) -> None:
@@ -180,9 +194,16 @@ class TornadoQueueClient:
         asyncio.ensure_future(done).add_done_callback(on_recorded)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Close the connection and stop reconnecting."""
+        """Let the events in flight finish and be acked (up to ``timeout`` s), then close the connection."""
         if self._client is None:
             return
+        if self._in_flight:
+            self._drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except TimeoutError:
+                logger.warning("%s: closing with %d event(s) not acked; RabbitMQ delivers them again",
+                               self.name, self._in_flight)
         closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def on_closed() -> None:
