@@ -40,6 +40,8 @@ class Settings:
     publish_timeout: float = 15.0
     #: Unacknowledged events RabbitMQ sends a consumer ahead of its acks.
     prefetch: int = 100
+    #: Where the ``test`` processor appends its events (default: <var>/test_queue.jsonl).
+    test_queue_path: Path | None = None
     rabbitmq_password: str | None = None
     shared_secret: str | None = None
 
@@ -56,6 +58,7 @@ class Settings:
             var_dir=Path(env.get("EVENTBUS_VAR_DIR", "var")),
             publish_timeout=_number(env, "EVENTBUS_PUBLISH_TIMEOUT", 15.0),
             prefetch=int(_number(env, "EVENTBUS_PREFETCH", 100)),
+            test_queue_path=_path(env, "EVENTBUS_TEST_QUEUE_FILE"),
             rabbitmq_password=secrets.get("rabbitmq_password"),
             shared_secret=secrets.get("shared_secret"),
         )
@@ -88,6 +91,11 @@ class Settings:
         return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
 
     @property
+    def test_queue_file(self) -> Path:
+        """``EVENTBUS_TEST_QUEUE_FILE``, else ``<var>/test_queue.jsonl``."""
+        return self.test_queue_path or self.var_dir / "test_queue.jsonl"
+
+    @property
     def redacted_url(self) -> str:
         """The broker URL for messages and logs, with any password replaced by ``***``."""
         return redact_url(self.amqp_url)
@@ -105,6 +113,11 @@ def redact_url(url: str) -> str:
     userinfo, _, host = parts.netloc.rpartition("@")
     user = userinfo.partition(":")[0]
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    return Path(raw) if raw else None
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:

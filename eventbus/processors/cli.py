@@ -1,17 +1,127 @@
 """The ``eventbus`` command line: one subcommand per operator task.
 
-Each subcommand is a function ``cmd_<name>(args)`` registered with its
-arguments in ``build_parser``; modules behind a subcommand are imported only
-when it runs, so ``eventbus --help`` stays fast. Logging is configured here,
-never in library modules.
+Each subcommand is a function ``cmd_<name>(args) -> exit code`` registered
+with its arguments in ``build_parser``; a bad argument is one line on stderr
+and exit code 2. Logging is configured here, never in library modules.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import shutil
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from eventbus.errors import EventBusError
+from eventbus.processors import monitoring
+from eventbus.processors.registry import get_worker_class, registered_queues
+from eventbus.queue import get_broker
+
+#: Exit code of a usage error, as argparse has it.
+USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad argument: reported in one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(USAGE)
+
+
+def known_queue(name: str) -> str:
+    """The queue, if a processor is registered for it."""
+    try:
+        get_worker_class(name)
+    except EventBusError as e:
+        raise UsageError(str(e)) from None
+    return name
+
+
+# -- subcommands --------------------------------------------------------------------
+
+
+def cmd_process_queue(args: argparse.Namespace) -> int:
+    from eventbus.processors.runner import run_all, run_worker
+
+    if args.all:
+        return run_all(registered_queues())
+    return run_worker(known_queue(args.queue), worker_num=args.worker_num)
+
+
+def cmd_purge_queue(args: argparse.Namespace) -> int:
+    count = get_broker().purge(args.queue)
+    print(f"purged {count} event(s) from {args.queue}")
+    return 0
+
+
+def cmd_list_queues(args: argparse.Namespace) -> int:
+    broker = get_broker()
+    reports = monitoring.queue_reports(broker, registered_queues())
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
+        return 0
+    rows = [("queue", "depth", "consumers", "avg consume", "backlog", "errors", "state")]
+    for r in reports:
+        rows.append((r.name, str(r.depth), str(r.consumers), _seconds(r.average_consume_time),
+                     _seconds(r.backlog_seconds), str(r.errors), r.state.name))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        print("  ".join(cells))
+    return 0
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.1f} s"
+
+
+def cmd_check_queue(args: argparse.Namespace) -> int:
+    queues = [known_queue(args.queue)] if args.queue else registered_queues()
+    state, line = monitoring.check_queue(get_broker(), queues)
+    print(line)
+    return int(state)
+
+
+def cmd_check_consumers(args: argparse.Namespace) -> int:
+    state, line = monitoring.check_consumers(get_broker(), registered_queues())
+    print(line)
+    return int(state)
+
+
+def cmd_supervisor_conf(args: argparse.Namespace) -> int:
+    from eventbus.processors.supervisor import supervisor_conf
+
+    path = shutil.which("eventbus") or os.path.abspath(sys.argv[0])
+    print(supervisor_conf(registered_queues(), path, args.log_dir, args.user), end="")
+    return 0
+
+
+def cmd_replay_errors(args: argparse.Namespace) -> int:
+    broker = get_broker()
+    replayed = 0
+
+    def replay(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        nonlocal replayed
+        events = [e["event"] for e in entries if "event" in e]
+        broker.publish_many(args.queue, events)
+        replayed = len(events)
+        return [e for e in entries if "event" not in e]  # a body that was not JSON cannot be sent again
+
+    broker.error_store.take(args.queue, replay)
+    left = broker.error_store.count(args.queue)
+    print(f"replayed {replayed} event(s) to {args.queue}" + (f"; {left} undecodable left in the store" if left else ""))
+    return 0
 
 
 def cmd_rabbitmq(args: argparse.Namespace) -> int:
@@ -23,28 +133,69 @@ def cmd_rabbitmq(args: argparse.Namespace) -> int:
     return rabbitmq_node.main(argv)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eventbus", description="Run, inspect and operate eventbus queues.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+# -- the parser ---------------------------------------------------------------------
 
-    rabbitmq = commands.add_parser("rabbitmq", help="start, stop or check a private RabbitMQ node")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="eventbus", description="Run, inspect and operate eventbus queues.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=globals()[f"cmd_{name}"])
+        return sub
+
+    process = command("process_queue", "run the processor of a queue (or of every queue)")
+    which = process.add_mutually_exclusive_group(required=True)
+    which.add_argument("--queue", "--queue_name", dest="queue", metavar="NAME", help="the queue to process")
+    which.add_argument("--all", action="store_true", help="every registered queue, one thread each")
+    process.add_argument("--worker_num", type=int, default=0, metavar="N",
+                         help="this worker's number when several process one queue (default 0)")
+
+    purge = command("purge_queue", "delete every event waiting in a queue")
+    purge.add_argument("queue", metavar="NAME")
+
+    listing = command("list_queues", "depth, consumers, consume time and backlog of every queue")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    check = command("check_queue", "Nagios check: queues stuck or falling behind")
+    check.add_argument("--queue", metavar="NAME", help="check only this queue")
+
+    command("check_consumers", "Nagios check: every queue has a consumer")
+
+    supervisor = command("supervisor_conf", "print the supervisord configuration for the workers")
+    supervisor.add_argument("--log-dir", default="/var/log/eventbus", help="folder for the workers' logs")
+    supervisor.add_argument("--user", help="user the workers run as")
+
+    replay = command("replay_errors", "publish the events of a queue's error store again")
+    replay.add_argument("queue", metavar="NAME")
+
+    rabbitmq = command("rabbitmq", "start, stop or check a private RabbitMQ node")
     rabbitmq.add_argument("action", choices=["start", "stop", "status"])
     rabbitmq.add_argument("--dir", default="var/rabbitmq", help="the node's folder (default var/rabbitmq)")
     rabbitmq.add_argument("--port", type=int, default=None, help="AMQP port (default: a free one)")
     rabbitmq.add_argument("--name", default="eventbus", help="node name before @localhost")
-    rabbitmq.set_defaults(handler=cmd_rabbitmq)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("pika").setLevel(logging.WARNING)
-    return int(args.handler(args))
+    # pika warns of every failed passive declare; our own modules log what matters.
+    logging.getLogger("pika").setLevel(logging.ERROR)
+    try:
+        return int(args.handler(args))
+    except (UsageError, ValueError) as e:
+        print(f"eventbus {args.command}: error: {e}", file=sys.stderr)
+        return USAGE
+    except EventBusError as e:
+        print(f"eventbus {args.command}: {e}", file=sys.stderr)
+        return 3 if args.command.startswith("check_") else 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 
 from eventbus import codec
 from eventbus.queue.consumer import BatchCallback, Consumer
+from eventbus.queue.delay import delay_queue_name
 from eventbus.queue.error_store import ErrorStore, check_queue_name
 from eventbus.settings import Settings, get_settings
 
@@ -52,6 +53,16 @@ class Broker(ABC):
         if bodies:
             self.publish_bodies(queue, bodies)
 
+    def publish_later(self, queue: str, events: Iterable[Any], delay: float) -> None:
+        """Publish events that reach ``queue`` after ``delay`` seconds (retries use this).
+
+        Returns once the broker holds them: a crash meanwhile loses nothing.
+        """
+        if delay <= 0:
+            self.publish_many(queue, events)
+        else:
+            self.publish_many(delay_queue_name(check_queue_name(queue), delay), events)
+
     @abstractmethod
     def publish_bodies(self, queue: str, bodies: list[bytes]) -> None:
         """Publish already encoded bodies (replaying the error store uses this too)."""
@@ -81,11 +92,15 @@ class Broker(ABC):
     def queue_info(self, queue: str) -> QueueInfo:
         """Depth and consumers of ``queue`` (``exists=False`` if there is no such queue)."""
 
+    def queue_infos(self, queues: Iterable[str]) -> list[QueueInfo]:
+        """``queue_info`` of several queues (over one connection, where the broker has connections)."""
+        return [self.queue_info(queue) for queue in queues]
+
     @abstractmethod
     def delete_queue(self, queue: str) -> None:
         """Delete ``queue`` and its events."""
 
-    def close(self) -> None:  # noqa: B027 -- most brokers hold nothing to release
+    def close(self) -> None:
         """Release connections held by this broker (for the calling thread, where they are per thread)."""
 
 

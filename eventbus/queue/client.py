@@ -7,7 +7,8 @@ and one channel in confirm mode, and it:
   first, errors once failures repeat);
 - holds publishes made while disconnected, and sends them again, in order,
   when a connection dies before RabbitMQ confirmed them;
-- declares each queue (durable) once per channel before its first use;
+- declares each queue (durable; delay queues with their TTL, see ``delay``)
+  once per channel before its first use;
 - re-registers its consumers on every new channel.
 
 It does not care which loop drives it: the Tornado client runs it on Tornado's
@@ -33,6 +34,7 @@ import pika.spec
 
 from eventbus.errors import NackedError, UnroutableError
 from eventbus.queue.backoff import Backoff
+from eventbus.queue.delay import declare_arguments
 from eventbus.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -341,7 +343,7 @@ class AmqpClient:
             for callback in self._declaring.pop(queue, []):
                 callback()
 
-        channel.queue_declare(queue, durable=True, callback=on_declared)
+        channel.queue_declare(queue, durable=True, arguments=declare_arguments(queue), callback=on_declared)
 
     def _send_held(self) -> None:
         channel = self._channel

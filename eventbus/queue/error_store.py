@@ -89,19 +89,21 @@ class ErrorStore:
         """Names of the queues that have an error file."""
         return sorted(p.name[: -len(".errors")] for p in self.dir.glob("*.errors"))
 
-    def take(self, queue: str, handle: Callable[[list[dict[str, Any]]], None]) -> int:
-        """Pass every entry to ``handle``, then remove them; if ``handle`` raises, nothing is removed.
+    def take(self, queue: str, handle: Callable[[list[dict[str, Any]]], list[dict[str, Any]] | None]) -> int:
+        """Pass every entry to ``handle`` and remove those it took; return how many it took.
 
-        Entries appended while ``handle`` runs wait for the lock and stay.
+        ``handle`` returns the entries it leaves (None: it took them all); if it
+        raises, nothing is removed. Writers wait for the lock meanwhile.
         """
         if not self.path(queue).exists():
             return 0
         with self._locked(queue) as fd:
             entries = list(self._parse(queue, _read_all(fd)))
-            if entries:
-                handle(entries)
+            left = (handle(entries) if entries else None) or []
             os.ftruncate(fd, 0)
-        return len(entries)
+            for entry in left:
+                os.write(fd, codec.encode(entry) + b"\n")
+        return len(entries) - len(left)
 
     @contextmanager
     def _locked(self, queue: str) -> Iterator[int]:

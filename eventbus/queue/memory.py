@@ -11,8 +11,10 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
+from eventbus import codec
 from eventbus.queue.broker import Broker, QueueInfo
 from eventbus.queue.consumer import BatchCallback, Consumer, Delivery
 from eventbus.queue.error_store import check_queue_name
@@ -25,6 +27,7 @@ class _MemoryQueue:
         self.cond = threading.Condition()
         self.ready: deque[tuple[int, bytes]] = deque()
         self.unacked = 0
+        self.delayed = 0  # published with a delay, not yet in the queue
         self.consumers = 0
 
 
@@ -50,6 +53,21 @@ class MemoryBroker(Broker):
             q.ready.extend((next(self._tags), body) for body in bodies)
             q.cond.notify_all()
 
+    def publish_later(self, queue: str, events: Iterable[Any], delay: float) -> None:
+        bodies = [codec.encode(event) for event in events]
+        q = self._queue(queue)
+        with q.cond:
+            q.delayed += len(bodies)
+        timer = threading.Timer(delay, self._release, (queue, bodies))
+        timer.daemon = True
+        timer.start()
+
+    def _release(self, queue: str, bodies: list[bytes]) -> None:
+        q = self._queue(queue)
+        with q.cond:  # one step, so join() never sees the events in neither place
+            q.delayed -= len(bodies)
+            self.publish_bodies(queue, bodies)
+
     def consumer(
         self,
         queue: str,
@@ -64,11 +82,11 @@ class MemoryBroker(Broker):
                               error_store=self.error_store, on_idle=on_idle)
 
     def join(self, queue: str, timeout: float | None = None) -> None:
-        """Wait until ``queue`` has no event left, delivered or not; TimeoutError after ``timeout`` s."""
+        """Wait until ``queue`` has no event left, delivered, delayed or not; TimeoutError after ``timeout`` s."""
         q = self._queue(queue)
         with q.cond:
-            if not q.cond.wait_for(lambda: not q.ready and not q.unacked, timeout):
-                raise TimeoutError(f"queue {queue!r} still holds {len(q.ready) + q.unacked} event(s)")
+            if not q.cond.wait_for(lambda: not (q.ready or q.unacked or q.delayed), timeout):
+                raise TimeoutError(f"queue {queue!r} still holds {len(q.ready) + q.unacked + q.delayed} event(s)")
 
     def purge(self, queue: str) -> int:
         q = self._queue(queue)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from queue import Empty, SimpleQueue
@@ -87,16 +87,32 @@ class RabbitMQBroker(Broker):
                 connection.close()
 
     def queue_info(self, queue: str) -> QueueInfo:
-        try:
-            with self._admin_channel() as channel:
-                ok = channel.queue_declare(check_queue_name(queue), passive=True).method
-        except QueueNotFound:
-            return QueueInfo(queue, exists=False, depth=0, consumers=0)
-        return QueueInfo(queue, exists=True, depth=ok.message_count, consumers=ok.consumer_count)
+        return self.queue_infos([queue])[0]
+
+    def queue_infos(self, queues: Iterable[str]) -> list[QueueInfo]:
+        infos = []
+        with self._admin_channel() as channel:
+            connection = channel.connection
+            for queue in queues:
+                if not channel.is_open:  # a passive declare of a missing queue closes the channel
+                    channel = connection.channel()
+                try:
+                    ok = channel.queue_declare(check_queue_name(queue), passive=True).method
+                    infos.append(QueueInfo(queue, exists=True, depth=ok.message_count, consumers=ok.consumer_count))
+                except pika.exceptions.ChannelClosedByBroker as e:
+                    if e.reply_code != NOT_FOUND:
+                        raise
+                    infos.append(QueueInfo(queue, exists=False, depth=0, consumers=0))
+        return infos
 
     def purge(self, queue: str) -> int:
         with self._admin_channel() as channel:
-            channel.queue_declare(check_queue_name(queue), passive=True)
+            try:
+                channel.queue_declare(check_queue_name(queue), passive=True)
+            except pika.exceptions.ChannelClosedByBroker as e:
+                if e.reply_code == NOT_FOUND:
+                    raise QueueNotFound(f"no queue named {queue!r}") from None
+                raise
             return int(channel.queue_purge(queue).method.message_count)
 
     def delete_queue(self, queue: str) -> None:

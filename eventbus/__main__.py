@@ -1,0 +1,7 @@
+"""``python -m eventbus`` is the ``eventbus`` command line."""
+
+import sys
+
+from eventbus.processors.cli import main
+
+sys.exit(main())

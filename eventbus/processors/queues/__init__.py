@@ -1,0 +1,1 @@
+"""The shipped queue processors, one module per family; ``load_processors`` imports them all."""

@@ -1,0 +1,107 @@
+"""Time limits for processing an event, in any thread, for sync and asyncio processors.
+
+``deadline(seconds)`` raises ``ProcessingTimeout`` inside the block once the
+time is up:
+
+- in the main thread, through SIGALRM, which also interrupts a blocking
+  system call (a socket read without a timeout, a sleep);
+- in any other thread (``process_queue --all``), through
+  ``PyThreadState_SetAsyncExc``, raised at the thread's next bytecode.
+
+An asyncio processor never gets either: a signal raising inside the event
+loop's own code would wreck the loop (why Zulip turned its SIGALRM timeout off
+for those). Its coroutine runs under ``asyncio.wait_for`` instead, which
+cancels it cleanly; ``run_coroutine`` does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import signal
+import threading
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+class ProcessingTimeout(BaseException):
+    """Processing took longer than its limit.
+
+    A BaseException, so that a processor's ``except Exception`` cannot swallow it.
+    """
+
+
+@contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Raise ProcessingTimeout in this block after ``seconds`` (None: no limit)."""
+    if seconds is None:
+        yield
+    elif threading.current_thread() is threading.main_thread():
+        with _alarm(seconds):
+            yield
+    else:
+        with _async_exception(seconds):
+            yield
+
+
+@contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    state = {"active": True}
+
+    def on_alarm(_signum: int, _frame: object) -> None:
+        if state["active"]:  # an alarm delivered just after the block ended is ignored
+            raise ProcessingTimeout(f"took longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        state["active"] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def _async_exception(seconds: float) -> Iterator[None]:
+    thread_id = threading.get_ident()
+    lock = threading.Lock()
+    state = {"active": True, "fired": False}
+
+    def fire() -> None:
+        with lock:
+            if state["active"]:
+                state["fired"] = True
+                _set_async_exc(thread_id, ProcessingTimeout)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with lock:
+            state["active"] = False
+            fired = state["fired"]
+            if fired:
+                _set_async_exc(thread_id, None)  # drop it if it is still pending
+    if fired:
+        # It fired as the block ended, so it was not raised inside: the block still took too long.
+        raise ProcessingTimeout(f"took longer than {seconds:g} s")
+
+
+def _set_async_exc(thread_id: int, exception: type[BaseException] | None) -> None:
+    """Make ``thread_id`` raise ``exception`` at its next bytecode; None clears a pending one."""
+    argument = ctypes.py_object(exception) if exception is not None else ctypes.c_void_p(None)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), argument)
+
+
+def run_coroutine(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Any],
+                  seconds: float | None) -> Any:
+    """Run ``coroutine`` to completion on ``loop``; ProcessingTimeout after ``seconds``."""
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coroutine, seconds))
+    except TimeoutError:
+        raise ProcessingTimeout(f"took longer than {seconds:g} s") from None

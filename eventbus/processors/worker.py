@@ -1,0 +1,193 @@
+"""The two kinds of queue worker, and what they share.
+
+``QueueProcessingWorker.consume(event)`` processes one event at a time;
+``LoopQueueProcessingWorker.consume_batch(events)`` processes batches (up to
+``batch_size`` events, waiting up to ``batch_wait`` seconds for one to fill).
+Either may be a coroutine function: it then runs on the worker's own asyncio
+loop.
+
+Both give each event the same guarantees:
+
+- it is acked only after processing succeeded (at-least-once);
+- when processing raises or times out, it is published again with its
+  ``failed_tries`` count, after a delay that doubles with each try, through a
+  delay queue, so the events behind it are not held up; after the last try it
+  goes to the error store with the error and traceback;
+- an event that is not a JSON object goes to the error store at once.
+
+``failed_tries`` is therefore a reserved key of events (as in Zulip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from functools import partial
+from typing import Any, ClassVar
+
+from eventbus.processors.registry import QueueOptions
+from eventbus.processors.stats import QueueStats, stats_path
+from eventbus.processors.timeouts import ProcessingTimeout, deadline, run_coroutine
+from eventbus.queue import Broker, Consumer, get_broker
+
+logger = logging.getLogger(__name__)
+
+#: The key a retried event carries its count of failed tries in.
+FAILED_TRIES = "failed_tries"
+
+Event = dict[str, Any]
+
+
+class Worker(ABC):
+    """Base of both worker kinds; subclass one of them, not this."""
+
+    #: Set by @assign_queue.
+    queue_name: ClassVar[str] = ""
+    options: ClassVar[QueueOptions] = QueueOptions()
+
+    def __init__(self, broker: Broker | None = None, worker_num: int = 0) -> None:
+        self.broker = broker or get_broker()
+        self.worker_num = worker_num
+        self.error_store = self.broker.error_store
+        self.stats = QueueStats(stats_path(self.broker.settings.var_dir, self.queue_name, worker_num))
+        self._consumer: Consumer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- hooks ----------------------------------------------------------------------
+
+    def before_start(self) -> None:
+        """Runs before consuming starts (open connections, load data). If it raises, the worker does not start."""
+
+    def after_stop(self) -> None:
+        """Runs after consuming stopped; an error here is logged, not raised."""
+
+    # -- running --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Consume until ``stop()``; the batch in hand then is finished and acked before this returns."""
+        self.before_start()
+        self._consumer = self.broker.consumer(
+            self.queue_name, self._on_batch, batch_size=self._batch_size(), timeout=self._batch_wait(),
+            on_idle=self.stats.emptied,
+        )
+        try:
+            self._consumer.run()
+        finally:
+            try:
+                self.after_stop()
+            except Exception:
+                logger.exception("queue %s: after_stop failed", self.queue_name)
+            if self._loop is not None:
+                self._loop.close()
+                self._loop = None
+
+    def stop(self) -> None:
+        """Ask the worker to finish its batch and return from ``start()``; safe in a signal handler."""
+        if self._consumer is not None:
+            self._consumer.stop()
+
+    def _batch_size(self) -> int:
+        return 1
+
+    def _batch_wait(self) -> float | None:
+        return None
+
+    # -- processing -----------------------------------------------------------------
+
+    def _on_batch(self, events: list[Any]) -> None:
+        """Called by the consumer with decoded events; returning acks them all."""
+        self.stats.woke()
+        objects = []
+        for event in events:
+            if isinstance(event, dict):
+                objects.append(event)
+            else:
+                self.error_store.record(self.queue_name, event, error="event is not a JSON object", tries=0)
+        if objects:
+            self._process(objects)
+
+    @abstractmethod
+    def _process(self, events: list[Event]) -> None:
+        """Process the events of one batch, each through ``_attempt``."""
+
+    def _attempt(self, events: list[Event], work: Callable[[], Any]) -> None:
+        """Run ``work`` for ``events`` under the time limit; a failure retries or stores them."""
+        limit = None if self.options.timeout is None else self.options.timeout * len(events)
+        started = time.monotonic()
+        failed = False
+        try:
+            if self._is_async():
+                run_coroutine(self._event_loop(), work(), limit)
+            else:
+                with deadline(limit):
+                    work()
+        except (Exception, ProcessingTimeout) as error:
+            failed = True
+            self._failed(events, error)
+        self.stats.record(len(events), time.monotonic() - started, failed)
+
+    @abstractmethod
+    def _is_async(self) -> bool:
+        """Whether the processing method is a coroutine function."""
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    def _failed(self, events: list[Event], error: BaseException) -> None:
+        description = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        trace = traceback.format_exc()
+        retries: dict[float, list[Event]] = {}
+        for event in events:
+            tries = int(event.get(FAILED_TRIES, 0)) + 1
+            if tries >= self.options.tries:
+                original = {k: v for k, v in event.items() if k != FAILED_TRIES}
+                self.error_store.record(self.queue_name, original, error=description, tries=tries, traceback=trace)
+            else:
+                delay = self.options.retry_delay * 2 ** (tries - 1)
+                retries.setdefault(delay, []).append({**event, FAILED_TRIES: tries})
+        for delay, batch in retries.items():
+            logger.warning("queue %s: %d event(s) failed (%s); retrying in %g s",
+                           self.queue_name, len(batch), description, delay)
+            self.broker.publish_later(self.queue_name, batch, delay)
+
+
+class QueueProcessingWorker(Worker):
+    """Processes one event at a time: override ``consume(event)``."""
+
+    @abstractmethod
+    def consume(self, event: Event) -> Any:
+        """Process one event (a JSON object); may be ``async def``."""
+
+    def _is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.consume)
+
+    def _process(self, events: list[Event]) -> None:
+        for event in events:
+            self._attempt([event], partial(self.consume, event))
+
+
+class LoopQueueProcessingWorker(Worker):
+    """Processes batches: override ``consume_batch(events)``."""
+
+    @abstractmethod
+    def consume_batch(self, events: list[Event]) -> Any:
+        """Process up to ``batch_size`` events; may be ``async def``."""
+
+    def _is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.consume_batch)
+
+    def _batch_size(self) -> int:
+        return self.options.batch_size
+
+    def _batch_wait(self) -> float | None:
+        return self.options.batch_wait
+
+    def _process(self, events: list[Event]) -> None:
+        self._attempt(events, partial(self.consume_batch, events))
