@@ -75,7 +75,8 @@ def cmd_list_queues(args: argparse.Namespace) -> int:
                      _seconds(r.backlog_seconds), str(r.errors), r.state.name))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        cells = [cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in pairs]
         print("  ".join(cells))
     return 0
 
