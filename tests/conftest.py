@@ -16,6 +16,9 @@ from eventbus.queue.rabbitmq_node import RabbitMQNode, is_installed
 from eventbus.settings import Settings
 from tests.forwarder import Forwarder
 
+# The test processors (tests/processors.py) are registered in every test process and worker.
+os.environ["EVENTBUS_PROCESSOR_MODULES"] = "tests.processors"
+
 
 @pytest.fixture(scope="session")
 def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQNode]:

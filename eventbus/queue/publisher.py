@@ -53,28 +53,33 @@ class BlockingPublisher:
                 errors.append(error)
 
         pubs = [self._client.publish(queue, body, on_done) for body in bodies]
-        if not self._run_until(lambda: remaining == 0):
+        if not self._run_until(lambda: remaining == 0, progress=lambda: remaining):
             self._client.abandon(pubs)
             raise self._timeout_error(queue, remaining)
         if errors:
             raise errors[0]
 
-    def _run_until(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
-        """Run the loop until ``done()``; False if the timeout (default: the publish timeout) passed first."""
-        if done():
-            return True
+    def _run_until(self, done: Callable[[], bool], timeout: float | None = None,
+                   progress: Callable[[], object] | None = None) -> bool:
+        """Run the loop until ``done()``; False once ``timeout`` s (default: the publish timeout) pass.
+
+        With ``progress``, the timeout counts from the last change of ``progress()``:
+        a big batch whose confirms keep coming never times out.
+        """
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        wake = self._ioloop.call_later(timeout, lambda: None)  # poll() wakes at the deadline
-        try:
-            while not done():
-                if time.monotonic() >= deadline:
-                    return False
-                self._ioloop.poll()
-                self._ioloop.process_timeouts()
-            return True
-        finally:
+        last = progress() if progress else None
+        while not done():
+            now = time.monotonic()
+            if progress is not None and (current := progress()) != last:
+                last, deadline = current, now + timeout
+            if now >= deadline:
+                return False
+            wake = self._ioloop.call_later(deadline - now, lambda: None)  # poll() returns by the deadline
+            self._ioloop.poll()
+            self._ioloop.process_timeouts()
             self._ioloop.remove_timeout(wake)
+        return True
 
     def _timeout_error(self, queue: str, remaining: int) -> BrokerUnreachable | PublishTimeout:
         client = self._client

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -131,15 +132,29 @@ class RabbitMQNode:
         return self._ctl("status", timeout=30).returncode == 0
 
     def stop(self) -> None:
-        """Stop the node and its private epmd, and wait until the node's process is gone."""
+        """Stop the node and its private epmd, and wait until the node's process is gone.
+
+        A node that does not answer (one whose start timed out, say) is killed
+        by the process id it wrote, if that process is still this node.
+        """
         if self.is_running():
             result = self._ctl("stop", str(self.base_dir / "node.pid"), timeout=60)
             if result.returncode != 0:
                 raise NodeError(f"rabbitmqctl stop failed: {result.stdout}{result.stderr}")
+        self._kill_leftover()
         epmd = shutil.which("epmd")
         if epmd:
             subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"], env=self.env(),
                            capture_output=True, check=False, timeout=10)
+
+    def _kill_leftover(self) -> None:
+        try:
+            pid = int((self.base_dir / "node.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if self.nodename.encode() in cmdline:
+            os.kill(pid, signal.SIGKILL)
 
     def _ctl(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         try:

@@ -1,0 +1,176 @@
+"""The worker framework in-process, on the memory broker: registry, retries, error store, timeouts, stats."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eventbus.errors import ConfigurationError
+from eventbus.processors.registry import assign_queue, get_worker, registered_queues
+from eventbus.processors.runner import WorkerThreads
+from eventbus.processors.stats import read_stats
+from eventbus.processors.worker import QueueProcessingWorker
+from eventbus.queue import MemoryBroker, queue_json_publish, set_broker
+from eventbus.settings import Settings
+from tests.conftest import wait_for
+
+
+@pytest.fixture
+def memory(tmp_path: Path) -> Iterator[MemoryBroker]:
+    broker = MemoryBroker(Settings(broker="memory", var_dir=tmp_path))
+    set_broker(broker)
+    yield broker
+    set_broker(None)
+
+
+@pytest.fixture
+def running(memory: MemoryBroker) -> Iterator[Any]:
+    """Start workers for some queues in threads; stop them at the end."""
+    started: list[WorkerThreads] = []
+
+    def start(*queues: str) -> WorkerThreads:
+        threads = WorkerThreads(queues, memory)
+        threads.start()
+        started.append(threads)
+        return threads
+
+    yield start
+    for threads in started:
+        threads.stop()
+        assert threads.join(10)
+
+
+def lines(path: Path) -> list[Any]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# -- registry ---------------------------------------------------------------------------
+
+
+def test_every_processor_module_is_found() -> None:
+    assert {"test", "noop", "noop_batch", "test_batch", "test_async"} <= set(registered_queues())
+
+
+def test_a_queue_cannot_be_assigned_twice() -> None:
+    with pytest.raises(ConfigurationError, match=r"'test' is already assigned to eventbus\.processors"):
+        @assign_queue("test")
+        class Another(QueueProcessingWorker):
+            def consume(self, event: Any) -> None:
+                pass
+
+
+def test_unknown_or_bad_options_fail_at_import_time() -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown option.*retries.*known:.*tries"):
+        assign_queue("typo_queue", retries=5)
+    with pytest.raises(ConfigurationError, match="tries must be a whole number"):
+        assign_queue("bad_tries", tries=0)
+    with pytest.raises(ConfigurationError, match="timeout must be a number of seconds"):
+        assign_queue("bad_timeout", timeout=-1)
+
+
+def test_only_worker_classes_can_be_assigned() -> None:
+    with pytest.raises(ConfigurationError, match="must decorate a worker class"):
+        assign_queue("not_a_worker")(dict)
+
+
+def test_unknown_queue_names_the_registered_ones(memory: MemoryBroker) -> None:
+    with pytest.raises(ConfigurationError, match=r"no processor for queue 'nope'.*test_batch"):
+        get_worker("nope")
+
+
+# -- delivery -------------------------------------------------------------------------
+
+
+def test_memory_mode_runs_the_processor_in_process(memory: MemoryBroker, running: Any) -> None:
+    running("test")
+    for n in range(5):
+        queue_json_publish("test", {"id": n})
+    memory.join("test", timeout=10)
+    assert [e["id"] for e in lines(memory.settings.test_queue_file)] == list(range(5))
+
+
+def test_batches_are_bounded(memory: MemoryBroker, running: Any) -> None:
+    memory.publish_many("test_batch", [{"id": n} for n in range(35)])
+    running("test_batch")
+    memory.join("test_batch", timeout=10)
+    batches = [entry["ids"] for entry in lines(memory.settings.var_dir / "test_batch.jsonl")]
+    assert sorted(i for ids in batches for i in ids) == list(range(35))
+    assert max(map(len, batches)) == 10
+
+
+def test_failed_event_is_retried_then_stored_then_replayed(memory: MemoryBroker, running: Any) -> None:
+    broken = memory.settings.var_dir / "flaky_broken"
+    broken.touch()
+    running("test_flaky")
+    memory.publish("test_flaky", {"id": "f1"})
+    memory.join("test_flaky", timeout=10)
+    [entry] = memory.error_store.read("test_flaky")
+    assert entry["event"] == {"id": "f1"}  # without the framework's failed_tries
+    assert entry["tries"] == 3
+    assert entry["error"] == "ConnectionError: downstream service is down"
+    assert "Traceback" in entry["traceback"]
+    assert lines(memory.settings.var_dir / "test_flaky.jsonl") == []
+
+    broken.unlink()
+    from eventbus.processors.cli import main
+
+    assert main(["replay_errors", "test_flaky"]) == 0
+    memory.join("test_flaky", timeout=10)
+    assert lines(memory.settings.var_dir / "test_flaky.jsonl") == [{"id": "f1"}]
+    assert memory.error_store.read("test_flaky") == []
+
+
+def test_a_failing_event_does_not_hold_up_the_ones_behind_it(memory: MemoryBroker, running: Any) -> None:
+    running("test")
+    memory.publish_many("test", [{"id": 0, "raise": True}, {"id": 1}, {"id": 2}])
+    wait_for(lambda: len(lines(memory.settings.test_queue_file)) == 2, what="the good events")
+    assert memory.error_store.read("test") == []  # the failing one is still being retried
+    memory.join("test", timeout=10)
+    assert [e["event"]["id"] for e in memory.error_store.read("test")] == [0]
+
+
+def test_event_that_is_not_an_object_goes_straight_to_the_error_store(memory: MemoryBroker, running: Any) -> None:
+    running("test")
+    memory.publish_many("test", [[1, 2], "text", {"id": 1}])
+    memory.publish_bodies("test", [b"{broken"])
+    memory.join("test", timeout=10)
+    errors = memory.error_store.read("test")
+    assert [e.get("event", e.get("raw")) for e in errors] == [[1, 2], "text", "{broken"]
+    assert errors[0]["error"] == "event is not a JSON object"
+    assert lines(memory.settings.test_queue_file) == [{"id": 1}]
+
+
+# -- timeouts -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("queue", ["test_slow", "test_async"])
+def test_an_event_over_its_time_limit_fails_and_the_next_goes_on(memory: MemoryBroker, running: Any,
+                                                                 queue: str) -> None:
+    running(queue)
+    memory.publish_many(queue, [{"id": "slow", "sleep": 3}, {"id": "quick"}])
+    memory.join(queue, timeout=10)
+    [entry] = memory.error_store.read(queue)
+    assert entry["event"]["id"] == "slow"
+    assert entry["error"].startswith("ProcessingTimeout")
+    assert lines(memory.settings.var_dir / f"{queue}.jsonl") == [{"id": "quick"}]
+
+
+# -- stats ----------------------------------------------------------------------------
+
+
+def test_stats_file_after_the_queue_ran_empty(memory: MemoryBroker, running: Any) -> None:
+    memory.publish_many("test", [{"id": n} for n in range(7)] + [{"id": "bad", "raise": True}])
+    running("test")
+    memory.join("test", timeout=10)
+    wait_for(lambda: (read_stats(memory.settings.var_dir, "test") or {}).get("failed") == 3,
+             what="stats counting the three failed tries")
+    stats = read_stats(memory.settings.var_dir, "test")
+    assert stats is not None
+    assert stats["processed"] == 7
+    assert stats["consumed_since_last_emptied"] == 0
+    assert stats["queue_last_emptied_timestamp"] <= stats["update_time"]
+    assert 0 < stats["recent_average_consume_time"] < 1
