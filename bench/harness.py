@@ -106,9 +106,14 @@ def context(*, quick: bool, repeats: int | None = None, amqp_url: str | None = N
 
 @dataclass(frozen=True)
 class Trial:
-    """One case to time: ``run`` is timed; ``after`` follows each run, untimed, to reset the broker's state."""
+    """One case to time: ``run`` is timed; ``after`` follows each run, untimed, to reset the broker's state.
 
-    run: Callable[[], None]
+    A ``run`` that returns a number of seconds times itself, and that is its
+    time: a case whose timed part lies inside it (a consumer process that is
+    started untimed, say) reports only that part.
+    """
+
+    run: Callable[[], float | None]
     after: Callable[[], None] | None = None
 
 
@@ -122,8 +127,8 @@ def measure(trials: Sequence[Trial], *, repeats: int) -> list[list[float]]:
     for round_ in range(WARMUPS + repeats):
         for trial, seconds in zip(trials, samples, strict=True):
             start = time.perf_counter()
-            trial.run()
-            elapsed = time.perf_counter() - start
+            timed = trial.run()
+            elapsed = time.perf_counter() - start if timed is None else timed
             if trial.after is not None:
                 trial.after()
             if round_ >= WARMUPS:
@@ -140,6 +145,8 @@ class Result:
     events: int
     seconds: Sequence[float]
     baseline: bool = False
+    #: The baseline case this one is compared with, by name, where a benchmark has several (default: its first).
+    versus: str | None = None
     #: The least ratio to the baseline this case should reach, if it has a target.
     target: float | None = None
 
@@ -166,14 +173,21 @@ COLUMNS = (
 
 
 def format_table(results: Sequence[Result]) -> str:
-    """A Markdown table of the results, each rate also as a ratio to its benchmark's baseline."""
-    baselines = {r.benchmark: r.rate for r in results if r.baseline}
-    rows = [[title for title, _ in COLUMNS]] + [_cells(r, baselines.get(r.benchmark)) for r in results]
+    """A Markdown table of the results, each rate also as a ratio to its baseline."""
+    rows = [[title for title, _ in COLUMNS]] + [_cells(r, _baseline_rate(r, results)) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     rule = ["-" * (w - 1) + ":" if right else "-" * w for w, (_, right) in zip(widths, COLUMNS, strict=True)]
     lines = [_line(row, widths) for row in rows]
     lines.insert(1, _line(rule, widths))
     return "\n".join(lines)
+
+
+def _baseline_rate(result: Result, results: Sequence[Result]) -> float | None:
+    """The rate of the baseline ``result`` is compared with: the one it names, else its benchmark's first."""
+    for other in results:
+        if other.baseline and other.benchmark == result.benchmark and result.versus in (None, other.case):
+            return other.rate
+    return None
 
 
 def _line(cells: Sequence[str], widths: Sequence[int]) -> str:

@@ -42,6 +42,21 @@ class Settings:
     prefetch: int = 100
     #: Where the ``test`` processor appends its events (default: <var>/test_queue.jsonl).
     test_queue_path: Path | None = None
+    #: The SQLite file of users and messages (default: <var>/eventbus.sqlite3).
+    database_setting: Path | None = None
+    #: The Tornado server: its port, and a name that tags what it asks of the processors.
+    port: int = 9993
+    server_id: str = "tornado"
+    #: A held long-poll gets a heartbeat event after this many seconds (+-10%).
+    heartbeat_seconds: float = 50.0
+    #: Event queues idle longer than their lifespan are collected this often.
+    queue_gc_seconds: float = 60.0
+    queue_lifespan_seconds: float = 600.0
+    max_queue_lifespan_seconds: float = 7 * 24 * 3600.0
+    #: A client queue holding more unacknowledged events than this is dropped.
+    max_queue_events: int = 10_000
+    #: A websocket with more unsent bytes than this is closed as a slow consumer.
+    websocket_buffer_bytes: int = 1_000_000
     rabbitmq_password: str | None = None
     shared_secret: str | None = None
 
@@ -59,6 +74,14 @@ class Settings:
             publish_timeout=_number(env, "EVENTBUS_PUBLISH_TIMEOUT", 15.0),
             prefetch=int(_number(env, "EVENTBUS_PREFETCH", 100)),
             test_queue_path=_path(env, "EVENTBUS_TEST_QUEUE_FILE"),
+            database_setting=_path(env, "EVENTBUS_DATABASE"),
+            port=int(_number(env, "EVENTBUS_PORT", 9993)),
+            server_id=env.get("EVENTBUS_SERVER_ID", "tornado"),
+            heartbeat_seconds=_number(env, "EVENTBUS_HEARTBEAT_SECONDS", 50.0),
+            queue_gc_seconds=_number(env, "EVENTBUS_QUEUE_GC_SECONDS", 60.0),
+            queue_lifespan_seconds=_number(env, "EVENTBUS_QUEUE_LIFESPAN_SECONDS", 600.0),
+            max_queue_events=int(_number(env, "EVENTBUS_MAX_QUEUE_EVENTS", 10_000)),
+            websocket_buffer_bytes=int(_number(env, "EVENTBUS_WEBSOCKET_BUFFER_BYTES", 1_000_000)),
             rabbitmq_password=secrets.get("rabbitmq_password"),
             shared_secret=secrets.get("shared_secret"),
         )
@@ -76,8 +99,18 @@ class Settings:
             raise ConfigurationError(
                 f"EVENTBUS_AMQP_URL must start with amqp:// or amqps://, not {scheme!r}"
             )
-        if self.publish_timeout <= 0 or self.prefetch < 1:
-            raise ConfigurationError("EVENTBUS_PUBLISH_TIMEOUT and EVENTBUS_PREFETCH must be positive")
+        positive = {
+            "EVENTBUS_PUBLISH_TIMEOUT": self.publish_timeout, "EVENTBUS_PREFETCH": self.prefetch,
+            "EVENTBUS_HEARTBEAT_SECONDS": self.heartbeat_seconds, "EVENTBUS_QUEUE_GC_SECONDS": self.queue_gc_seconds,
+            "EVENTBUS_QUEUE_LIFESPAN_SECONDS": self.queue_lifespan_seconds,
+            "EVENTBUS_MAX_QUEUE_EVENTS": self.max_queue_events,
+            "EVENTBUS_WEBSOCKET_BUFFER_BYTES": self.websocket_buffer_bytes,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigurationError(f"{name} must be positive, not {value!r}")
+        if not 0 < self.port < 65536:
+            raise ConfigurationError(f"EVENTBUS_PORT must be a TCP port, not {self.port}")
 
     @property
     def connection_url(self) -> str:
@@ -89,6 +122,11 @@ class Settings:
         password = urllib.parse.quote(self.rabbitmq_password, safe="")
         host = parts.netloc.rpartition("@")[2]
         return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+    @property
+    def database(self) -> Path:
+        """``EVENTBUS_DATABASE``, else ``<var>/eventbus.sqlite3``."""
+        return self.database_setting or self.var_dir / "eventbus.sqlite3"
 
     @property
     def test_queue_file(self) -> Path:

@@ -51,7 +51,7 @@ def test_redacted_url_hides_the_password() -> None:
         ("EVENTBUS_BROKER", "redis", "EVENTBUS_BROKER must be one of amqp, memory"),
         ("EVENTBUS_AMQP_URL", "http://x", "EVENTBUS_AMQP_URL must start with amqp://"),
         ("EVENTBUS_PREFETCH", "many", "EVENTBUS_PREFETCH must be a number"),
-        ("EVENTBUS_PUBLISH_TIMEOUT", "0", "must be positive"),
+        ("EVENTBUS_PUBLISH_TIMEOUT", "0", "EVENTBUS_PUBLISH_TIMEOUT must be positive"),
     ],
 )
 def test_bad_values_get_a_clear_error(variable: str, value: str, message: str) -> None:

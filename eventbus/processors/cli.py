@@ -125,6 +125,30 @@ def cmd_replay_errors(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runtornado(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from eventbus.settings import get_settings
+    from eventbus.tornado_events.server import serve
+
+    settings = get_settings()
+    asyncio.run(serve(settings, args.port or settings.port, args.host))
+    return 0
+
+
+def cmd_create_user(args: argparse.Namespace) -> int:
+    from eventbus.settings import get_settings
+    from eventbus.users import UserError, UserStore
+
+    try:
+        user = UserStore(get_settings().database).create_user(args.email, args.full_name)
+    except UserError as e:
+        raise UsageError(str(e)) from None
+    print(json.dumps({"user_id": user.id, "email": user.email, "full_name": user.full_name,
+                      "api_key": user.api_key}))
+    return 0
+
+
 def cmd_rabbitmq(args: argparse.Namespace) -> int:
     from eventbus.queue import rabbitmq_node
 
@@ -171,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = command("replay_errors", "publish the events of a queue's error store again")
     replay.add_argument("queue", metavar="NAME")
+
+    tornado = command("runtornado", "run the Tornado event server")
+    tornado.add_argument("--port", type=int, default=None, help="port to listen on (default EVENTBUS_PORT, 9993)")
+    tornado.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+
+    user = command("create_user", "create a user and print its API key as JSON")
+    user.add_argument("email")
+    user.add_argument("--full-name", default=None, help="the user's name (default: the email's local part)")
 
     rabbitmq = command("rabbitmq", "start, stop or check a private RabbitMQ node")
     rabbitmq.add_argument("action", choices=["start", "stop", "status"])

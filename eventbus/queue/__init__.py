@@ -18,13 +18,14 @@ from eventbus.queue.broker import (
 from eventbus.queue.consumer import Consumer
 from eventbus.queue.error_store import ErrorStore, check_queue_name
 from eventbus.queue.memory import MemoryBroker
-from eventbus.queue.tornado_client import TornadoQueueClient
+from eventbus.queue.tornado_client import MemoryTornadoClient, TornadoQueueClient, tornado_client_for
 
 __all__ = [
     "Broker",
     "Consumer",
     "ErrorStore",
     "MemoryBroker",
+    "MemoryTornadoClient",
     "QueueInfo",
     "TornadoQueueClient",
     "check_queue_name",
@@ -34,4 +35,5 @@ __all__ = [
     "queue_json_publish",
     "queue_json_publish_many",
     "set_broker",
+    "tornado_client_for",
 ]

@@ -13,7 +13,9 @@ method of Tornado's IOLoop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
 import traceback
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -24,8 +26,11 @@ from tornado.ioloop import IOLoop
 
 from eventbus import codec
 from eventbus.errors import EventEncodingError
+from eventbus.queue.broker import Broker, get_broker
 from eventbus.queue.client import AmqpClient
+from eventbus.queue.consumer import Consumer
 from eventbus.queue.error_store import ErrorStore, check_queue_name
+from eventbus.queue.memory import MemoryBroker
 from eventbus.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -220,3 +225,99 @@ class TornadoQueueClient:
         """A plain record: the connection's state and the consumed and failed counts."""
         stats = self.client.statistics() if self._client is not None else {"ready": False}
         return {**stats, "consumed": self.consumed, "failed": self.failed}
+
+
+class MemoryTornadoClient:
+    """TornadoQueueClient's interface over the in-process broker (EVENTBUS_BROKER=memory).
+
+    Each consumed queue has a consumer thread on the memory broker that hands
+    events to the IOLoop with ``add_callback`` and waits for the callback to
+    finish before acking; a failing event goes to the error store.
+    """
+
+    def __init__(self, broker: MemoryBroker, name: str = "tornado") -> None:
+        self.broker = broker
+        self.name = name
+        self.error_store = broker.error_store
+        self.consumed = 0
+        self.failed = 0
+        self._ioloop: IOLoop | None = None
+        self._consumers: dict[str, EventCallback] = {}
+        self._running: list[tuple[Consumer, threading.Thread]] = []
+
+    @property
+    def ready(self) -> bool:
+        return self._ioloop is not None
+
+    def start(self) -> None:
+        if self._ioloop is None:
+            self._ioloop = IOLoop.current()
+            for queue, callback in self._consumers.items():
+                self._start_consumer(queue, callback)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        return None
+
+    def publish(self, queue: str, event: Any) -> asyncio.Future[None]:
+        self.broker.publish(queue, event)  # in memory: no I/O to wait for
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    def consume(self, queue: str, callback: EventCallback) -> None:
+        self._consumers[check_queue_name(queue)] = callback
+        if self._ioloop is not None:
+            self._start_consumer(queue, callback)
+
+    def _start_consumer(self, queue: str, callback: EventCallback) -> None:
+        loop = self._ioloop
+        assert loop is not None
+
+        def handle(events: list[Any]) -> None:  # in the consumer thread
+            for event in events:
+                done = concurrent.futures.Future[None]()
+                loop.add_callback(self._run_callback, queue, callback, event, done)
+                done.result()
+
+        consumer = self.broker.consumer(queue, handle)
+        thread = threading.Thread(target=consumer.run, name=f"memory consumer {queue}", daemon=True)
+        thread.start()
+        self._running.append((consumer, thread))
+
+    async def _run_callback(self, queue: str, callback: EventCallback, event: Any,
+                            done: concurrent.futures.Future[None]) -> None:
+        try:
+            result = callback(event)
+            if result is not None:
+                await result
+            self.consumed += 1
+        except Exception as e:
+            self.failed += 1
+            logger.error("%s: event from %s could not be processed: %s", self.name, queue, e)
+            await IOLoop.current().run_in_executor(None, partial(
+                self.error_store.record, queue, event, error=f"{type(e).__name__}: {e}",
+                traceback=traceback.format_exc()))
+        finally:
+            done.set_result(None)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        for consumer, _ in self._running:
+            consumer.stop()
+        for _, thread in self._running:
+            await IOLoop.current().run_in_executor(None, thread.join, timeout)
+        self._running.clear()
+
+    def statistics(self) -> dict[str, Any]:
+        return {"ready": self.ready, "consumers": sorted(self._consumers), "consumed": self.consumed,
+                "failed": self.failed}
+
+
+def tornado_client_for(settings: Settings, broker: Broker | None = None, *,
+                       name: str = "tornado") -> TornadoQueueClient | MemoryTornadoClient:
+    """The Tornado-side client the settings ask for: RabbitMQ's, or the in-process broker's."""
+    if settings.broker == "memory":
+        memory = broker or get_broker()
+        if not isinstance(memory, MemoryBroker):
+            raise TypeError("EVENTBUS_BROKER=memory needs the process's broker to be a MemoryBroker")
+        return MemoryTornadoClient(memory, name=name)
+    return TornadoQueueClient(settings, name=name)

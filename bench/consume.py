@@ -1,0 +1,290 @@
+"""Consuming (issue 3): events/s a worker process drains from a queue, against raw pika consumers.
+
+Every case drains the same load: ``EVENTS`` message events of about 200
+bytes of JSON (``publish.make_event``), published persistent to a durable
+queue with ``RabbitMQBroker.publish_many`` while no consumer is attached.
+Then the case's consumer is started as a process of its own, and timed from
+the moment RabbitMQ counts it as the queue's consumer to the moment it has
+processed and acked the last event:
+
+- the start is observed from outside, by polling the queue's consumer count
+  (a passive declare, one round trip) every ``POLL`` seconds, and taken as
+  halfway between the last poll that saw no consumer and the first that saw
+  it; Python's start-up, imports and connecting are thus left out, alike for
+  every case;
+- the end is the consumer's own clock: the raw consumer prints the time of
+  its last ack; a worker writes its stats file when its queue runs empty
+  (``QueueStats.emptied``), and the file's ``update_time`` once it counts
+  every event processed is the end;
+- then the consumer stops (the raw one by itself, a worker on SIGTERM, which
+  must exit 0), and the queue must be empty with no consumer: an event left
+  unacked would be back in it.
+
+The baselines are the least a consumer process costs: pika's
+BlockingConnection with a prefetch of 100, decoding each body with ujson,
+acking each event, or every 100th with ``multiple``. Each baseline drains the
+same queue as the worker it is compared with. ``EVENTS`` is a multiple of the
+batch size, so no batch waits out ``batch_wait`` at the tail of the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pika
+import pika.adapters.blocking_connection
+
+from bench import register
+from bench.harness import BenchError, Context, Result, Trial, measure
+from bench.publish import Event, make_event
+from eventbus.processors.stats import read_stats, stats_path
+from eventbus.queue.rabbitmq import RabbitMQBroker
+from eventbus.settings import Settings
+
+#: The queues of the shipped NoopWorker and NoopBatchWorker.
+ONE_QUEUE = "noop"
+BATCH_QUEUE = "noop_batch"
+#: Events per run: a run then lasts one to two seconds, against a few ms of uncertainty at its start.
+EVENTS = 20_000
+QUICK_EVENTS = 1_000
+#: Unacked events RabbitMQ sends ahead: eventbus's default (``EVENTBUS_PREFETCH``), for the baselines too.
+PREFETCH = 100
+#: NoopBatchWorker's batch size (``QueueOptions.batch_size``), which baseline B acks by.
+BATCH = 100
+#: A worker should keep most of raw pika's speed one at a time, and match it in batches.
+ONE_TARGET = 0.9
+BATCH_TARGET = 1.0
+#: How often the consumer count is polled while a consumer starts: the start is known to within this.
+POLL = 0.005
+#: How often the end is looked for: the end time comes from the consumer, so this only adds a little wall time.
+END_POLL = 0.01
+#: Longest a consumer may take to start, or to drain the queue, before the case fails.
+TIMEOUT = 120.0
+#: The project root: ``python -m bench._raw_consumer`` runs from there.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConsumerProcess(ABC):
+    """One case's consumer, started as a process on a loaded queue; its output goes to ``log``."""
+
+    def __init__(self, argv: list[str], settings: Settings, log: Path, *, stdout: int | None = None) -> None:
+        self.log = log
+        self.var_dir = settings.var_dir
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTBUS_")}
+        env.update(EVENTBUS_BROKER="amqp", EVENTBUS_AMQP_URL=settings.connection_url,
+                   EVENTBUS_VAR_DIR=str(settings.var_dir), EVENTBUS_PREFETCH=str(PREFETCH))
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, *argv], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                stdout=output if stdout is None else stdout, stderr=output,
+            )
+
+    @abstractmethod
+    def finished_at(self) -> float | None:
+        """The wall-clock time of its last ack, once it has processed every event; None until then."""
+
+    def stop(self) -> None:
+        """Wait for the process to end (after ``finished_at``); it must exit 0."""
+        code = self.process.wait(TIMEOUT)
+        if code != 0:
+            raise self.failed(f"exited with {code}")
+
+    def kill(self) -> None:
+        """Kill the process if it still runs (a case that failed halfway)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def check_running(self) -> None:
+        code = self.process.poll()
+        if code is not None:
+            raise self.failed(f"exited early with {code}")
+
+    def failed(self, what: str) -> BenchError:
+        """An error naming the process, with the end of its log (the log goes with the scratch folder)."""
+        tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+        return BenchError(f"{' '.join(self.process.args[1:])}: {what}; its log ends:\n{tail}")  # type: ignore[index]
+
+
+class RawConsumer(ConsumerProcess):
+    """``bench._raw_consumer``: exits by itself after the last event and prints when it acked it."""
+
+    def __init__(self, settings: Settings, queue: str, events: int, log: Path, *, ack_every: int) -> None:
+        argv = ["-m", "bench._raw_consumer", queue, str(events), f"--ack-every={ack_every}", f"--prefetch={PREFETCH}"]
+        super().__init__(argv, settings, log, stdout=subprocess.PIPE)
+
+    def finished_at(self) -> float | None:
+        if self.process.poll() is None:
+            return None
+        assert self.process.stdout is not None
+        output = self.process.stdout.read()
+        self.process.stdout.close()
+        try:
+            return float(json.loads(output)["done"])
+        except (ValueError, KeyError, TypeError):
+            raise self.failed(f"exited with {self.process.returncode}, printing {output[:200]!r}") from None
+
+
+class WorkerProcess(ConsumerProcess):
+    """``python -m eventbus process_queue``: done when its stats file counts every event; stopped by SIGTERM."""
+
+    def __init__(self, settings: Settings, queue: str, events: int, log: Path) -> None:
+        self.queue = queue
+        self.events = events
+        stats_path(settings.var_dir, queue).unlink(missing_ok=True)  # a file of an earlier run would end this one
+        super().__init__(["-m", "eventbus", "process_queue", f"--queue={queue}"], settings, log)
+
+    def finished_at(self) -> float | None:
+        self.check_running()
+        stats = read_stats(self.var_dir, self.queue) or {}
+        if stats.get("processed", 0) + stats.get("failed", 0) < self.events:
+            return None
+        if stats["processed"] != self.events or stats["failed"]:
+            raise self.failed(f"processed {stats['processed']} and failed {stats['failed']} of {self.events} events")
+        return float(stats["update_time"])
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)  # finishes its batch, then exits 0
+        super().stop()
+
+
+#: Starts a case's consumer on a queue loaded with that many events, its output to the log.
+Starter = Callable[[Settings, str, int, Path], ConsumerProcess]
+
+
+def raw_pika(ack_every: int) -> Starter:
+    def start(settings: Settings, queue: str, events: int, log: Path) -> ConsumerProcess:
+        return RawConsumer(settings, queue, events, log, ack_every=ack_every)
+
+    return start
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    queue: str
+    start: Starter
+    baseline: bool = False
+    versus: str | None = None
+    target: float | None = None
+
+
+ONE_BASELINE = "raw pika, ack each"
+BATCH_BASELINE = f"raw pika, ack multiple per {BATCH}"
+CASES = (
+    Case(ONE_BASELINE, ONE_QUEUE, raw_pika(1), baseline=True),
+    Case(BATCH_BASELINE, BATCH_QUEUE, raw_pika(BATCH), baseline=True),
+    Case("noop worker, one at a time (vs ack each)", ONE_QUEUE, WorkerProcess,
+         versus=ONE_BASELINE, target=ONE_TARGET),
+    Case(f"noop_batch worker, batches of {BATCH} (vs ack multiple)", BATCH_QUEUE, WorkerProcess,
+         versus=BATCH_BASELINE, target=BATCH_TARGET),
+)
+
+
+class QueueWatch:
+    """Depth and consumer count of queues, over one channel held open: a poll is one round trip."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._connection = pika.BlockingConnection(pika.URLParameters(settings.connection_url))
+        self._channel: pika.adapters.blocking_connection.BlockingChannel = self._connection.channel()
+
+    def counts(self, queue: str) -> tuple[int, int]:
+        """Events ready in ``queue`` (delivered and unacked ones are not counted), and its consumers."""
+        ok = self._channel.queue_declare(queue, passive=True).method
+        return ok.message_count, ok.consumer_count
+
+    def wait_consumer(self, queue: str, consumer: ConsumerProcess) -> float:
+        """When ``consumer`` registered: halfway between the last poll that did not see it and the first that did."""
+        deadline = time.monotonic() + TIMEOUT
+        before = time.time()
+        while self.counts(queue)[1] == 0:
+            consumer.check_running()
+            if time.monotonic() > deadline:
+                raise consumer.failed(f"did not consume {queue} within {TIMEOUT:.0f} s")
+            time.sleep(POLL)
+            before = time.time()
+        return (before + time.time()) / 2
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+@register("consume", "events/s a worker process drains from a queue, against raw pika consumers (issue 3)")
+def consume(context: Context) -> list[Result]:
+    settings = Settings(amqp_url=context.amqp_url, var_dir=context.work_dir / "var")
+    events = [make_event(i) for i in range(context.size(EVENTS, QUICK_EVENTS))]
+    with ExitStack() as stack:
+        loader = RabbitMQBroker(settings)
+        stack.callback(loader.close)
+        for queue in (ONE_QUEUE, BATCH_QUEUE):
+            loader.delete_queue(queue)  # a broker given with --amqp-url may hold old ones
+            stack.callback(loader.delete_queue, queue)
+        watch = QueueWatch(settings)
+        stack.callback(watch.close)
+        drain = Drain(settings, loader, watch, events, context.work_dir / "logs")
+        samples = measure([Trial(drain.timer(case)) for case in CASES], repeats=context.repeats)
+    return [Result("consume", case.name, len(events), seconds, baseline=case.baseline, versus=case.versus,
+                   target=case.target) for case, seconds in zip(CASES, samples, strict=True)]
+
+
+@dataclass
+class Drain:
+    """One timed run of a case: load its queue, start its consumer, time the draining, check the queue."""
+
+    settings: Settings
+    loader: RabbitMQBroker
+    watch: QueueWatch
+    events: list[Event]
+    log_dir: Path
+
+    def timer(self, case: Case) -> Callable[[], float]:
+        return lambda: self.run(case)
+
+    def run(self, case: Case) -> float:
+        """Seconds from the consumer's registration to its last ack."""
+        self._load(case)
+        log = self.log_dir / f"{re.sub(r'[^a-z0-9]+', '-', case.name.lower()).strip('-')}.log"
+        with self._started(case, log) as consumer:
+            registered = self.watch.wait_consumer(case.queue, consumer)
+            finished = self._wait_finished(case, consumer)
+            consumer.stop()
+        depth, consumers = self.watch.counts(case.queue)
+        if depth or consumers:
+            raise BenchError(f"{case.name}: {depth} event(s) back in {case.queue} after the consumer "
+                             f"stopped (unacked), {consumers} consumer(s) left")
+        return finished - registered
+
+    def _load(self, case: Case) -> None:
+        self.loader.publish_many(case.queue, self.events)
+        depth, consumers = self.watch.counts(case.queue)
+        if depth != len(self.events) or consumers:
+            raise BenchError(f"{case.name}: {case.queue} holds {depth} events and {consumers} consumer(s) "
+                             f"after loading {len(self.events)}")
+
+    @contextmanager
+    def _started(self, case: Case, log: Path) -> Iterator[ConsumerProcess]:
+        consumer = case.start(self.settings, case.queue, len(self.events), log)
+        try:
+            yield consumer
+        finally:
+            consumer.kill()
+
+    def _wait_finished(self, case: Case, consumer: ConsumerProcess) -> float:
+        deadline = time.monotonic() + TIMEOUT
+        while (finished := consumer.finished_at()) is None:
+            if time.monotonic() > deadline:
+                raise consumer.failed(f"did not drain {case.queue} within {TIMEOUT:.0f} s")
+            time.sleep(END_POLL)
+        return finished

@@ -1,0 +1,159 @@
+"""Every registered client of this Tornado process: lookup, delivery, expiry, persistence."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from eventbus import codec
+from eventbus.tornado_events.event_queue import ClientDescriptor
+
+logger = logging.getLogger(__name__)
+
+#: Called with a user id when that user's last queue expired (a user who went away).
+ExpiryHook = Callable[[int], None]
+
+
+class ClientRegistry:
+    """The clients of this process, by queue id and by user."""
+
+    def __init__(self, max_queue_events: int = 10_000) -> None:
+        self.max_queue_events = max_queue_events
+        self._clients: dict[str, ClientDescriptor] = {}
+        self._by_user: defaultdict[int, dict[str, ClientDescriptor]] = defaultdict(dict)
+        self.after_last_queue_expired: list[ExpiryHook] = []
+        self.events_delivered = 0
+
+    # -- clients ----------------------------------------------------------------
+
+    def add(self, client: ClientDescriptor) -> ClientDescriptor:
+        self._clients[client.queue_id] = client
+        self._by_user[client.user_id][client.queue_id] = client
+        return client
+
+    def get(self, queue_id: str, user_id: int) -> ClientDescriptor | None:
+        """The client with ``queue_id`` if it belongs to ``user_id``; a foreign queue looks like no queue."""
+        client = self._clients.get(queue_id)
+        return client if client is not None and client.user_id == user_id else None
+
+    def remove(self, client: ClientDescriptor, reason: str | None = None) -> None:
+        """Forget ``client``; with a reason, its listener is told the queue is gone."""
+        self._clients.pop(client.queue_id, None)
+        mine = self._by_user.get(client.user_id)
+        if mine is not None:
+            mine.pop(client.queue_id, None)
+            if not mine:
+                del self._by_user[client.user_id]
+        if reason is not None and client.listener is not None:
+            client.listener.drop(client, reason)
+
+    def clients_of(self, user_id: int) -> list[ClientDescriptor]:
+        return list(self._by_user.get(user_id, {}).values())
+
+    def has_live_queue(self, user_id: int) -> bool:
+        return bool(self._by_user.get(user_id))
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def __iter__(self) -> Any:
+        return iter(list(self._clients.values()))
+
+    # -- delivery ---------------------------------------------------------------
+
+    def deliver(self, event: dict[str, Any], users: Iterable[int | dict[str, Any]]) -> int:
+        """Queue ``event`` for every client of ``users`` that accepts it; how many clients got it.
+
+        ``users`` holds user ids, or ``{"id": N, "flags": [...]}`` for per-user
+        message flags. Each variant of the event is encoded once.
+        """
+        bodies: dict[tuple[bool, tuple[str, ...]], tuple[dict[str, Any], bytes]] = {}
+        count = 0
+        for user in users:
+            user_id, flags = (user, None) if isinstance(user, int) else (int(user["id"]), user.get("flags", []))
+            for client in self.clients_of(user_id):
+                if not client.accepts(event):
+                    continue
+                key = (client.apply_markdown, tuple(flags) if flags is not None else ())
+                if key not in bodies:
+                    variant = client_view(event, client.apply_markdown, flags)
+                    bodies[key] = (variant, codec.encode(variant))
+                variant, body = bodies[key]
+                client.add(variant, body)
+                count += 1
+                if len(client.queue) > self.max_queue_events:
+                    logger.warning("queue %s of user %d holds over %d events; dropping it",
+                                   client.queue_id, client.user_id, self.max_queue_events)
+                    self.remove(client, "the queue overflowed")
+        self.events_delivered += count
+        return count
+
+    # -- expiry -----------------------------------------------------------------
+
+    def collect_garbage(self, now: float | None = None) -> list[ClientDescriptor]:
+        """Remove the idle queues past their lifespan; fire the hooks for users left with none."""
+        now = time.monotonic() if now is None else now
+        expired = [c for c in self._clients.values() if c.expired(now)]
+        for client in expired:
+            self.remove(client)
+        for user_id in sorted({c.user_id for c in expired}):
+            if not self.has_live_queue(user_id):
+                self._fire(user_id)
+        if expired:
+            logger.info("collected %d expired event queue(s)", len(expired))
+        return expired
+
+    def _fire(self, user_id: int) -> None:
+        for hook in self.after_last_queue_expired:
+            try:
+                hook(user_id)
+            except Exception:
+                logger.exception("after_last_queue_expired hook %r failed for user %d", hook, user_id)
+
+    # -- persistence ------------------------------------------------------------
+
+    def dump(self, path: Path) -> int:
+        """Write every queue to ``path`` (atomically); how many."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(codec.encode([c.to_dict() for c in self._clients.values()]))
+        os.replace(tmp, path)
+        return len(self._clients)
+
+    def load(self, path: Path) -> int:
+        """Restore the queues saved in ``path``, each with a restart event; rename the file. How many."""
+        if not path.exists():
+            return 0
+        try:
+            saved = codec.decode(path.read_bytes())
+            clients = [ClientDescriptor.from_dict(data) for data in saved]
+        except (ValueError, KeyError, TypeError) as e:
+            logger.error("cannot restore event queues from %s (%s); starting without them", path, e)
+            path.rename(path.with_name(path.name + ".bad"))
+            return 0
+        for client in clients:
+            self.add(client)
+            client.add({"type": "restart", "server_generation": time.time()})
+        path.rename(path.with_name(path.name + ".loaded"))
+        return len(clients)
+
+
+def client_view(event: dict[str, Any], apply_markdown: bool, flags: list[str] | None) -> dict[str, Any]:
+    """The event as one client sees it: message content per apply_markdown, the user's flags."""
+    if event.get("type") != "message" or not isinstance(event.get("message"), dict):
+        return event
+    message = dict(event["message"])
+    rendered = message.pop("rendered_content", None)
+    if apply_markdown and rendered is not None:
+        message["content"], message["content_type"] = rendered, "text/html"
+    else:
+        message["content_type"] = "text/x-markdown"
+    view = {**event, "message": message}
+    if flags is not None:
+        view["flags"] = list(flags)
+    return view

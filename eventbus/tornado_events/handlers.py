@@ -1,0 +1,316 @@
+"""HTTP handlers of the event server, wire-compatible with Zulip's REST events API.
+
+Every answer is JSON, errors included: ``{"result": "error", "msg": ...,
+"code": ...}`` with status 400 (``BAD_REQUEST``, ``BAD_EVENT_QUEUE_ID``), 401
+(``UNAUTHORIZED``) or 404, never an HTML page. Handlers get the server
+through ``initialize`` and say how they authenticate: ``api`` (HTTP Basic
+``email:api_key``), ``session`` (the signed session cookie, plus the CSRF
+token for anything but GET), ``internal`` (loopback and the shared secret) or
+``none``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import tornado.web
+from tornado.ioloop import IOLoop
+
+from eventbus import codec
+from eventbus.errors import EventEncodingError
+from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
+from eventbus.tornado_events.notify import check_notice
+from eventbus.users import User
+
+if TYPE_CHECKING:
+    from eventbus.tornado_events.server import EventServer
+
+logger = logging.getLogger(__name__)
+
+SESSION_COOKIE = "eventbus_session"
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+NARROW_OPERATORS = frozenset({"stream", "topic"})
+
+
+class ApiError(tornado.web.HTTPError):
+    """An error answered as Zulip does: a status, a code and a message, in JSON."""
+
+    def __init__(self, status: int, code: str, msg: str, **extra: Any) -> None:
+        super().__init__(status, log_message=msg)
+        self.code = code
+        self.msg = msg
+        self.extra = extra
+
+
+def bad_request(msg: str) -> ApiError:
+    return ApiError(400, "BAD_REQUEST", msg)
+
+
+def bad_queue(queue_id: str) -> ApiError:
+    return ApiError(400, "BAD_EVENT_QUEUE_ID", f"Bad event queue ID: {queue_id}", queue_id=queue_id)
+
+
+def registration(values: dict[str, Any], server: EventServer, user: User) -> ClientDescriptor:
+    """A new client from register parameters (already decoded from JSON); ApiError naming a bad one."""
+    event_types = values.get("event_types")
+    if event_types is not None and not (isinstance(event_types, list)
+                                        and all(isinstance(t, str) for t in event_types)):
+        raise bad_request("Invalid 'event_types' argument: must be a list of strings")
+    narrow = values.get("narrow") or []
+    if not isinstance(narrow, list) or not all(
+            isinstance(term, list) and len(term) == 2 and all(isinstance(x, str) for x in term) for term in narrow):
+        raise bad_request("Invalid 'narrow' argument: must be a list of [operator, operand] pairs")
+    for operator, _ in narrow:
+        if operator not in NARROW_OPERATORS:
+            raise bad_request(f"Invalid 'narrow' argument: unknown operator {operator!r}")
+    apply_markdown = values.get("apply_markdown", False)
+    lifespan = values.get("queue_lifespan_secs") or server.settings.queue_lifespan_seconds
+    if not isinstance(apply_markdown, bool):
+        raise bad_request("Invalid 'apply_markdown' argument: must be true or false")
+    if isinstance(lifespan, bool) or not isinstance(lifespan, int | float) or lifespan < 0:
+        raise bad_request("Invalid 'queue_lifespan_secs' argument: must be a number of seconds")
+    return ClientDescriptor(
+        user_id=user.id,
+        event_types=frozenset(event_types) if event_types is not None else None,
+        narrow=tuple((op, arg) for op, arg in narrow),
+        apply_markdown=apply_markdown,
+        lifespan=min(float(lifespan), server.settings.max_queue_lifespan_seconds),
+    )
+
+
+def events_body(client: ClientDescriptor, events: list[QueuedEvent]) -> bytes:
+    """The answer to GET /events, assembled from each event's JSON encoded once."""
+    return (b'{"result":"success","msg":"","events":[' + b",".join(q.to_json() for q in events)
+            + b'],"queue_id":' + codec.encode(client.queue_id) + b"}")
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Authentication, arguments and JSON answers for every endpoint."""
+
+    server: EventServer
+    auth: str
+    user: User
+
+    def initialize(self, server: EventServer, auth: str = "api") -> None:
+        self.server = server
+        self.auth = auth
+
+    async def prepare(self) -> None:
+        if self.auth == "api":
+            user = await self.server.authenticate_basic(self.request.headers.get("Authorization", ""))
+        elif self.auth == "session":
+            user = await self.server.session_user(self)
+            if user is not None and self.request.method not in ("GET", "HEAD", "OPTIONS"):
+                self.check_csrf()
+        elif self.auth == "internal":
+            self.check_internal()
+            return
+        else:
+            return
+        if user is None:
+            raise ApiError(401, "UNAUTHORIZED", "Not logged in: API authentication or user session required")
+        self.user = user
+
+    def check_csrf(self) -> None:
+        try:
+            self.check_xsrf_cookie()
+        except tornado.web.HTTPError:
+            raise ApiError(401, "UNAUTHORIZED", "CSRF token missing or incorrect") from None
+
+    def check_internal(self) -> None:
+        secret = self.server.settings.shared_secret
+        given = self.get_body_argument("secret", "")
+        if self.request.remote_ip not in LOOPBACK or not secret or not hmac.compare_digest(
+                given.encode(), secret.encode()):
+            raise ApiError(401, "UNAUTHORIZED", "Internal endpoint: loopback and the shared secret required")
+
+    def check_xsrf_cookie(self) -> None:
+        """Tornado checks this itself only with xsrf_cookies on; we call it where sessions are used."""
+        super().check_xsrf_cookie()
+
+    # -- arguments --------------------------------------------------------------
+
+    def arg(self, name: str, parse: Callable[[str], Any] = str, default: Any = ..., ) -> Any:
+        """Argument ``name`` parsed with ``parse``; BAD_REQUEST naming it when missing or malformed."""
+        raw = self.get_argument(name, None)
+        if raw is None:
+            if default is ...:
+                raise bad_request(f"Missing '{name}' argument")
+            return default
+        try:
+            return parse(raw)
+        except (ValueError, TypeError, EventEncodingError):
+            raise bad_request(f"Invalid '{name}' argument") from None
+
+    def json_arg(self, name: str, default: Any = None) -> Any:
+        return self.arg(name, codec.decode, default)
+
+    def bool_arg(self, name: str, default: bool) -> bool:
+        return bool(self.arg(name, parse_bool, default))
+
+    def client(self) -> ClientDescriptor:
+        queue_id = self.arg("queue_id")
+        client = self.server.registry.get(queue_id, self.user.id)
+        if client is None:
+            raise bad_queue(queue_id)
+        return client
+
+    # -- answers ----------------------------------------------------------------
+
+    def success(self, **data: Any) -> None:
+        self.write_json({"result": "success", "msg": "", **data})
+
+    def write_json(self, data: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(codec.encode(data))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, ApiError):
+            body = {"result": "error", "msg": error.msg, "code": error.code, **error.extra}
+        elif status_code == 404:
+            body = {"result": "error", "msg": "Endpoint not found", "code": "NOT_FOUND"}
+        elif status_code == 405:
+            body = {"result": "error", "msg": f"Method {self.request.method} not allowed", "code": "BAD_REQUEST"}
+        elif status_code < 500:
+            body = {"result": "error", "msg": self._reason, "code": "BAD_REQUEST"}
+        else:
+            body = {"result": "error", "msg": "Internal server error", "code": "INTERNAL_SERVER_ERROR"}
+        self.set_header("Content-Type", "application/json")
+        self.finish(codec.encode(body))
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0", ""):
+        return False
+    raise ValueError(raw)
+
+
+class NotFoundHandler(BaseHandler):
+    """Any URL the server does not have: a JSON 404."""
+
+    def initialize(self, server: EventServer | None = None, auth: str = "none") -> None:
+        self.auth = "none"
+
+    async def prepare(self) -> None:
+        raise tornado.web.HTTPError(404)
+
+
+class RegisterHandler(BaseHandler):
+    """POST /api/v1/register, /json/register: a new event queue for the caller."""
+
+    async def post(self) -> None:
+        values = {name: self.json_arg(name) for name in ("event_types", "narrow", "apply_markdown",
+                                                          "queue_lifespan_secs") if self.get_argument(name, None)}
+        client = self.server.registry.add(registration(values, self.server, self.user))
+        self.success(queue_id=client.queue_id, last_event_id=-1, **self.server.initial_state(self.user))
+
+
+class EventsHandler(BaseHandler):
+    """GET /api/v1/events (long-poll) and DELETE /api/v1/events, and their /json twins."""
+
+    listener: LongPoll | None = None
+
+    async def get(self) -> None:
+        client = self.client()
+        last_event_id = self.arg("last_event_id", int, None)
+        dont_block = self.bool_arg("dont_block", False)
+        if last_event_id is not None:
+            client.queue.prune(last_event_id)
+        events = client.pending()
+        if events or dont_block:
+            client.attach(None)  # answered at once; an older held request is answered too
+            return self._answer(client, events)
+        self.listener = LongPoll(client, self.server.settings.heartbeat_seconds)
+        client.attach(self.listener)
+        result = await self.listener.result
+        if isinstance(result, list):
+            self._answer(client, result)
+        elif isinstance(result, str):
+            raise bad_queue(client.queue_id)
+
+    def _answer(self, client: ClientDescriptor, events: list[QueuedEvent]) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(events_body(client, events))
+
+    def on_connection_close(self) -> None:
+        """Invoked by Tornado when the client goes away: release the held request now."""
+        if self.listener is not None:
+            self.listener.closed()
+
+    async def delete(self) -> None:
+        client = self.client()
+        self.server.registry.remove(client, "the queue was deleted")
+        self.success()
+
+
+class LongPoll:
+    """A held GET waiting for events: answered once (events, a heartbeat, replaced, or dropped), then gone."""
+
+    def __init__(self, client: ClientDescriptor, heartbeat_seconds: float) -> None:
+        self.client = client
+        #: Resolves to the events to send, a reason the queue is gone (str), or None when the client left.
+        self.result: asyncio.Future[list[QueuedEvent] | str | None] = asyncio.get_running_loop().create_future()
+        delay = heartbeat_seconds * random.uniform(0.9, 1.1)  # spread heartbeats of clients that came together
+        self._heartbeat = IOLoop.current().call_later(delay, self._send_heartbeat)
+
+    def _send_heartbeat(self) -> None:
+        if not self.result.done():
+            self.client.add({"type": "heartbeat"})
+
+    def deliver(self, client: ClientDescriptor, events: list[QueuedEvent]) -> None:
+        self._finish(client.pending())
+
+    def drop(self, client: ClientDescriptor, reason: str) -> None:
+        self._finish(reason)
+
+    def replace(self, client: ClientDescriptor) -> None:
+        self._finish([])
+
+    def closed(self) -> None:
+        self._finish(None)
+
+    def _finish(self, result: list[QueuedEvent] | str | None) -> None:
+        if self.result.done():
+            return
+        IOLoop.current().remove_timeout(self._heartbeat)
+        self.client.detach(self)
+        self.result.set_result(result)
+
+
+class NotifyHandler(BaseHandler):
+    """POST /api/internal/notify_tornado: send_event over HTTP, for producers without RabbitMQ."""
+
+    def post(self) -> None:
+        try:
+            event, users = check_notice(codec.decode(self.get_body_argument("data", "")))
+        except (ValueError, EventEncodingError) as e:
+            raise bad_request(f"Invalid 'data' argument: {e}") from None
+        self.success(delivered=self.server.registry.deliver(event, users))
+
+
+class LoginHandler(BaseHandler):
+    """POST /accounts/login with email and api_key: a session cookie and a CSRF token for /json."""
+
+    async def post(self) -> None:
+        email, api_key = self.arg("email"), self.arg("api_key")
+        user = await self.server.authenticate(email, api_key)
+        if user is None:
+            raise ApiError(401, "UNAUTHORIZED", "Wrong email or API key")
+        self.server.start_session(self, user)
+        self.success(user_id=user.id, email=user.email, full_name=user.full_name,
+                     csrf_token=self.xsrf_token.decode())
+
+
+class LogoutHandler(BaseHandler):
+    def post(self) -> None:
+        self.clear_cookie(SESSION_COOKIE)
+        self.success()

@@ -1,0 +1,242 @@
+"""The Tornado event server: one process holding every client's event queue.
+
+``EventServer`` owns the clients, the users cache, the queue client (which
+consumes ``notify_tornado`` and the return queue inside the IOLoop) and the
+requests waiting for a processor's answer. ``make_app`` maps the URLs to the
+handlers; ``serve`` runs it all until SIGTERM or SIGINT, then stops
+accepting, saves every queue to ``<var>/event_queues.json`` and exits. The
+next start restores them, each with a ``restart`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tornado.web
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop, PeriodicCallback
+
+from eventbus.queue import Broker, tornado_client_for
+from eventbus.settings import Settings
+from eventbus.tornado_events.clients import ClientRegistry
+from eventbus.tornado_events.handlers import (
+    SESSION_COOKIE,
+    EventsHandler,
+    LoginHandler,
+    LogoutHandler,
+    NotFoundHandler,
+    NotifyHandler,
+    RegisterHandler,
+)
+from eventbus.tornado_events.notify import MESSAGE_SENDER_QUEUE, check_notice, notify_queue_name, return_queue_name
+from eventbus.tornado_events.websocket import EventSocket
+from eventbus.users import User, UserStore
+
+logger = logging.getLogger(__name__)
+
+#: How long an authenticated user is trusted before the store is asked again.
+AUTH_CACHE_SECONDS = 60.0
+#: Websocket keepalive: a ping this often, and the socket is dropped without a pong in time.
+PING_INTERVAL = 25.0
+
+Responder = Callable[[Any], None]
+
+
+class EventServer:
+    """The state of one Tornado event process; see the module docstring."""
+
+    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+        self.settings = settings
+        self.registry = ClientRegistry(settings.max_queue_events)
+        self.users = UserStore(settings.database)
+        self.queue_client = tornado_client_for(settings, broker, name=f"tornado {settings.server_id}")
+        self.queues_file = Path(settings.var_dir) / "event_queues.json"
+        self.pending: dict[str, Responder] = {}
+        self.sockets: dict[str, EventSocket] = {}
+        self.started = time.time()
+        self._auth_cache: dict[tuple[str, str], tuple[User, float]] = {}
+        self._users_by_id: dict[int, tuple[User, float]] = {}
+        self._gc: PeriodicCallback | None = None
+        if settings.shared_secret:
+            secret = settings.shared_secret.encode()
+            self.cookie_secret = hmac.new(secret, b"session cookies", hashlib.sha256).hexdigest()
+        else:
+            logger.warning("no shared_secret in %s: sessions last until restart, /api/internal is closed",
+                           settings.secrets_file)
+            self.cookie_secret = secrets.token_hex(32)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Restore saved queues, start consuming, start collecting expired queues. Call inside the IOLoop."""
+        restored = self.registry.load(self.queues_file)
+        if restored:
+            logger.info("restored %d event queue(s) from %s", restored, self.queues_file)
+        self.queue_client.consume(notify_queue_name(self.settings.server_id), self.on_notice)
+        self.queue_client.consume(return_queue_name(self.settings.server_id), self.on_return)
+        self.queue_client.start()
+        self._gc = PeriodicCallback(self._collect_garbage, self.settings.queue_gc_seconds * 1000)
+        self._gc.start()
+
+    def _collect_garbage(self) -> None:
+        self.registry.collect_garbage()
+
+    async def shutdown(self) -> None:
+        """Save every queue, then close the queue client."""
+        if self._gc is not None:
+            self._gc.stop()
+        saved = self.registry.dump(self.queues_file)
+        logger.info("saved %d event queue(s) to %s", saved, self.queues_file)
+        await self.queue_client.close()
+
+    # -- queues in and out ----------------------------------------------------------
+
+    def on_notice(self, notice: Any) -> None:
+        """Invoked for each notify_tornado event: queue it for every client that wants it."""
+        event, users = check_notice(notice)
+        self.registry.deliver(event, users)
+
+    def on_return(self, message: Any) -> None:
+        """Invoked for each answer a processor put on the return queue."""
+        if not isinstance(message, dict) or not isinstance(message.get("request_id"), str):
+            raise ValueError("a return message must be an object with a 'request_id'")
+        responder = self.pending.pop(message["request_id"], None)
+        if responder is None:
+            logger.info("answer to request %s came after its requester left", message["request_id"])
+            return
+        responder(message.get("response"))
+
+    async def submit(self, user: User, request: dict[str, Any], respond: Responder, **tags: Any) -> str:
+        """Send a client's request to the message_sender processor; ``respond`` gets its answer."""
+        request_id = str(uuid.uuid4())
+        self.pending[request_id] = respond
+        try:
+            await self.queue_client.publish(MESSAGE_SENDER_QUEUE, {
+                "request_id": request_id, "server_id": self.settings.server_id,
+                "return_queue": return_queue_name(self.settings.server_id),
+                "user_id": user.id, "request": request, **tags,
+            })
+        except Exception:
+            self.pending.pop(request_id, None)
+            raise
+        return request_id
+
+    def initial_state(self, user: User) -> dict[str, Any]:
+        """What register answers besides the queue: who the user is, and this server's version."""
+        return {"user_id": user.id, "email": user.email, "full_name": user.full_name,
+                "zulip_version": "eventbus-0.1", "zulip_feature_level": 0}
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "clients": len(self.registry),
+            "sockets": len(self.sockets),
+            "held": sum(1 for c in self.registry if c.listener is not None),
+            "events_delivered": self.registry.events_delivered,
+            "pending_requests": len(self.pending),
+            "queue_client": self.queue_client.statistics(),
+        }
+
+    # -- authentication -------------------------------------------------------------
+
+    async def authenticate(self, email: str, api_key: str) -> User | None:
+        """The user these credentials are of (cached a minute; the store is asked off the IOLoop)."""
+        key = (email, api_key)
+        cached = self._auth_cache.get(key)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        user = await IOLoop.current().run_in_executor(None, self.users.authenticate, email, api_key)
+        if user is not None:
+            self._auth_cache[key] = (user, time.monotonic() + AUTH_CACHE_SECONDS)
+        return user
+
+    async def authenticate_basic(self, header: str) -> User | None:
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            email, sep, api_key = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return await self.authenticate(email, api_key) if sep else None
+
+    def start_session(self, handler: tornado.web.RequestHandler, user: User) -> None:
+        handler.set_signed_cookie(SESSION_COOKIE, str(user.id), httponly=True, samesite="Lax")
+
+    async def session_user(self, handler: tornado.web.RequestHandler) -> User | None:
+        raw = handler.get_signed_cookie(SESSION_COOKIE, max_age_days=30)
+        if raw is None:
+            return None
+        try:
+            user_id = int(raw)
+        except ValueError:
+            return None
+        cached = self._users_by_id.get(user_id)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        user = await IOLoop.current().run_in_executor(None, self.users.get, user_id)
+        if user is None or not user.is_active:
+            return None
+        self._users_by_id[user_id] = (user, time.monotonic() + AUTH_CACHE_SECONDS)
+        return user
+
+
+def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> tornado.web.Application:
+    """The Tornado application: every URL of the event server."""
+    api = {"server": server, "auth": "api"}
+    session = {"server": server, "auth": "session"}
+    handlers: list[Any] = [
+        (r"/api/v1/register", RegisterHandler, api),
+        (r"/json/register", RegisterHandler, session),
+        (r"/api/v1/events", EventsHandler, api),
+        (r"/json/events", EventsHandler, session),
+        (r"/json/events/websocket", EventSocket, {"server": server}),
+        (r"/api/internal/notify_tornado", NotifyHandler, {"server": server, "auth": "internal"}),
+        (r"/accounts/login", LoginHandler, {"server": server, "auth": "none"}),
+        (r"/accounts/logout", LogoutHandler, {"server": server, "auth": "none"}),
+        *(extra_handlers or []),
+    ]
+    return tornado.web.Application(
+        handlers,
+        cookie_secret=server.cookie_secret,
+        default_handler_class=NotFoundHandler,
+        websocket_ping_interval=PING_INTERVAL,
+        websocket_ping_timeout=PING_INTERVAL * 2,
+        websocket_max_message_size=1 << 20,
+    )
+
+
+async def serve(settings: Settings, port: int, host: str = "127.0.0.1", broker: Broker | None = None) -> None:
+    """Run the event server until SIGTERM or SIGINT, then save the queues and return."""
+    server = EventServer(settings, broker)
+    server.start()
+    http = HTTPServer(make_app(server), xheaders=False)
+    http.listen(port, address=host)
+    logger.info("event server %s listening on http://%s:%d", settings.server_id, host, port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stopping.is_set():
+            logger.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(1)
+        logger.info("%s: saving the event queues and exiting", signal.Signals(signum).name)
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await stopping.wait()
+    http.stop()  # no new connections
+    await server.shutdown()

@@ -1,0 +1,178 @@
+"""``/json/events/websocket``: events pushed as they come, and message submission.
+
+Authenticated by the session cookie, from a page of this server's own origin.
+Frames are JSON objects with a ``type``:
+
+client to server
+  ``{"type": "register", ...register parameters}``  a new queue, served by this socket
+  ``{"type": "attach", "queue_id": Q, "last_event_id": N}``  resume a queue of the user's
+  ``{"type": "ack", "last_event_id": N}``  the client has every event up to N
+  ``{"type": "request", "req_id": R, "request": {...}}``  submit a message
+
+server to client
+  ``{"type": "registered", "queue_id": Q, "last_event_id": -1}`` / ``{"type": "attached", "queue_id": Q}``
+  ``{"type": "events", "events": [...]}``  unacknowledged events (again after a reconnect)
+  ``{"type": "ack", "req_id": R}`` at once, then ``{"type": "response", "req_id": R, "response": {...}}``
+  ``{"type": "detached", "queue_id": Q}``  another connection took over the queue
+  ``{"type": "error", "code": C, "msg": M}``
+
+A socket with more than ``EVENTBUS_WEBSOCKET_BUFFER_BYTES`` unsent is closed
+with code 4008; its queue stays, so the client reconnects and resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import tornado.websocket
+
+from eventbus import codec
+from eventbus.errors import EventEncodingError
+from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
+from eventbus.tornado_events.handlers import ApiError, registration
+from eventbus.users import User
+
+if TYPE_CHECKING:
+    from eventbus.tornado_events.server import EventServer
+
+logger = logging.getLogger(__name__)
+
+#: Close code for a client that does not read fast enough (4000-4999 are the application's).
+SLOW_CONSUMER = 4008
+
+
+class EventSocket(tornado.websocket.WebSocketHandler):
+    """One browser's websocket; a Listener of the client queue it registered or attached."""
+
+    server: EventServer
+    user: User
+
+    def initialize(self, server: EventServer) -> None:
+        self.server = server
+        self.socket_id = uuid.uuid4().hex
+        self.client: ClientDescriptor | None = None
+        self.unsent = 0  # bytes handed to Tornado and not yet written to the socket
+
+    def check_origin(self, origin: str) -> bool:
+        """Only pages of this server may open the socket (the session cookie would go along otherwise)."""
+        return urllib.parse.urlsplit(origin).netloc == self.request.host
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        user = await self.server.session_user(self)
+        if user is None:
+            self.set_status(401)
+            self.set_header("Content-Type", "application/json")
+            self.finish(codec.encode({"result": "error", "msg": "Not logged in", "code": "UNAUTHORIZED"}))
+            return
+        self.user = user
+        await super().get(*args, **kwargs)
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        self.server.sockets[self.socket_id] = self
+
+    def on_close(self) -> None:
+        self.server.sockets.pop(self.socket_id, None)
+        if self.client is not None:
+            self.client.detach(self)
+
+    # -- frames from the client ---------------------------------------------------
+
+    async def on_message(self, message: str | bytes) -> None:
+        try:
+            frame = codec.decode(message)
+            if not isinstance(frame, dict):
+                raise ApiError(400, "BAD_REQUEST", "a frame must be a JSON object")
+            handler = getattr(self, f"_on_{frame.get('type')}", None)
+            if handler is None:
+                raise ApiError(400, "BAD_REQUEST", f"unknown frame type {frame.get('type')!r}")
+            await handler(frame)
+        except EventEncodingError:
+            self._send({"type": "error", "code": "BAD_REQUEST", "msg": "a frame must be JSON"})
+        except ApiError as e:
+            self._send({"type": "error", "code": e.code, "msg": e.msg, **e.extra})
+
+    async def _on_register(self, frame: dict[str, Any]) -> None:
+        client = self.server.registry.add(registration(frame, self.server, self.user))
+        self._send({"type": "registered", "queue_id": client.queue_id, "last_event_id": -1})
+        self._serve(client)
+
+    async def _on_attach(self, frame: dict[str, Any]) -> None:
+        queue_id = str(frame.get("queue_id"))
+        client = self.server.registry.get(queue_id, self.user.id)
+        if client is None:
+            raise ApiError(400, "BAD_EVENT_QUEUE_ID", f"Bad event queue ID: {queue_id}", queue_id=queue_id)
+        self._prune(client, frame)
+        self._send({"type": "attached", "queue_id": client.queue_id})
+        self._serve(client)
+
+    async def _on_ack(self, frame: dict[str, Any]) -> None:
+        if self.client is None:
+            raise ApiError(400, "BAD_REQUEST", "no queue to acknowledge: register or attach first")
+        self._prune(self.client, frame)
+
+    async def _on_request(self, frame: dict[str, Any]) -> None:
+        req_id, request = frame.get("req_id"), frame.get("request")
+        if req_id is None or not isinstance(request, dict):
+            raise ApiError(400, "BAD_REQUEST", "a request frame needs a 'req_id' and a 'request' object")
+        self._send({"type": "ack", "req_id": req_id})
+
+        def respond(response: Any) -> None:
+            if self.ws_connection is not None:
+                self._send({"type": "response", "req_id": req_id, "response": response})
+
+        await self.server.submit(self.user, request, respond, socket_id=self.socket_id, req_id=req_id)
+
+    def _prune(self, client: ClientDescriptor, frame: dict[str, Any]) -> None:
+        last = frame.get("last_event_id", -1)
+        if isinstance(last, bool) or not isinstance(last, int):
+            raise ApiError(400, "BAD_REQUEST", "Invalid 'last_event_id': must be an integer")
+        client.queue.prune(last)
+
+    def _serve(self, client: ClientDescriptor) -> None:
+        if self.client is not None and self.client is not client:
+            self.client.detach(self)
+        self.client = client
+        client.attach(self)
+        pending = client.pending()
+        if pending:
+            self.deliver(client, pending)
+
+    # -- Listener -------------------------------------------------------------------
+
+    def deliver(self, client: ClientDescriptor, events: list[QueuedEvent]) -> None:
+        self._write(b'{"type":"events","events":[' + b",".join(q.to_json() for q in events) + b"]}")
+
+    def drop(self, client: ClientDescriptor, reason: str) -> None:
+        self.client = None
+        self._send({"type": "error", "code": "BAD_EVENT_QUEUE_ID", "msg": f"Bad event queue ID: {client.queue_id} "
+                    f"({reason})", "queue_id": client.queue_id})
+
+    def replace(self, client: ClientDescriptor) -> None:
+        self.client = None
+        self._send({"type": "detached", "queue_id": client.queue_id})
+
+    # -- writing --------------------------------------------------------------------
+
+    def _send(self, frame: dict[str, Any]) -> None:
+        self._write(codec.encode(frame))
+
+    def _write(self, data: bytes) -> None:
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        self.unsent += len(data)
+        if self.unsent > self.server.settings.websocket_buffer_bytes:
+            logger.warning("websocket of user %d: over %d bytes unsent; closing it as a slow consumer",
+                           self.user.id, self.server.settings.websocket_buffer_bytes)
+            self.close(SLOW_CONSUMER, "slow consumer: too much unsent data; reconnect and resume")
+            return
+        written = self.write_message(data)
+        size = len(data)
+
+        def on_written(_future: Any) -> None:
+            self.unsent -= size
+
+        written.add_done_callback(on_written)
+

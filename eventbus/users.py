@@ -1,0 +1,119 @@
+"""The user store: who may connect, and with which API key. SQLite, one file under var/.
+
+Shared by the Tornado server (authentication) and the processors (senders,
+recipients, mentions). Every method opens its own short connection, so the
+store is safe from any thread and any process; the Tornado server calls it
+from its executor, never from the IOLoop.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+#: A plain check: something@something.something, no spaces. Real validation is sending mail.
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    email TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    full_name TEXT NOT NULL,
+    api_key TEXT NOT NULL,
+    is_active INTEGER NOT NULL DEFAULT 1,
+    date_joined REAL NOT NULL
+);
+"""
+
+
+class UserError(ValueError):
+    """A user cannot be created as asked (bad email, taken email)."""
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    email: str
+    full_name: str
+    api_key: str
+    is_active: bool = True
+
+    def public(self) -> dict[str, object]:
+        """What other users may see."""
+        return {"user_id": self.id, "email": self.email, "full_name": self.full_name}
+
+
+class UserStore:
+    """Users in a SQLite file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.path, timeout=30)) as db:
+            db.row_factory = sqlite3.Row
+            with db:  # a transaction, committed on success
+                yield db
+
+    def create_user(self, email: str, full_name: str | None = None) -> User:
+        """Create a user with a new random API key; UserError for a bad or taken email."""
+        email = email.strip()
+        if not EMAIL.fullmatch(email):
+            raise UserError(f"not an email address: {email!r}")
+        name = (full_name or email.split("@")[0]).strip()
+        api_key = secrets.token_urlsafe(24)
+        try:
+            with self._db() as db:
+                cursor = db.execute(
+                    "INSERT INTO users (email, full_name, api_key, date_joined) VALUES (?, ?, ?, ?)",
+                    (email, name, api_key, time.time()),
+                )
+        except sqlite3.IntegrityError:
+            raise UserError(f"a user with email {email!r} exists already") from None
+        assert cursor.lastrowid is not None
+        return User(cursor.lastrowid, email, name, api_key)
+
+    def ensure_user(self, email: str, full_name: str | None = None) -> User:
+        """The user with ``email``, created if there is none (idempotent)."""
+        return self.get_by_email(email) or self.create_user(email, full_name)
+
+    def get_by_email(self, email: str) -> User | None:
+        return self._one("SELECT * FROM users WHERE email = ?", (email.strip(),))
+
+    def get(self, user_id: int) -> User | None:
+        return self._one("SELECT * FROM users WHERE id = ?", (user_id,))
+
+    def get_by_full_name(self, full_name: str) -> User | None:
+        return self._one("SELECT * FROM users WHERE full_name = ? COLLATE NOCASE AND is_active", (full_name,))
+
+    def all(self) -> list[User]:
+        with self._db() as db:
+            return [_user(row) for row in db.execute("SELECT * FROM users ORDER BY id")]
+
+    def authenticate(self, email: str, api_key: str) -> User | None:
+        """The active user whose email and API key these are, else None (the key compared in constant time)."""
+        user = self.get_by_email(email)
+        if user is None or not user.is_active:
+            hmac.compare_digest(api_key, api_key)  # the same work whether or not the email exists
+            return None
+        return user if hmac.compare_digest(user.api_key.encode(), api_key.encode()) else None
+
+    def _one(self, sql: str, args: tuple[object, ...]) -> User | None:
+        with self._db() as db:
+            row = db.execute(sql, args).fetchone()
+        return _user(row) if row else None
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(row["id"], row["email"], row["full_name"], row["api_key"], bool(row["is_active"]))
