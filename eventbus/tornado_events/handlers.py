@@ -310,6 +310,13 @@ class LoginHandler(BaseHandler):
                      csrf_token=self.xsrf_token.decode())
 
 
+class ServerSettingsHandler(BaseHandler):
+    """GET /api/v1/server_settings: what the zulip client asks before anything else (no login needed)."""
+
+    def get(self) -> None:
+        self.success(**self.server.server_settings())
+
+
 class LogoutHandler(BaseHandler):
     def post(self) -> None:
         self.clear_cookie(SESSION_COOKIE)

@@ -29,6 +29,7 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
 
+from eventbus import __version__
 from eventbus.queue import Broker, tornado_client_for
 from eventbus.settings import Settings
 from eventbus.tornado_events.clients import ClientRegistry
@@ -40,6 +41,7 @@ from eventbus.tornado_events.handlers import (
     NotFoundHandler,
     NotifyHandler,
     RegisterHandler,
+    ServerSettingsHandler,
 )
 from eventbus.tornado_events.notify import MESSAGE_SENDER_QUEUE, check_notice, notify_queue_name, return_queue_name
 from eventbus.tornado_events.websocket import EventSocket
@@ -134,10 +136,13 @@ class EventServer:
             raise
         return request_id
 
+    def server_settings(self) -> dict[str, Any]:
+        """This server's version, as Zulip clients ask for it."""
+        return {"zulip_version": f"eventbus-{__version__}", "zulip_feature_level": 0}
+
     def initial_state(self, user: User) -> dict[str, Any]:
         """What register answers besides the queue: who the user is, and this server's version."""
-        return {"user_id": user.id, "email": user.email, "full_name": user.full_name,
-                "zulip_version": "eventbus-0.1", "zulip_feature_level": 0}
+        return {"user_id": user.id, "email": user.email, "full_name": user.full_name, **self.server_settings()}
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -204,6 +209,7 @@ def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> to
         (r"/json/events", EventsHandler, session),
         (r"/json/events/websocket", EventSocket, {"server": server}),
         (r"/api/internal/notify_tornado", NotifyHandler, {"server": server, "auth": "internal"}),
+        (r"/api/v1/server_settings", ServerSettingsHandler, {"server": server, "auth": "none"}),
         (r"/accounts/login", LoginHandler, {"server": server, "auth": "none"}),
         (r"/accounts/logout", LogoutHandler, {"server": server, "auth": "none"}),
         *(extra_handlers or []),

@@ -1,0 +1,114 @@
+"""The real event server on a free port, in a thread of its own, and an async API client for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+import urllib.parse
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+
+from eventbus import codec
+from eventbus.queue import Broker
+from eventbus.settings import Settings
+from eventbus.tornado_events.server import EventServer, make_app
+from eventbus.users import User
+
+
+class ServerThread:
+    """``EventServer`` + ``make_app`` served on 127.0.0.1:<free port> by an IOLoop in a thread."""
+
+    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.loop = asyncio.new_event_loop()
+        self.server: EventServer | None = None
+        self._http: HTTPServer | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, name="event server", daemon=True)
+        self.port = 0
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        self.call(self._start)
+        return self
+
+    async def _start(self) -> None:
+        self.server = EventServer(self.settings, self.broker)
+        self.server.start()
+        sock, self.port = bind_unused_port()
+        self._http = HTTPServer(make_app(self.server))
+        self._http.add_sockets([sock])
+
+    def call(self, fn: Callable[[], Any] | Callable[[], Coroutine[Any, Any, Any]], timeout: float = 30) -> Any:
+        """Run ``fn`` in the server's IOLoop (where its state may be touched) and return its result."""
+
+        async def run() -> Any:
+            result = fn()
+            return await result if asyncio.iscoroutine(result) else result
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
+
+    def stop(self) -> None:
+        """Stop as on SIGTERM: stop accepting, save the queues, close the queue client."""
+        if not self._thread.is_alive():
+            return
+
+        async def shutdown() -> None:
+            assert self._http is not None and self.server is not None
+            self._http.stop()
+            await self._http.close_all_connections()
+            await self.server.shutdown()
+
+        self.call(shutdown)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+class Api:
+    """Async calls to the server as one user, with HTTP Basic auth (``/api/v1``)."""
+
+    def __init__(self, server: ServerThread, user: User | None, prefix: str = "/api/v1") -> None:
+        self.server = server
+        self.user = user
+        self.prefix = prefix
+        self.http = AsyncHTTPClient()
+        self.headers: dict[str, str] = {}
+        if user is not None:
+            token = base64.b64encode(f"{user.email}:{user.api_key}".encode()).decode()
+            self.headers["Authorization"] = f"Basic {token}"
+
+    async def call(self, method: str, path: str, timeout: float = 30, **params: Any) -> tuple[int, Any]:
+        """(status, decoded JSON) of one request; params are form-encoded (GET: in the query)."""
+        encoded = {k: v if isinstance(v, str) else codec.encode(v).decode() for k, v in params.items()}
+        query = urllib.parse.urlencode(encoded)
+        url = self.server.url(self.prefix + path)
+        body = None
+        if method in ("GET",) and query:
+            url += "?" + query
+        elif method != "GET":
+            body = query
+        headers = dict(self.headers)
+        if body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        request = HTTPRequest(url, method=method, headers=headers, body=body, request_timeout=timeout,
+                              allow_nonstandard_methods=True)
+        response: HTTPResponse = await self.http.fetch(request, raise_error=False)
+        return response.code, codec.decode(response.body) if response.body else None
+
+    async def register(self, **params: Any) -> str:
+        status, body = await self.call("POST", "/register", **params)
+        assert status == 200, body
+        return str(body["queue_id"])
+
+    async def events(self, queue_id: str, last_event_id: int = -1, dont_block: bool = False,
+                     timeout: float = 30) -> tuple[int, Any]:
+        return await self.call("GET", "/events", timeout=timeout, queue_id=queue_id, last_event_id=last_event_id,
+                               dont_block=dont_block)

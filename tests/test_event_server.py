@@ -1,0 +1,396 @@
+"""The event server over HTTP (long-polling), on the in-process broker: the wire API, filters, queue life."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.simple_httpclient import HTTPTimeoutError
+
+from eventbus.queue import MemoryBroker, set_broker
+from eventbus.settings import Settings
+from eventbus.tornado_events import send_event
+from eventbus.users import User, UserStore
+from tests.eventserver import Api, ServerThread
+
+SECRET = "test-shared-secret"
+
+
+def run(scenario: Callable[[], Awaitable[None]], timeout: float = 60) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(scenario(), timeout)
+
+    asyncio.run(bounded())
+
+
+@pytest.fixture
+def base_settings(tmp_path: Path) -> Settings:
+    return Settings(broker="memory", var_dir=tmp_path / "var", shared_secret=SECRET, heartbeat_seconds=30)
+
+
+@pytest.fixture
+def memory(base_settings: Settings) -> Iterator[MemoryBroker]:
+    broker = MemoryBroker(base_settings)
+    set_broker(broker)
+    yield broker
+    set_broker(None)
+
+
+@pytest.fixture
+def users(base_settings: Settings) -> tuple[User, User]:
+    store = UserStore(base_settings.database)
+    return store.create_user("iago@example.com", "Iago"), store.create_user("othello@example.com", "Othello")
+
+
+@pytest.fixture
+def start(base_settings: Settings, memory: MemoryBroker) -> Iterator[Callable[..., ServerThread]]:
+    servers: list[ServerThread] = []
+
+    def start_server(**overrides: Any) -> ServerThread:
+        server = ServerThread(base_settings.replace(**overrides), memory).start()
+        servers.append(server)
+        return server
+
+    yield start_server
+    for server in servers:
+        server.stop()
+
+
+def wait_queued(server: ServerThread, queue_id: str, user: User, count: int) -> None:
+    """Wait until ``count`` events sit in the queue (delivery through the broker is asynchronous)."""
+    deadline = time.monotonic() + 10
+    while server.call(lambda: len(server.server.registry.get(queue_id, user.id).queue)) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} events arrived"
+        time.sleep(0.01)
+
+
+def message(stream: str = "Denmark", topic: str = "hello", content: str = "**hi**") -> dict[str, Any]:
+    return {"type": "message", "message": {
+        "id": 1, "sender_id": 1, "sender_email": "iago@example.com", "sender_full_name": "Iago", "type": "stream",
+        "display_recipient": stream, "subject": topic, "timestamp": 1, "content": content,
+        "rendered_content": "<p><strong>hi</strong></p>"}}
+
+
+def test_register_poll_and_ack(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
+    server = start()
+    iago, _ = users
+
+    async def scenario() -> None:
+        api = Api(server, iago)
+        status, body = await api.call("POST", "/register")
+        assert status == 200
+        assert body["result"] == "success" and body["last_event_id"] == -1 and body["msg"] == ""
+        queue_id = body["queue_id"]
+        assert (await api.events(queue_id, dont_block=True))[1]["events"] == []
+        for n in range(3):
+            send_event({"type": "custom", "n": n}, [iago.id])
+        await asyncio.to_thread(wait_queued, server, queue_id, iago, 3)
+        status, body = await api.events(queue_id)
+        events = body["events"]
+        assert [(e["id"], e["n"]) for e in events] == [(0, 0), (1, 1), (2, 2)]
+        assert body["queue_id"] == queue_id
+        # Unacknowledged events come again; acknowledged ones never.
+        again = (await api.events(queue_id, last_event_id=0, dont_block=True))[1]["events"]
+        assert [e["id"] for e in again] == [1, 2]
+        assert (await api.events(queue_id, last_event_id=2, dont_block=True))[1]["events"] == []
+
+    run(scenario)
+
+
+def test_held_request_is_answered_when_an_event_arrives(start: Callable[..., ServerThread],
+                                                        users: tuple[User, User]) -> None:
+    server = start()
+    iago, othello = users
+
+    async def scenario() -> None:
+        api = Api(server, iago)
+        queue_id = await api.register()
+        held = asyncio.ensure_future(api.events(queue_id))
+        await asyncio.sleep(0.2)  # the request is parked meanwhile
+        assert not held.done()
+        send_event({"type": "custom"}, [othello.id])  # not for iago
+        await asyncio.sleep(0.2)
+        assert not held.done()
+        send_event({"type": "custom", "for": "iago"}, [iago.id])
+        status, body = await held
+        assert status == 200
+        assert [e["for"] for e in body["events"]] == ["iago"]
+
+    run(scenario)
+
+
+def test_heartbeat_after_the_interval(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
+    server = start(heartbeat_seconds=0.5)
+
+    async def scenario() -> None:
+        api = Api(server, users[0])
+        queue_id = await api.register()
+        started = time.monotonic()
+        status, body = await api.events(queue_id)
+        assert 0.4 < time.monotonic() - started < 5
+        assert body["events"] == [{"id": 0, "type": "heartbeat"}]
+
+    run(scenario)
+
+
+def test_newer_get_answers_the_older_one(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
+    server = start()
+    iago = users[0]
+
+    async def scenario() -> None:
+        api = Api(server, iago)
+        queue_id = await api.register()
+        older = asyncio.ensure_future(api.events(queue_id))
+        await asyncio.sleep(0.2)
+        newer = asyncio.ensure_future(api.events(queue_id))
+        status, body = await asyncio.wait_for(older, 5)
+        assert (status, body["events"]) == (200, [])
+        assert not newer.done()
+        send_event({"type": "custom"}, [iago.id])
+        assert (await newer)[1]["events"][0]["type"] == "custom"
+
+    run(scenario)
+
+
+def test_closed_connection_releases_the_held_request(start: Callable[..., ServerThread],
+                                                     users: tuple[User, User]) -> None:
+    server = start()
+
+    async def scenario() -> None:
+        api = Api(server, users[0])
+        queue_id = await api.register()
+        with pytest.raises(HTTPTimeoutError):
+            await api.events(queue_id, timeout=0.5)  # the client gives up after 0.5 s and hangs up
+        client = server.call(lambda: server.server.registry.get(queue_id, users[0].id))
+        for _ in range(100):
+            if client.listener is None:
+                break
+            await asyncio.sleep(0.02)
+        assert client.listener is None
+
+    run(scenario)
+
+
+def test_delete_removes_the_queue(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
+    server = start()
+
+    async def scenario() -> None:
+        api = Api(server, users[0])
+        queue_id = await api.register()
+        status, body = await api.call("DELETE", "/events", queue_id=queue_id)
+        assert (status, body["result"]) == (200, "success")
+        status, body = await api.events(queue_id, dont_block=True)
+        assert status == 400
+        assert body == {"result": "error", "msg": f"Bad event queue ID: {queue_id}", "code": "BAD_EVENT_QUEUE_ID",
+                        "queue_id": queue_id}
+
+    run(scenario)
+
+
+def test_event_types_narrow_and_apply_markdown(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
+    server = start()
+    iago = users[0]
+
+    async def scenario() -> None:
+        api = Api(server, iago)
+        only_messages = await api.register(event_types=["message"])
+        denmark_hello = await api.register(narrow=[["stream", "denmark"], ["topic", "hello"]], apply_markdown=True)
+        raw = await api.register(apply_markdown=False)
+        send_event({"type": "presence"}, [iago.id])
+        send_event(message("Scotland"), [iago.id])
+        send_event(message("Denmark", "other"), [iago.id])
+        send_event(message("Denmark", "hello"), [{"id": iago.id, "flags": ["mentioned"]}])
+
+        async def all_events(queue_id: str, count: int) -> list[dict[str, Any]]:
+            events: list[dict[str, Any]] = []
+            while len(events) < count:
+                events += (await api.events(queue_id, events[-1]["id"] if events else -1))[1]["events"]
+            return events
+
+        types = [e["type"] for e in await all_events(only_messages, 3)]
+        assert types == ["message"] * 3
+        [narrowed_presence, narrowed] = await all_events(denmark_hello, 2)
+        assert narrowed_presence["type"] == "presence"  # narrows filter messages only
+        assert narrowed["message"]["display_recipient"] == "Denmark"
+        assert narrowed["message"]["content"] == "<p><strong>hi</strong></p>"
+        assert narrowed["message"]["content_type"] == "text/html"
+        assert narrowed["flags"] == ["mentioned"]
+        raw_events = await all_events(raw, 4)
+        assert raw_events[1]["message"]["content"] == "**hi**"
+        assert raw_events[1]["message"]["content_type"] == "text/x-markdown"
+        assert "rendered_content" not in raw_events[1]["message"]
+
+    run(scenario)
+
+
+def test_idle_queue_expires_and_the_hook_fires(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
+    server = start()
+    iago = users[0]
+    expired_users: list[int] = []
+    server.call(lambda: server.server.registry.after_last_queue_expired.append(expired_users.append))
+
+    async def scenario() -> None:
+        api = Api(server, iago)
+        short = await api.register()
+        week = await api.register(queue_lifespan_secs=8 * 24 * 3600)  # capped at 7 days
+        registry = server.server.registry
+        soon = time.monotonic() + 601
+        assert server.call(lambda: [c.queue_id for c in registry.collect_garbage(soon)]) == [short]
+        assert expired_users == []  # iago still has a queue
+        assert (await api.events(short, dont_block=True))[0] == 400
+        assert server.call(lambda: registry.get(week, iago.id).lifespan) == 7 * 24 * 3600
+        later = time.monotonic() + 7 * 24 * 3600 + 1
+        assert server.call(lambda: [c.queue_id for c in registry.collect_garbage(later)]) == [week]
+        assert expired_users == [iago.id]
+
+    run(scenario)
+
+
+def test_a_queue_over_its_bound_is_dropped(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
+    server = start(max_queue_events=5)
+    iago = users[0]
+
+    async def scenario() -> None:
+        api = Api(server, iago)
+        queue_id = await api.register()
+        for n in range(6):
+            send_event({"type": "custom", "n": n}, [iago.id])
+        for _ in range(100):
+            status, body = await api.events(queue_id, dont_block=True)
+            if status == 400:
+                break
+            await asyncio.sleep(0.02)
+        assert body["code"] == "BAD_EVENT_QUEUE_ID"
+        assert await api.register()  # the client registers again and goes on
+
+    run(scenario)
+
+
+def test_queues_survive_a_restart(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
+    iago = users[0]
+    first = start()
+
+    async def before() -> str:
+        api = Api(first, iago)
+        queue_id = await api.register()
+        for n in range(3):
+            send_event({"type": "custom", "n": n}, [iago.id])
+        await asyncio.to_thread(wait_queued, first, queue_id, iago, 3)
+        events = (await api.events(queue_id))[1]["events"]
+        assert events[0]["n"] == 0  # the client has event 0, then the server restarts
+        return queue_id
+
+    queue_id = asyncio.run(before())
+    first.stop()
+    saved = json.loads((first.settings.var_dir / "event_queues.json").read_text())
+    assert [q["queue_id"] for q in saved] == [queue_id]
+    second = start()
+    assert not (first.settings.var_dir / "event_queues.json").exists()  # renamed once loaded
+
+    async def after() -> None:
+        api = Api(second, iago)
+        events = (await api.events(queue_id, last_event_id=0))[1]["events"]
+        assert [(e["id"], e["type"], e.get("n")) for e in events] == [(1, "custom", 1), (2, "custom", 2),
+                                                                      (3, "restart", None)]
+
+    run(after)
+
+
+def test_bad_requests_get_json_errors_naming_the_problem(start: Callable[..., ServerThread],
+                                                         users: tuple[User, User]) -> None:
+    server = start()
+
+    async def scenario() -> None:
+        api = Api(server, users[0])
+        queue_id = await api.register()
+        cases = [
+            (("GET", "/events"), {}, "Missing 'queue_id' argument"),
+            (("GET", "/events"), {"queue_id": queue_id, "last_event_id": "many"}, "Invalid 'last_event_id' argument"),
+            (("GET", "/events"), {"queue_id": queue_id, "dont_block": "maybe"}, "Invalid 'dont_block' argument"),
+            (("POST", "/register"), {"narrow": "[[\"sender\", \"x\"]]"}, "unknown operator 'sender'"),
+            (("POST", "/register"), {"narrow": "not json"}, "Invalid 'narrow' argument"),
+            (("POST", "/register"), {"event_types": "[1, 2]"}, "Invalid 'event_types' argument"),
+            (("POST", "/register"), {"queue_lifespan_secs": "-5"}, "Invalid 'queue_lifespan_secs' argument"),
+        ]
+        for (method, path), params, msg in cases:
+            status, body = await api.call(method, path, **params)
+            assert status == 400, (path, params)
+            assert body["result"] == "error" and body["code"] == "BAD_REQUEST"
+            assert msg in body["msg"]
+        status, body = await api.call("GET", "/no/such/endpoint")
+        assert (status, body["code"]) == (404, "NOT_FOUND")
+        status, body = await api.call("PATCH", "/events", queue_id=queue_id)
+        assert (status, body["result"]) == (405, "error")
+
+    run(scenario)
+
+
+def test_authentication_and_other_users_queues(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
+    server = start()
+    iago, othello = users
+
+    async def scenario() -> None:
+        nobody = Api(server, None)
+        status, body = await nobody.call("POST", "/register")
+        assert (status, body["code"]) == (401, "UNAUTHORIZED")
+        wrong = Api(server, User(iago.id, iago.email, iago.full_name, "not-the-key"))
+        assert (await wrong.call("POST", "/register"))[0] == 401
+        iagos_queue = await Api(server, iago).register()
+        status, body = await Api(server, othello).events(iagos_queue, dont_block=True)
+        assert (status, body["code"]) == (400, "BAD_EVENT_QUEUE_ID")
+        status, body = await Api(server, othello).call("DELETE", "/events", queue_id=iagos_queue)
+        assert (status, body["code"]) == (400, "BAD_EVENT_QUEUE_ID")
+        assert (await Api(server, iago).events(iagos_queue, dont_block=True))[0] == 200
+        # /json takes a session, not Basic auth.
+        assert (await Api(server, iago, prefix="/json").call("POST", "/register"))[0] == 401
+
+    run(scenario)
+
+
+def test_internal_notify_needs_the_shared_secret(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
+    server = start()
+    iago = users[0]
+
+    async def scenario() -> None:
+        api = Api(server, iago)
+        queue_id = await api.register()
+        internal = Api(server, None, prefix="/api/internal")
+        data = json.dumps({"event": {"type": "custom"}, "users": [iago.id]})
+        assert (await internal.call("POST", "/notify_tornado", data=data))[0] == 401
+        assert (await internal.call("POST", "/notify_tornado", data=data, secret="guess"))[0] == 401
+        status, body = await internal.call("POST", "/notify_tornado", data="{\"users\": 5}", secret=SECRET)
+        assert (status, body["code"]) == (400, "BAD_REQUEST")
+        status, body = await internal.call("POST", "/notify_tornado", data=data, secret=SECRET)
+        assert (status, body["delivered"]) == (200, 1)
+        assert (await api.events(queue_id))[1]["events"][0]["type"] == "custom"
+
+    run(scenario)
+
+
+def test_internal_notify_is_closed_without_a_configured_secret(start: Callable[..., ServerThread],
+                                                               users: tuple[User, User]) -> None:
+    server = start(shared_secret=None)
+
+    async def scenario() -> None:
+        internal = Api(server, None, prefix="/api/internal")
+        data = json.dumps({"event": {"type": "custom"}, "users": [users[0].id]})
+        assert (await internal.call("POST", "/notify_tornado", data=data, secret=""))[0] == 401
+
+    run(scenario)
+
+
+def test_bad_notice_on_the_queue_goes_to_the_error_store(start: Callable[..., ServerThread], memory: MemoryBroker,
+                                                         users: tuple[User, User]) -> None:
+    server = start()
+    iago = users[0]
+    memory.publish("notify_tornado", {"event": "not an object", "users": [iago.id]})
+    memory.publish("notify_tornado", {"event": {"type": "custom"}, "users": [iago.id]})
+    memory.join("notify_tornado", timeout=10)
+    [entry] = memory.error_store.read("notify_tornado")
+    assert "'event' must be a JSON object" in entry["error"]
+    assert server.call(lambda: server.server.registry.events_delivered) == 0  # no client yet, nothing lost either
