@@ -131,7 +131,7 @@ def test_heartbeat_after_the_interval(start: Callable[..., ServerThread], users:
         api = Api(server, users[0])
         queue_id = await api.register()
         started = time.monotonic()
-        status, body = await api.events(queue_id)
+        _status, body = await api.events(queue_id)
         assert 0.4 < time.monotonic() - started < 5
         assert body["events"] == [{"id": 0, "type": "heartbeat"}]
 
