@@ -23,6 +23,7 @@ setup(
             "kombu>=5.3",
             "ruff>=0.5",
             "mypy>=1.8",
+            "zulip>=0.9",
         ],
     },
     entry_points={"console_scripts": ["eventbus=eventbus.processors.cli:main"]},

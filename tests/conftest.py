@@ -8,12 +8,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from eventbus.queue import MemoryBroker, set_broker
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.queue.rabbitmq_node import RabbitMQNode, is_installed
 from eventbus.settings import Settings
+from eventbus.users import User, UserStore
+from tests.eventserver import ServerThread
 from tests.forwarder import Forwarder
 
 # The test processors (tests/processors.py) are registered in every test process and worker.
@@ -71,3 +75,44 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
+
+
+# -- the event server on the in-process broker ----------------------------------------
+
+EVENT_SECRET = "test-shared-secret"
+
+
+@pytest.fixture
+def event_settings(tmp_path: Path) -> Settings:
+    """Settings for an event server on the in-process broker."""
+    return Settings(broker="memory", var_dir=tmp_path / "var", shared_secret=EVENT_SECRET, heartbeat_seconds=30)
+
+
+@pytest.fixture
+def event_broker(event_settings: Settings) -> Iterator[MemoryBroker]:
+    """The in-process broker, as the process's broker (send_event goes through it)."""
+    broker = MemoryBroker(event_settings)
+    set_broker(broker)
+    yield broker
+    set_broker(None)
+
+
+@pytest.fixture
+def users(event_settings: Settings) -> tuple[User, User]:
+    store = UserStore(event_settings.database)
+    return store.create_user("iago@example.com", "Iago"), store.create_user("othello@example.com", "Othello")
+
+
+@pytest.fixture
+def start_server(event_settings: Settings, event_broker: MemoryBroker) -> Iterator[Callable[..., ServerThread]]:
+    """Start event servers (settings overridden by keyword); all are stopped at the end."""
+    servers: list[ServerThread] = []
+
+    def start(**overrides: Any) -> ServerThread:
+        server = ServerThread(event_settings.replace(**overrides), event_broker).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

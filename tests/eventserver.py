@@ -19,6 +19,18 @@ from eventbus.settings import Settings
 from eventbus.tornado_events.server import EventServer, make_app
 from eventbus.users import User
 
+#: The start_server fixture: starts an event server, settings overridden by keyword.
+StartServer = Callable[..., "ServerThread"]
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]], timeout: float = 60) -> None:
+    """Run an async test scenario on a fresh event loop, bounded in time."""
+
+    async def bounded() -> None:
+        await asyncio.wait_for(scenario(), timeout)
+
+    asyncio.run(bounded())
+
 
 class ServerThread:
     """``EventServer`` + ``make_app`` served on 127.0.0.1:<free port> by an IOLoop in a thread."""

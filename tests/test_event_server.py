@@ -5,60 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from tornado.simple_httpclient import HTTPTimeoutError
 
-from eventbus.queue import MemoryBroker, set_broker
-from eventbus.settings import Settings
+from eventbus.queue import MemoryBroker
 from eventbus.tornado_events import send_event
-from eventbus.users import User, UserStore
-from tests.eventserver import Api, ServerThread
-
-SECRET = "test-shared-secret"
-
-
-def run(scenario: Callable[[], Awaitable[None]], timeout: float = 60) -> None:
-    async def bounded() -> None:
-        await asyncio.wait_for(scenario(), timeout)
-
-    asyncio.run(bounded())
-
-
-@pytest.fixture
-def base_settings(tmp_path: Path) -> Settings:
-    return Settings(broker="memory", var_dir=tmp_path / "var", shared_secret=SECRET, heartbeat_seconds=30)
-
-
-@pytest.fixture
-def memory(base_settings: Settings) -> Iterator[MemoryBroker]:
-    broker = MemoryBroker(base_settings)
-    set_broker(broker)
-    yield broker
-    set_broker(None)
-
-
-@pytest.fixture
-def users(base_settings: Settings) -> tuple[User, User]:
-    store = UserStore(base_settings.database)
-    return store.create_user("iago@example.com", "Iago"), store.create_user("othello@example.com", "Othello")
-
-
-@pytest.fixture
-def start(base_settings: Settings, memory: MemoryBroker) -> Iterator[Callable[..., ServerThread]]:
-    servers: list[ServerThread] = []
-
-    def start_server(**overrides: Any) -> ServerThread:
-        server = ServerThread(base_settings.replace(**overrides), memory).start()
-        servers.append(server)
-        return server
-
-    yield start_server
-    for server in servers:
-        server.stop()
+from eventbus.users import User
+from tests.conftest import EVENT_SECRET
+from tests.eventserver import Api, ServerThread, StartServer, run
 
 
 def wait_queued(server: ServerThread, queue_id: str, user: User, count: int) -> None:
@@ -76,8 +32,8 @@ def message(stream: str = "Denmark", topic: str = "hello", content: str = "**hi*
         "rendered_content": "<p><strong>hi</strong></p>"}}
 
 
-def test_register_poll_and_ack(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
-    server = start()
+def test_register_poll_and_ack(start_server: StartServer, users: tuple[User, User]) -> None:
+    server = start_server()
     iago, _ = users
 
     async def scenario() -> None:
@@ -102,9 +58,9 @@ def test_register_poll_and_ack(start: Callable[..., ServerThread], users: tuple[
     run(scenario)
 
 
-def test_held_request_is_answered_when_an_event_arrives(start: Callable[..., ServerThread],
+def test_held_request_is_answered_when_an_event_arrives(start_server: StartServer,
                                                         users: tuple[User, User]) -> None:
-    server = start()
+    server = start_server()
     iago, othello = users
 
     async def scenario() -> None:
@@ -124,8 +80,8 @@ def test_held_request_is_answered_when_an_event_arrives(start: Callable[..., Ser
     run(scenario)
 
 
-def test_heartbeat_after_the_interval(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
-    server = start(heartbeat_seconds=0.5)
+def test_heartbeat_after_the_interval(start_server: StartServer, users: tuple[User, User]) -> None:
+    server = start_server(heartbeat_seconds=0.5)
 
     async def scenario() -> None:
         api = Api(server, users[0])
@@ -138,8 +94,8 @@ def test_heartbeat_after_the_interval(start: Callable[..., ServerThread], users:
     run(scenario)
 
 
-def test_newer_get_answers_the_older_one(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
-    server = start()
+def test_newer_get_answers_the_older_one(start_server: StartServer, users: tuple[User, User]) -> None:
+    server = start_server()
     iago = users[0]
 
     async def scenario() -> None:
@@ -157,9 +113,9 @@ def test_newer_get_answers_the_older_one(start: Callable[..., ServerThread], use
     run(scenario)
 
 
-def test_closed_connection_releases_the_held_request(start: Callable[..., ServerThread],
+def test_closed_connection_releases_the_held_request(start_server: StartServer,
                                                      users: tuple[User, User]) -> None:
-    server = start()
+    server = start_server()
 
     async def scenario() -> None:
         api = Api(server, users[0])
@@ -176,8 +132,8 @@ def test_closed_connection_releases_the_held_request(start: Callable[..., Server
     run(scenario)
 
 
-def test_delete_removes_the_queue(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
-    server = start()
+def test_delete_removes_the_queue(start_server: StartServer, users: tuple[User, User]) -> None:
+    server = start_server()
 
     async def scenario() -> None:
         api = Api(server, users[0])
@@ -192,8 +148,8 @@ def test_delete_removes_the_queue(start: Callable[..., ServerThread], users: tup
     run(scenario)
 
 
-def test_event_types_narrow_and_apply_markdown(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
-    server = start()
+def test_event_types_narrow_and_apply_markdown(start_server: StartServer, users: tuple[User, User]) -> None:
+    server = start_server()
     iago = users[0]
 
     async def scenario() -> None:
@@ -228,8 +184,8 @@ def test_event_types_narrow_and_apply_markdown(start: Callable[..., ServerThread
     run(scenario)
 
 
-def test_idle_queue_expires_and_the_hook_fires(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
-    server = start()
+def test_idle_queue_expires_and_the_hook_fires(start_server: StartServer, users: tuple[User, User]) -> None:
+    server = start_server()
     iago = users[0]
     expired_users: list[int] = []
     server.call(lambda: server.server.registry.after_last_queue_expired.append(expired_users.append))
@@ -251,8 +207,8 @@ def test_idle_queue_expires_and_the_hook_fires(start: Callable[..., ServerThread
     run(scenario)
 
 
-def test_a_queue_over_its_bound_is_dropped(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
-    server = start(max_queue_events=5)
+def test_a_queue_over_its_bound_is_dropped(start_server: StartServer, users: tuple[User, User]) -> None:
+    server = start_server(max_queue_events=5)
     iago = users[0]
 
     async def scenario() -> None:
@@ -271,9 +227,9 @@ def test_a_queue_over_its_bound_is_dropped(start: Callable[..., ServerThread], u
     run(scenario)
 
 
-def test_queues_survive_a_restart(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
+def test_queues_survive_a_restart(start_server: StartServer, users: tuple[User, User]) -> None:
     iago = users[0]
-    first = start()
+    first = start_server()
 
     async def before() -> str:
         api = Api(first, iago)
@@ -289,7 +245,7 @@ def test_queues_survive_a_restart(start: Callable[..., ServerThread], users: tup
     first.stop()
     saved = json.loads((first.settings.var_dir / "event_queues.json").read_text())
     assert [q["queue_id"] for q in saved] == [queue_id]
-    second = start()
+    second = start_server()
     assert not (first.settings.var_dir / "event_queues.json").exists()  # renamed once loaded
 
     async def after() -> None:
@@ -301,9 +257,9 @@ def test_queues_survive_a_restart(start: Callable[..., ServerThread], users: tup
     run(after)
 
 
-def test_bad_requests_get_json_errors_naming_the_problem(start: Callable[..., ServerThread],
+def test_bad_requests_get_json_errors_naming_the_problem(start_server: StartServer,
                                                          users: tuple[User, User]) -> None:
-    server = start()
+    server = start_server()
 
     async def scenario() -> None:
         api = Api(server, users[0])
@@ -330,8 +286,8 @@ def test_bad_requests_get_json_errors_naming_the_problem(start: Callable[..., Se
     run(scenario)
 
 
-def test_authentication_and_other_users_queues(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
-    server = start()
+def test_authentication_and_other_users_queues(start_server: StartServer, users: tuple[User, User]) -> None:
+    server = start_server()
     iago, othello = users
 
     async def scenario() -> None:
@@ -352,8 +308,8 @@ def test_authentication_and_other_users_queues(start: Callable[..., ServerThread
     run(scenario)
 
 
-def test_internal_notify_needs_the_shared_secret(start: Callable[..., ServerThread], users: tuple[User, User]) -> None:
-    server = start()
+def test_internal_notify_needs_the_shared_secret(start_server: StartServer, users: tuple[User, User]) -> None:
+    server = start_server()
     iago = users[0]
 
     async def scenario() -> None:
@@ -363,18 +319,18 @@ def test_internal_notify_needs_the_shared_secret(start: Callable[..., ServerThre
         data = json.dumps({"event": {"type": "custom"}, "users": [iago.id]})
         assert (await internal.call("POST", "/notify_tornado", data=data))[0] == 401
         assert (await internal.call("POST", "/notify_tornado", data=data, secret="guess"))[0] == 401
-        status, body = await internal.call("POST", "/notify_tornado", data="{\"users\": 5}", secret=SECRET)
+        status, body = await internal.call("POST", "/notify_tornado", data="{\"users\": 5}", secret=EVENT_SECRET)
         assert (status, body["code"]) == (400, "BAD_REQUEST")
-        status, body = await internal.call("POST", "/notify_tornado", data=data, secret=SECRET)
+        status, body = await internal.call("POST", "/notify_tornado", data=data, secret=EVENT_SECRET)
         assert (status, body["delivered"]) == (200, 1)
         assert (await api.events(queue_id))[1]["events"][0]["type"] == "custom"
 
     run(scenario)
 
 
-def test_internal_notify_is_closed_without_a_configured_secret(start: Callable[..., ServerThread],
+def test_internal_notify_is_closed_without_a_configured_secret(start_server: StartServer,
                                                                users: tuple[User, User]) -> None:
-    server = start(shared_secret=None)
+    server = start_server(shared_secret=None)
 
     async def scenario() -> None:
         internal = Api(server, None, prefix="/api/internal")
@@ -384,13 +340,14 @@ def test_internal_notify_is_closed_without_a_configured_secret(start: Callable[.
     run(scenario)
 
 
-def test_bad_notice_on_the_queue_goes_to_the_error_store(start: Callable[..., ServerThread], memory: MemoryBroker,
+def test_bad_notice_on_the_queue_goes_to_the_error_store(start_server: StartServer,
+                                                         event_broker: MemoryBroker,
                                                          users: tuple[User, User]) -> None:
-    server = start()
+    server = start_server()
     iago = users[0]
-    memory.publish("notify_tornado", {"event": "not an object", "users": [iago.id]})
-    memory.publish("notify_tornado", {"event": {"type": "custom"}, "users": [iago.id]})
-    memory.join("notify_tornado", timeout=10)
-    [entry] = memory.error_store.read("notify_tornado")
+    event_broker.publish("notify_tornado", {"event": "not an object", "users": [iago.id]})
+    event_broker.publish("notify_tornado", {"event": {"type": "custom"}, "users": [iago.id]})
+    event_broker.join("notify_tornado", timeout=10)
+    [entry] = event_broker.error_store.read("notify_tornado")
     assert "'event' must be a JSON object" in entry["error"]
     assert server.call(lambda: server.server.registry.events_delivered) == 0  # no client yet, nothing lost either

@@ -69,6 +69,7 @@ class EventServer:
         self.pending: dict[str, Responder] = {}
         self.sockets: dict[str, EventSocket] = {}
         self.started = time.time()
+        self.slow_consumers_closed = 0
         self._auth_cache: dict[tuple[str, str], tuple[User, float]] = {}
         self._users_by_id: dict[int, tuple[User, float]] = {}
         self._gc: PeriodicCallback | None = None
@@ -151,6 +152,7 @@ class EventServer:
             "held": sum(1 for c in self.registry if c.listener is not None),
             "events_delivered": self.registry.events_delivered,
             "pending_requests": len(self.pending),
+            "slow_consumers_closed": self.slow_consumers_closed,
             "queue_client": self.queue_client.statistics(),
         }
 

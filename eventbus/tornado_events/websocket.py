@@ -166,13 +166,16 @@ class EventSocket(tornado.websocket.WebSocketHandler):
         if self.unsent > self.server.settings.websocket_buffer_bytes:
             logger.warning("websocket of user %d: over %d bytes unsent; closing it as a slow consumer",
                            self.user.id, self.server.settings.websocket_buffer_bytes)
+            self.server.slow_consumers_closed += 1
             self.close(SLOW_CONSUMER, "slow consumer: too much unsent data; reconnect and resume")
             return
         written = self.write_message(data)
         size = len(data)
 
-        def on_written(_future: Any) -> None:
+        def on_written(future: Any) -> None:
             self.unsent -= size
+            if not future.cancelled():
+                future.exception()  # a socket closed meanwhile is not an error worth a log line
 
         written.add_done_callback(on_written)
 
