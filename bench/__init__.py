@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bench.harness import Context, Result
+    from bench.harness import Context, Outcome
 
-#: What a benchmark is: given the run's context, the results of its cases.
-Run = Callable[["Context"], list["Result"]]
+#: What a benchmark is: given the run's context, the results of its cases (rates, or figures such as latencies).
+Run = Callable[["Context"], Sequence["Outcome"]]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import logging
 import sys
 
 from bench import Benchmark, discover
-from bench.harness import BenchError, Result, context, describe_machine, format_table
+from bench.harness import BenchError, Outcome, context, describe_machine, format_table
 from eventbus.errors import EventBusError
 from eventbus.queue.rabbitmq_node import NodeError
 
@@ -56,14 +56,14 @@ def _parser(benchmarks: dict[str, Benchmark]) -> argparse.ArgumentParser:
     return parser
 
 
-def _run(selected: list[Benchmark], args: argparse.Namespace) -> list[Result]:
+def _run(selected: list[Benchmark], args: argparse.Namespace) -> list[Outcome]:
     """Run the benchmarks in one context (one RabbitMQ node), logging each result as it comes."""
-    results = []
+    results: list[Outcome] = []
     with context(quick=args.quick, repeats=args.repeats, amqp_url=args.amqp_url) as ctx:
         for benchmark in selected:
             logger.info("%s: %s", benchmark.name, benchmark.description)
             for result in benchmark.run(ctx):
-                logger.info("  %-45s %9.0f events/s (median of %d)", result.case, result.rate, len(result.seconds))
+                logger.info("  %s", result.summary)
                 results.append(result)
     return results
 

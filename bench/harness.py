@@ -20,12 +20,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 from eventbus.queue.rabbitmq_node import RabbitMQNode
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Timed repetitions per case: with 5, one or two disturbed runs do not move the median.
 REPEATS = 5
@@ -118,21 +122,31 @@ class Trial:
 
 
 def measure(trials: Sequence[Trial], *, repeats: int) -> list[list[float]]:
-    """Seconds taken by each run of each trial: ``repeats`` timed rounds after ``WARMUPS`` untimed ones.
+    """Seconds taken by each run of each trial: ``repeats`` timed rounds after ``WARMUPS`` untimed ones."""
+    return in_rounds([partial(_timed, trial) for trial in trials], repeats=repeats)
 
-    A round runs every trial once, so that a slow spell of a shared machine
-    slows every trial alike and their ratios hold.
+
+def _timed(trial: Trial) -> float:
+    start = time.perf_counter()
+    timed = trial.run()
+    elapsed = time.perf_counter() - start if timed is None else timed
+    if trial.after is not None:
+        trial.after()
+    return elapsed
+
+
+def in_rounds(runs: Sequence[Callable[[], T]], *, repeats: int) -> list[list[T]]:
+    """What each of ``runs`` returned, run after run: ``repeats`` rounds after ``WARMUPS`` discarded ones.
+
+    A round calls every run once, so that a slow spell of a shared machine
+    slows every case alike and their ratios hold.
     """
-    samples: list[list[float]] = [[] for _ in trials]
+    samples: list[list[T]] = [[] for _ in runs]
     for round_ in range(WARMUPS + repeats):
-        for trial, seconds in zip(trials, samples, strict=True):
-            start = time.perf_counter()
-            timed = trial.run()
-            elapsed = time.perf_counter() - start if timed is None else timed
-            if trial.after is not None:
-                trial.after()
+        for run, values in zip(runs, samples, strict=True):
+            value = run()
             if round_ >= WARMUPS:
-                seconds.append(elapsed)
+                values.append(value)
     return samples
 
 
@@ -164,21 +178,78 @@ class Result:
         """Slowest minus fastest run, relative to the median: how noisy the figure is."""
         return (max(self.seconds) - min(self.seconds)) / self.median
 
+    @property
+    def summary(self) -> str:
+        return f"{self.case:<45} {self.rate:9.0f} events/s (median of {len(self.seconds)})"
 
-#: The table's columns: title, and whether its cells align right (numbers).
+
+@dataclass(frozen=True)
+class Figure:
+    """A quantity measured once per run that is not a rate (a latency percentile, memory per connection).
+
+    Lower is better. It is compared with its baseline as its median over the
+    baseline's median, and its target is a most: in its unit (``limit``) or
+    as that ratio (``limit_ratio``).
+    """
+
+    benchmark: str
+    case: str
+    #: What one run measured it over: clients, events, connections.
+    count: int
+    values: Sequence[float]
+    unit: str
+    baseline: bool = False
+    #: The baseline case this one is compared with, by name (default: its benchmark's first).
+    versus: str | None = None
+    limit: float | None = None
+    limit_ratio: float | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def spread(self) -> float:
+        """Largest minus smallest value, relative to the median."""
+        return (max(self.values) - min(self.values)) / self.median if self.median else 0.0
+
+    @property
+    def summary(self) -> str:
+        return f"{self.case:<45} {self.median:9.2f} {self.unit} (median of {len(self.values)})"
+
+
+#: What a benchmark returns: rates, figures, or both.
+Outcome = Result | Figure
+
+#: The tables' columns: title, and whether its cells align right (numbers).
 COLUMNS = (
     ("benchmark", False), ("case", False), ("events", True), ("runs", True), ("median s", True),
     ("events/s", True), ("spread", True), ("vs baseline", True), ("target", False),
 )
+FIGURE_COLUMNS = (
+    ("benchmark", False), ("case", False), ("over", True), ("runs", True), ("median", True),
+    ("spread", True), ("vs baseline", True), ("target", False),
+)
 
 
-def format_table(results: Sequence[Result]) -> str:
-    """A Markdown table of the results, each rate also as a ratio to its baseline."""
-    rows = [[title for title, _ in COLUMNS]] + [_cells(r, _baseline_rate(r, results)) for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    rule = ["-" * (w - 1) + ":" if right else "-" * w for w, (_, right) in zip(widths, COLUMNS, strict=True)]
-    lines = [_line(row, widths) for row in rows]
-    lines.insert(1, _line(rule, widths))
+def format_table(results: Sequence[Outcome]) -> str:
+    """Markdown tables of the results: rates (each also as a ratio to its baseline), then figures, if any."""
+    rates = [r for r in results if isinstance(r, Result)]
+    figures = [r for r in results if isinstance(r, Figure)]
+    tables = []
+    if rates or not figures:
+        tables.append(_table(COLUMNS, [_cells(r, _baseline_rate(r, rates)) for r in rates]))
+    if figures:
+        tables.append(_table(FIGURE_COLUMNS, [_figure_cells(f, _baseline_figure(f, figures)) for f in figures]))
+    return "\n\n".join(tables)
+
+
+def _table(columns: Sequence[tuple[str, bool]], body: list[list[str]]) -> str:
+    rows = [[title for title, _ in columns], *body]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    rule = ["-" * (w - 1) + ":" if right else "-" * w for w, (_, right) in zip(widths, columns, strict=True)]
+    lines = [_line(row, widths, columns) for row in rows]
+    lines.insert(1, _line(rule, widths, columns))
     return "\n".join(lines)
 
 
@@ -190,8 +261,16 @@ def _baseline_rate(result: Result, results: Sequence[Result]) -> float | None:
     return None
 
 
-def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
-    aligned = [c.rjust(w) if right else c.ljust(w) for c, w, (_, right) in zip(cells, widths, COLUMNS, strict=True)]
+def _baseline_figure(figure: Figure, figures: Sequence[Figure]) -> float | None:
+    """The median of the baseline ``figure`` is compared with, found as for rates."""
+    for other in figures:
+        if other.baseline and other.benchmark == figure.benchmark and figure.versus in (None, other.case):
+            return other.median
+    return None
+
+
+def _line(cells: Sequence[str], widths: Sequence[int], columns: Sequence[tuple[str, bool]]) -> str:
+    aligned = [c.rjust(w) if right else c.ljust(w) for c, w, (_, right) in zip(cells, widths, columns, strict=True)]
     return "| " + " | ".join(aligned) + " |"
 
 
@@ -210,6 +289,25 @@ def _cells(result: Result, baseline: float | None) -> list[str]:
     ]
 
 
+def _figure_cells(figure: Figure, baseline: float | None) -> list[str]:
+    ratio = figure.median / baseline if baseline else None
+    return [
+        figure.benchmark,
+        figure.case,
+        f"{figure.count:,}",
+        str(len(figure.values)),
+        f"{figure.median:,.{_decimals(figure.median)}f} {figure.unit}",
+        f"{figure.spread:.0%}",
+        "baseline" if figure.baseline else (f"{ratio:.2f}x" if ratio is not None else "-"),
+        _figure_verdict(figure, ratio),
+    ]
+
+
+def _decimals(value: float) -> int:
+    """Three significant digits, or none after the point for 100 and more."""
+    return 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
+
+
 def _verdict(target: float | None, ratio: float | None) -> str:
     if target is None:
         return ""
@@ -218,9 +316,20 @@ def _verdict(target: float | None, ratio: float | None) -> str:
     return f">= {target:.2f}x: {'met' if ratio >= target else 'MISSED'}"
 
 
+def _figure_verdict(figure: Figure, ratio: float | None) -> str:
+    verdicts = []
+    if figure.limit is not None:
+        met = figure.median <= figure.limit
+        verdicts.append(f"<= {figure.limit:g} {figure.unit}: {'met' if met else 'MISSED'}")
+    if figure.limit_ratio is not None:
+        met_ratio = "no baseline" if ratio is None else "met" if ratio <= figure.limit_ratio else "MISSED"
+        verdicts.append(f"<= {figure.limit_ratio:.2f}x: {met_ratio}")
+    return "; ".join(verdicts)
+
+
 def describe_machine() -> str:
     """One line on where the figures come from: cores, CPU, OS, Python and the client libraries."""
-    libraries = ", ".join(f"{name} {_version(name)}" for name in ("pika", "kombu", "ujson"))
+    libraries = ", ".join(f"{name} {_version(name)}" for name in ("pika", "kombu", "ujson", "tornado"))
     return (f"{os.cpu_count()} cores ({_cpu_model()}), {_os_name()}, "
             f"Python {platform.python_version()}, {libraries}")
 

@@ -57,8 +57,31 @@ class Settings:
     max_queue_events: int = 10_000
     #: A websocket with more unsent bytes than this is closed as a slow consumer.
     websocket_buffer_bytes: int = 1_000_000
+    #: Where links in emails and notifications point.
+    site_url: str = "http://127.0.0.1:9991"
+    #: Outgoing mail: host, port, "none" / "starttls" / "ssl", user (the password is in the secrets file).
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_tls: str = "none"
+    smtp_user: str | None = None
+    email_from: str = "eventbus <noreply@eventbus.localhost>"
+    #: Who gets the error reports.
+    admin_emails: tuple[str, ...] = ()
+    #: The push notification gateway (a bouncer in production); None: mobile pushes are not sent.
+    push_url: str | None = None
+    #: A user's missed messages wait this long, then go out in one email.
+    missed_email_window_seconds: float = 120.0
+    #: Stream addresses of the email mirror: <stream token>@<domain>.
+    email_gateway_domain: str = "streams.eventbus.localhost"
+    #: The bots that post mirrored emails (when the sender is no user) and system messages.
+    mirror_bot_email: str = "mirror-bot@eventbus.localhost"
+    notification_bot_email: str = "notification-bot@eventbus.localhost"
+    #: Where the slow query summaries are posted.
+    slow_query_stream: str = "logs"
     rabbitmq_password: str | None = None
     shared_secret: str | None = None
+    smtp_password: str | None = None
+    push_api_key: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -82,8 +105,23 @@ class Settings:
             queue_lifespan_seconds=_number(env, "EVENTBUS_QUEUE_LIFESPAN_SECONDS", 600.0),
             max_queue_events=int(_number(env, "EVENTBUS_MAX_QUEUE_EVENTS", 10_000)),
             websocket_buffer_bytes=int(_number(env, "EVENTBUS_WEBSOCKET_BUFFER_BYTES", 1_000_000)),
+            site_url=env.get("EVENTBUS_SITE_URL", "http://127.0.0.1:9991"),
+            smtp_host=env.get("EVENTBUS_SMTP_HOST", "127.0.0.1"),
+            smtp_port=int(_number(env, "EVENTBUS_SMTP_PORT", 25)),
+            smtp_tls=env.get("EVENTBUS_SMTP_TLS", "none").strip().lower(),
+            smtp_user=env.get("EVENTBUS_SMTP_USER") or None,
+            email_from=env.get("EVENTBUS_EMAIL_FROM", "eventbus <noreply@eventbus.localhost>"),
+            admin_emails=tuple(e.strip() for e in env.get("EVENTBUS_ADMIN_EMAILS", "").split(",") if e.strip()),
+            push_url=env.get("EVENTBUS_PUSH_URL") or None,
+            missed_email_window_seconds=_number(env, "EVENTBUS_MISSED_EMAIL_WINDOW", 120.0),
+            email_gateway_domain=env.get("EVENTBUS_EMAIL_GATEWAY_DOMAIN", "streams.eventbus.localhost"),
+            mirror_bot_email=env.get("EVENTBUS_MIRROR_BOT_EMAIL", "mirror-bot@eventbus.localhost"),
+            notification_bot_email=env.get("EVENTBUS_NOTIFICATION_BOT_EMAIL", "notification-bot@eventbus.localhost"),
+            slow_query_stream=env.get("EVENTBUS_SLOW_QUERY_STREAM", "logs"),
             rabbitmq_password=secrets.get("rabbitmq_password"),
             shared_secret=secrets.get("shared_secret"),
+            smtp_password=secrets.get("smtp_password"),
+            push_api_key=secrets.get("push_api_key"),
         )
         settings.validate()
         return settings
@@ -109,6 +147,8 @@ class Settings:
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigurationError(f"{name} must be positive, not {value!r}")
+        if self.smtp_tls not in ("none", "starttls", "ssl"):
+            raise ConfigurationError(f"EVENTBUS_SMTP_TLS must be none, starttls or ssl, not {self.smtp_tls!r}")
         if not 0 < self.port < 65536:
             raise ConfigurationError(f"EVENTBUS_PORT must be a TCP port, not {self.port}")
 

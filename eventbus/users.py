@@ -57,6 +57,7 @@ class UserStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
+            db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer; kept in the file
             db.executescript(SCHEMA)
 
     @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from typing import Any
@@ -25,9 +26,12 @@ def wait_queued(server: ServerThread, queue_id: str, user: User, count: int) -> 
         time.sleep(0.01)
 
 
+MESSAGE_IDS = itertools.count(1)
+
+
 def message(stream: str = "Denmark", topic: str = "hello", content: str = "**hi**") -> dict[str, Any]:
     return {"type": "message", "message": {
-        "id": 1, "sender_id": 1, "sender_email": "iago@example.com", "sender_full_name": "Iago", "type": "stream",
+        "id": next(MESSAGE_IDS), "sender_id": 1, "sender_email": "iago@example.com", "sender_full_name": "Iago", "type": "stream",
         "display_recipient": stream, "subject": topic, "timestamp": 1, "content": content,
         "rendered_content": "<p><strong>hi</strong></p>"}}
 
@@ -184,11 +188,31 @@ def test_event_types_narrow_and_apply_markdown(start_server: StartServer, users:
     run(scenario)
 
 
+def test_a_message_delivered_twice_reaches_each_client_once(start_server: StartServer,
+                                                           users: tuple[User, User]) -> None:
+    server = start_server()
+    iago = users[0]
+
+    async def scenario() -> None:
+        api = Api(server, iago)
+        queue_id = await api.register()
+        twice = message()
+        send_event(twice, [iago.id])
+        send_event(twice, [iago.id])  # a redelivered message_sender event sends it again
+        send_event({"type": "custom"}, [iago.id])
+        await asyncio.to_thread(wait_queued, server, queue_id, iago, 2)
+        events = (await api.events(queue_id))[1]["events"]
+        assert [e["type"] for e in events] == ["message", "custom"]
+
+    run(scenario)
+
+
 def test_idle_queue_expires_and_the_hook_fires(start_server: StartServer, users: tuple[User, User]) -> None:
     server = start_server()
     iago = users[0]
     expired_users: list[int] = []
-    server.call(lambda: server.server.registry.after_last_queue_expired.append(expired_users.append))
+    hook = lambda user_id, clients: expired_users.append(user_id)  # noqa: E731
+    server.call(lambda: server.server.registry.after_last_queue_expired.append(hook))
 
     async def scenario() -> None:
         api = Api(server, iago)

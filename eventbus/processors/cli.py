@@ -149,6 +149,29 @@ def cmd_create_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_create_stream(args: argparse.Namespace) -> int:
+    from eventbus.messages import MessageStore
+    from eventbus.settings import get_settings
+
+    store = MessageStore(get_settings().database)
+    subscribers = []
+    for email in args.subscribers:
+        user = store.users.get_by_email(email)
+        if user is None:
+            raise UsageError(f"no user with email {email!r} (create it with eventbus create_user)")
+        subscribers.append(user.id)
+    stream = store.create_stream(args.name, subscribers)
+    print(json.dumps({"stream_id": stream.id, "name": stream.name, "subscribers": store.subscribers(stream.id),
+                      "email_address": f"{stream.email_token}@{get_settings().email_gateway_domain}"}))
+    return 0
+
+
+def cmd_email_mirror_server(args: argparse.Namespace) -> int:
+    from eventbus.processors.mirror_server import serve
+
+    return serve(args.host, args.port)
+
+
 def cmd_rabbitmq(args: argparse.Namespace) -> int:
     from eventbus.queue import rabbitmq_node
 
@@ -203,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     user = command("create_user", "create a user and print its API key as JSON")
     user.add_argument("email")
     user.add_argument("--full-name", default=None, help="the user's name (default: the email's local part)")
+
+    stream = command("create_stream", "create a stream (or add subscribers to it) and print it as JSON")
+    stream.add_argument("name")
+    stream.add_argument("--subscribers", nargs="*", default=[], metavar="EMAIL", help="users to subscribe")
+
+    mirror = command("email_mirror_server", "receive mail over SMTP and queue it to email_mirror")
+    mirror.add_argument("--port", type=int, default=2525, help="port to listen on (default 2525)")
+    mirror.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
 
     rabbitmq = command("rabbitmq", "start, stop or check a private RabbitMQ node")
     rabbitmq.add_argument("action", choices=["start", "stop", "status"])

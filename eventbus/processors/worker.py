@@ -13,7 +13,8 @@ Both give each event the same guarantees:
   ``failed_tries`` count, after a delay that doubles with each try, through a
   delay queue, so the events behind it are not held up; after the last try it
   goes to the error store with the error and traceback;
-- an event that is not a JSON object goes to the error store at once.
+- an event that is not a JSON object, or whose processing raises
+  ``PermanentError``, goes to the error store at once.
 
 ``failed_tries`` is therefore a reserved key of events (as in Zulip).
 """
@@ -36,6 +37,10 @@ from eventbus.processors.timeouts import ProcessingTimeout, deadline, run_corout
 from eventbus.queue import Broker, Consumer, get_broker
 
 logger = logging.getLogger(__name__)
+
+class PermanentError(Exception):
+    """An event that can never be processed (malformed, refers to nothing): no retries, straight to the error store."""
+
 
 #: The key a retried event carries its count of failed tries in.
 FAILED_TRIES = "failed_tries"
@@ -144,9 +149,10 @@ class Worker(ABC):
         description = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         trace = traceback.format_exc()
         retries: dict[float, list[Event]] = {}
+        permanent = isinstance(error, PermanentError)
         for event in events:
             tries = int(event.get(FAILED_TRIES, 0)) + 1
-            if tries >= self.options.tries:
+            if tries >= self.options.tries or permanent:
                 original = {k: v for k, v in event.items() if k != FAILED_TRIES}
                 self.error_store.record(self.queue_name, original, error=description, tries=tries, traceback=trace)
             else:

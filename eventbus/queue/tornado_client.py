@@ -129,6 +129,10 @@ class TornadoQueueClient:
         self.client.publish(check_queue_name(queue), body, on_done)
         return future
 
+    def publish_nowait(self, queue: str, event: Any) -> None:
+        """Publish without waiting for the confirm; a failure is logged, not raised."""
+        _log_failure(self.publish(queue, event), self.name, queue)
+
     def consume(self, queue: str, callback: EventCallback) -> None:
         """Call ``callback(event)`` for every event of ``queue``, on this and every later connection."""
         self._consumers[check_queue_name(queue)] = callback
@@ -264,6 +268,9 @@ class MemoryTornadoClient:
         future.set_result(None)
         return future
 
+    def publish_nowait(self, queue: str, event: Any) -> None:
+        _log_failure(self.publish(queue, event), self.name, queue)
+
     def consume(self, queue: str, callback: EventCallback) -> None:
         self._consumers[check_queue_name(queue)] = callback
         if self._ioloop is not None:
@@ -310,6 +317,14 @@ class MemoryTornadoClient:
     def statistics(self) -> dict[str, Any]:
         return {"ready": self.ready, "consumers": sorted(self._consumers), "consumed": self.consumed,
                 "failed": self.failed}
+
+
+def _log_failure(future: asyncio.Future[None], name: str, queue: str) -> None:
+    def check(done: asyncio.Future[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            logger.error("%s: an event for %s was not published: %s", name, queue, done.exception())
+
+    future.add_done_callback(check)
 
 
 def tornado_client_for(settings: Settings, broker: Broker | None = None, *,

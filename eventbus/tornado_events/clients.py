@@ -15,8 +15,8 @@ from eventbus.tornado_events.event_queue import ClientDescriptor
 
 logger = logging.getLogger(__name__)
 
-#: Called with a user id when that user's last queue expired (a user who went away).
-ExpiryHook = Callable[[int], None]
+#: Called with a user id and the queues that expired, when that user's last queue expired (they went away).
+ExpiryHook = Callable[[int, list[ClientDescriptor]], None]
 
 
 class ClientRegistry:
@@ -74,11 +74,14 @@ class ClientRegistry:
         """
         bodies: dict[tuple[bool, tuple[str, ...]], tuple[dict[str, Any], bytes]] = {}
         count = 0
+        message_id = event["message"].get("id") if event.get("type") == "message" else None
         for user in users:
             user_id, flags = (user, None) if isinstance(user, int) else (int(user["id"]), user.get("flags", []))
             for client in self.clients_of(user_id):
                 if not client.accepts(event):
                     continue
+                if isinstance(message_id, int) and not client.first_time(message_id):
+                    continue  # the processor delivered it twice (a redelivery); the client has it
                 key = (client.apply_markdown, tuple(flags) if flags is not None else ())
                 if key not in bodies:
                     variant = client_view(event, client.apply_markdown, flags)
@@ -103,15 +106,15 @@ class ClientRegistry:
             self.remove(client)
         for user_id in sorted({c.user_id for c in expired}):
             if not self.has_live_queue(user_id):
-                self._fire(user_id)
+                self._fire(user_id, [c for c in expired if c.user_id == user_id])
         if expired:
             logger.info("collected %d expired event queue(s)", len(expired))
         return expired
 
-    def _fire(self, user_id: int) -> None:
+    def _fire(self, user_id: int, clients: list[ClientDescriptor]) -> None:
         for hook in self.after_last_queue_expired:
             try:
-                hook(user_id)
+                hook(user_id, clients)
             except Exception:
                 logger.exception("after_last_queue_expired hook %r failed for user %d", hook, user_id)
 

@@ -24,6 +24,8 @@ from eventbus import codec
 
 #: Events every client gets, whatever its event_types.
 ALWAYS_DELIVERED = frozenset({"heartbeat", "restart"})
+#: Message ids a client remembers, so that a message delivered twice upstream reaches it once.
+RECENT_MESSAGES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,18 @@ class ClientDescriptor:
     queue: EventQueue = field(default_factory=EventQueue)
     last_connection_time: float = field(default_factory=time.monotonic)
     listener: Listener | None = None
+    _recent_messages: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_MESSAGES), repr=False)
+    _recent_message_set: set[int] = field(default_factory=set, repr=False)
+
+    def first_time(self, message_id: int) -> bool:
+        """Whether the message ``message_id`` is new to this client (and remember it)."""
+        if message_id in self._recent_message_set:
+            return False
+        if len(self._recent_messages) == RECENT_MESSAGES:
+            self._recent_message_set.discard(self._recent_messages[0])
+        self._recent_messages.append(message_id)
+        self._recent_message_set.add(message_id)
+        return True
 
     # -- filters ----------------------------------------------------------------
 

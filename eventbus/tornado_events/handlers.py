@@ -116,6 +116,12 @@ class BaseHandler(tornado.web.RequestHandler):
             raise ApiError(401, "UNAUTHORIZED", "Not logged in: API authentication or user session required")
         self.user = user
 
+    def on_finish(self) -> None:
+        """Every authenticated API request is recorded as a user_activity event."""
+        user = getattr(self, "user", None)
+        if user is not None and self.auth in ("api", "session"):
+            self.server.record_activity(user, self)
+
     def check_csrf(self) -> None:
         try:
             self.check_xsrf_cookie()
@@ -284,6 +290,63 @@ class LongPoll:
         IOLoop.current().remove_timeout(self._heartbeat)
         self.client.detach(self)
         self.result.set_result(result)
+
+
+class MessagesHandler(BaseHandler):
+    """POST /api/v1/messages: send (through message_sender); GET: recent messages."""
+
+    #: How long a sender waits for the message_sender processor before the request times out.
+    TIMEOUT = 30.0
+
+    async def post(self) -> None:
+        request = {name: self.get_argument(name) for name in ("type", "to", "topic", "subject", "content")
+                   if self.get_argument(name, None) is not None}
+        kind = request.get("type")
+        if kind not in ("stream", "private", "direct"):
+            raise bad_request("Invalid 'type' argument: must be 'stream' or 'private'")
+        if not request.get("content", "").strip():
+            raise bad_request("Missing 'content' argument")
+        if "to" not in request:
+            raise bad_request("Missing 'to' argument")
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def respond(response: Any) -> None:
+            if not answer.done():
+                answer.set_result(response)
+
+        request_id = await self.server.submit(self.user, request, respond)
+        try:
+            response = await asyncio.wait_for(answer, self.TIMEOUT)
+        except TimeoutError:
+            self.server.pending.pop(request_id, None)
+            raise ApiError(504, "REQUEST_TIMEOUT", "The message was queued but not processed in time") from None
+        if not isinstance(response, dict) or response.get("result") != "success":
+            error = response if isinstance(response, dict) else {}
+            raise ApiError(400, str(error.get("code", "BAD_REQUEST")), str(error.get("msg", "Message not sent")))
+        self.success(id=response["id"])
+
+    async def get(self) -> None:
+        anchor = self.arg("anchor", str, "newest")
+        if anchor != "newest":
+            raise bad_request("Invalid 'anchor' argument: only 'newest' is supported")
+        num_before = self.arg("num_before", int, 50)
+        if not 0 <= num_before <= 1000:
+            raise bad_request("Invalid 'num_before' argument: 0 to 1000")
+        messages = await IOLoop.current().run_in_executor(None, self.server.messages.recent, self.user.id, num_before)
+        self.success(messages=messages, found_newest=True, anchor=messages[-1]["id"] if messages else None)
+
+
+class ReportErrorHandler(BaseHandler):
+    """POST /json/report/error: a browser traceback, rate-limited per user, queued to error_reports."""
+
+    async def post(self) -> None:
+        if not self.server.error_reports.allow(self.user.id):
+            raise ApiError(429, "RATE_LIMIT_HIT", "Too many error reports; try again in a minute")
+        report = {"type": "browser", "user_id": self.user.id, "user_email": self.user.email,
+                  "message": self.arg("message")[:2000], "stacktrace": self.arg("stacktrace", str, "")[:20000],
+                  "href": self.arg("href", str, "")[:500], "user_agent": self.request.headers.get("User-Agent", "")}
+        await self.server.queue_client.publish("error_reports", report)
+        self.success()
 
 
 class NotifyHandler(BaseHandler):

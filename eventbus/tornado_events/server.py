@@ -30,20 +30,25 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from eventbus import __version__
+from eventbus.messages import MessageStore
 from eventbus.queue import Broker, tornado_client_for
 from eventbus.settings import Settings
+from eventbus.tornado_events.away import AwayNotifier
 from eventbus.tornado_events.clients import ClientRegistry
 from eventbus.tornado_events.handlers import (
     SESSION_COOKIE,
     EventsHandler,
     LoginHandler,
     LogoutHandler,
+    MessagesHandler,
     NotFoundHandler,
     NotifyHandler,
     RegisterHandler,
+    ReportErrorHandler,
     ServerSettingsHandler,
 )
 from eventbus.tornado_events.notify import MESSAGE_SENDER_QUEUE, check_notice, notify_queue_name, return_queue_name
+from eventbus.tornado_events.rate_limit import RateLimiter
 from eventbus.tornado_events.websocket import EventSocket
 from eventbus.users import User, UserStore
 
@@ -51,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 #: How long an authenticated user is trusted before the store is asked again.
 AUTH_CACHE_SECONDS = 60.0
+#: Browser error reports a user may send per minute.
+REPORTS_PER_MINUTE = 10
 #: Websocket keepalive: a ping this often, and the socket is dropped without a pong in time.
 PING_INTERVAL = 25.0
 
@@ -65,6 +72,10 @@ class EventServer:
         self.registry = ClientRegistry(settings.max_queue_events)
         self.users = UserStore(settings.database)
         self.queue_client = tornado_client_for(settings, broker, name=f"tornado {settings.server_id}")
+        self.away = AwayNotifier(self.registry, self.queue_client.publish_nowait)
+        self.registry.after_last_queue_expired.append(self.away.on_queues_expired)
+        self.messages = MessageStore(settings.database)
+        self.error_reports = RateLimiter(REPORTS_PER_MINUTE, 60.0)
         self.queues_file = Path(settings.var_dir) / "event_queues.json"
         self.pending: dict[str, Responder] = {}
         self.sockets: dict[str, EventSocket] = {}
@@ -111,6 +122,7 @@ class EventServer:
         """Invoked for each notify_tornado event: queue it for every client that wants it."""
         event, users = check_notice(notice)
         self.registry.deliver(event, users)
+        self.away.on_message(event, users)
 
     def on_return(self, message: Any) -> None:
         """Invoked for each answer a processor put on the return queue."""
@@ -140,6 +152,12 @@ class EventServer:
     def server_settings(self) -> dict[str, Any]:
         """This server's version, as Zulip clients ask for it."""
         return {"zulip_version": f"eventbus-{__version__}", "zulip_feature_level": 0}
+
+    def record_activity(self, user: User, handler: tornado.web.RequestHandler) -> None:
+        """Queue a user_activity event for an API request (fire and forget; a failure is logged)."""
+        event = {"user_id": user.id, "query": handler.request.path, "time": time.time(),
+                 "client": handler.request.headers.get("User-Agent", "")[:100]}
+        self.queue_client.publish_nowait("user_activity", event)
 
     def initial_state(self, user: User) -> dict[str, Any]:
         """What register answers besides the queue: who the user is, and this server's version."""
@@ -211,6 +229,9 @@ def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> to
         (r"/json/events", EventsHandler, session),
         (r"/json/events/websocket", EventSocket, {"server": server}),
         (r"/api/internal/notify_tornado", NotifyHandler, {"server": server, "auth": "internal"}),
+        (r"/api/v1/messages", MessagesHandler, api),
+        (r"/json/messages", MessagesHandler, session),
+        (r"/json/report/error", ReportErrorHandler, session),
         (r"/api/v1/server_settings", ServerSettingsHandler, {"server": server, "auth": "none"}),
         (r"/accounts/login", LoginHandler, {"server": server, "auth": "none"}),
         (r"/accounts/logout", LogoutHandler, {"server": server, "auth": "none"}),

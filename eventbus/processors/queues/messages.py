@@ -1,0 +1,43 @@
+"""``message_sender``: messages that clients submitted through the Tornado server."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from eventbus.messages import MessageStore
+from eventbus.processors.message_send import MessageError, check_request, send
+from eventbus.processors.registry import assign_queue
+from eventbus.processors.worker import Event, PermanentError, QueueProcessingWorker
+
+logger = logging.getLogger(__name__)
+
+
+@assign_queue("message_sender", tries=5, retry_delay=0.5)
+class MessageSenderWorker(QueueProcessingWorker):
+    """Renders, stores and delivers a submitted message, then answers on the request's return queue.
+
+    Deduplicated by the request's id: a redelivered request is stored once and delivered once.
+    """
+
+    def before_start(self) -> None:
+        self.store = MessageStore(self.broker.settings.database)
+
+    def consume(self, event: Event) -> None:
+        request_id, request = event.get("request_id"), event.get("request")
+        if not isinstance(request_id, str) or not isinstance(request, dict):
+            raise PermanentError("a message_sender event needs a 'request_id' and a 'request' object")
+        sender = self.store.users.get(int(event.get("user_id", 0)))
+        response: dict[str, Any]
+        if sender is None or not sender.is_active:
+            response = {"result": "error", "msg": "Unknown sender", "code": "BAD_REQUEST"}
+        else:
+            try:
+                message = send(self.store, check_request(self.store, sender, request), request_id)
+                response = {"result": "success", "msg": "", "id": message.id}
+            except MessageError as e:
+                response = {"result": "error", "msg": str(e), "code": "BAD_REQUEST"}
+        return_queue = event.get("return_queue")
+        if return_queue:
+            tags = {k: event[k] for k in ("server_id", "socket_id", "req_id") if k in event}
+            self.broker.publish(return_queue, {"request_id": request_id, **tags, "response": response})

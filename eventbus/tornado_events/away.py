@@ -1,0 +1,73 @@
+"""Notifications for users who are away: a mention or a private message that no open client will show.
+
+When a message event mentions a user, or is private to them, and that user
+has no live event queue, Tornado asks the processors to notify them: a
+mobile push (``missedmessage_mobile_notifications``) and an email
+(``missedmessage_emails``). The same happens for the unacknowledged mentions
+and private messages left in a user's last queues when those expire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from eventbus.tornado_events.clients import ClientRegistry
+from eventbus.tornado_events.event_queue import ClientDescriptor
+
+MOBILE_QUEUE = "missedmessage_mobile_notifications"
+EMAIL_QUEUE = "missedmessage_emails"
+
+#: publish_nowait(queue, event): failures are logged by the queue client.
+Publish = Callable[[str, dict[str, Any]], None]
+
+
+def trigger_for(user_id: int, message: dict[str, Any], flags: Iterable[str]) -> str | None:
+    """Why ``user_id`` should hear of ``message`` when away, or None."""
+    if user_id == message.get("sender_id"):
+        return None
+    if "mentioned" in flags:
+        return "mentioned"
+    if message.get("type") == "private":
+        return "private_message"
+    return None
+
+
+class AwayNotifier:
+    """Asks for notifications for the recipients who are away."""
+
+    def __init__(self, registry: ClientRegistry, publish: Publish) -> None:
+        self.registry = registry
+        self.publish = publish
+        self.sent = 0
+
+    def on_message(self, event: dict[str, Any], users: Iterable[int | dict[str, Any]]) -> None:
+        """After a message event was delivered: notify its recipients that have no live queue."""
+        message = event.get("message")
+        if event.get("type") != "message" or not isinstance(message, dict):
+            return
+        for user in users:
+            user_id, flags = (user, []) if isinstance(user, int) else (int(user["id"]), user.get("flags", []))
+            trigger = trigger_for(user_id, message, flags)
+            if trigger and not self.registry.has_live_queue(user_id):
+                self._notify(user_id, message["id"], trigger)
+
+    def on_queues_expired(self, user_id: int, clients: list[ClientDescriptor]) -> None:
+        """A user's last queues expired: notify them of the mentions and private messages they never saw."""
+        notified: set[int] = set()
+        for client in clients:
+            for queued in client.pending():
+                event = queued.event
+                message = event.get("message")
+                if event.get("type") != "message" or not isinstance(message, dict) or message["id"] in notified:
+                    continue
+                trigger = trigger_for(user_id, message, event.get("flags", []))
+                if trigger:
+                    notified.add(message["id"])
+                    self._notify(user_id, message["id"], trigger)
+
+    def _notify(self, user_id: int, message_id: int, trigger: str) -> None:
+        self.sent += 1
+        notice = {"user_id": user_id, "message_id": message_id, "trigger": trigger}
+        for queue in (MOBILE_QUEUE, EMAIL_QUEUE):
+            self.publish(queue, notice)
