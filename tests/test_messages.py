@@ -1,0 +1,236 @@
+"""Messages: safe rendering with mentions, the message_sender path through the server, history, away users."""
+
+from __future__ import annotations
+
+import asyncio
+import html.parser
+import time
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from eventbus.messages import MessageStore
+from eventbus.processors.markdown import render
+from eventbus.processors.runner import WorkerThreads
+from eventbus.queue import MemoryBroker
+from eventbus.settings import Settings
+from eventbus.users import User
+from tests.conftest import wait_for
+from tests.eventserver import Api, StartServer, run
+
+HOSTILE = [
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    "[click](javascript:alert(1))",
+    "[click](JaVaScRiPt:alert(1))",
+    "[click](java&#x09;script:alert(1))",
+    "[click](  javascript:alert(1))",
+    "<javascript:alert(1)>",
+    "[d](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+    "![x](javascript:alert(1))",
+    "![x](data:image/svg+xml,<svg onload=alert(1)>)",
+    '<a href="javascript:alert(1)">x</a>',
+    "<iframe src=https://evil.example></iframe>",
+    '[x](https://ok.example/" onmouseover="alert(1))',
+    "<svg><script>alert(1)</script></svg>",
+    "**<style>body{display:none}</style>**",
+    "[x](vbscript:msgbox(1)) [y](file:///etc/passwd)",
+]
+ALLOWED_TAGS = {"p", "a", "img", "strong", "em", "code", "pre", "span", "br", "del", "ul", "ol", "li", "blockquote",
+                "h1", "h2", "h3", "h4", "h5", "h6", "hr", "table", "thead", "tbody", "tr", "th", "td"}
+ALLOWED_ATTRS = {"href", "src", "alt", "title", "class", "data-user-id", "data-stream-id", "target", "rel", "lang",
+                 "align"}
+
+
+class Audit(html.parser.HTMLParser):
+    """Collects every tag, attribute and URL of rendered HTML."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: set[str] = set()
+        self.attrs: set[str] = set()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        for name, value in attrs:
+            self.attrs.add(name)
+            if name in ("href", "src"):
+                self.urls.append(value or "")
+
+
+@pytest.mark.parametrize("source", HOSTILE)
+def test_hostile_markdown_renders_harmless(source: str) -> None:
+    audit = Audit()
+    audit.feed(render(source).html)
+    assert audit.tags <= ALLOWED_TAGS, audit.tags
+    assert audit.attrs <= ALLOWED_ATTRS, audit.attrs
+    for url in audit.urls:
+        assert urllib.parse.urlsplit(url).scheme in ("http", "https", "mailto"), url
+
+
+def test_markdown_features_and_mentions() -> None:
+    users = {"Iago": (1, "Iago"), "Othello Moor": (2, "Othello Moor")}
+    streams = {"Denmark": (5, "Denmark")}
+    source = ("**bold** _it_ `@**Iago**` see https://example.com and #**Denmark**, @**Othello Moor** @**Nobody**\n\n"
+              "```python\nprint('<b>')\n```")
+    rendered = render(source, users.get, streams.get)
+    assert "<strong>bold</strong>" in rendered.html and "<em>it</em>" in rendered.html
+    assert '<span class="user-mention" data-user-id="2">@Othello Moor</span>' in rendered.html
+    assert "<code>@**Iago**</code>" in rendered.html  # code is left alone
+    assert '<a class="stream" data-stream-id="5" href="/#narrow/stream/5-Denmark">#Denmark</a>' in rendered.html
+    assert '<a href="https://example.com" target="_blank" rel="noopener noreferrer">' in rendered.html
+    assert '<pre lang="python"><code>print(\'&lt;b&gt;\')' in rendered.html
+    assert "@<strong>Nobody</strong>" in rendered.html
+    assert rendered.mentioned_user_ids == {2}
+
+
+@pytest.fixture
+def world(event_settings: Settings, users: tuple[User, User]) -> tuple[MessageStore, User, User, User]:
+    """Iago, Othello and Desdemona; Iago and Othello are subscribed to Denmark."""
+    store = MessageStore(event_settings.database)
+    iago, othello = users
+    desdemona = store.users.create_user("desdemona@example.com", "Desdemona")
+    store.create_stream("Denmark", [iago.id, othello.id])
+    return store, iago, othello, desdemona
+
+
+@pytest.fixture
+def sender_worker(event_broker: MemoryBroker) -> Iterator[WorkerThreads]:
+    threads = WorkerThreads(["message_sender"], event_broker)
+    threads.start()
+    yield threads
+    threads.stop()
+    assert threads.join(10)
+
+
+async def next_events(api: Api, queue_id: str, count: int) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    while len(events) < count:
+        events += (await api.events(queue_id, -1))[1]["events"][len(events):]
+    return events
+
+
+def test_send_render_store_and_deliver(start_server: StartServer, world: Any, sender_worker: WorkerThreads,
+                                       event_broker: MemoryBroker) -> None:
+    _store, iago, othello, desdemona = world
+    server = start_server()
+
+    async def scenario() -> None:
+        iago_api, othello_api = Api(server, iago), Api(server, othello)
+        othello_queue = await othello_api.register(apply_markdown=True)
+        iago_raw = await iago_api.register(apply_markdown=False)
+        status, body = await iago_api.call("POST", "/messages", type="stream", to="Denmark", topic="plans",
+                                           content="hello @**Othello**, *see* <b>this</b>")
+        assert status == 200, body
+        assert body["result"] == "success" and isinstance(body["id"], int)
+        [event] = await next_events(othello_api, othello_queue, 1)
+        message = event["message"]
+        assert event["flags"] == ["mentioned"]
+        assert (message["id"], message["sender_email"], message["display_recipient"], message["subject"]) == (
+            body["id"], "iago@example.com", "Denmark", "plans")
+        assert message["content"] == (f'<p>hello <span class="user-mention" data-user-id="{othello.id}">@Othello'
+                                      "</span>, <em>see</em> <!-- raw HTML omitted -->this<!-- raw HTML omitted --></p>")
+        assert message["content_type"] == "text/html"
+        [own] = await next_events(iago_api, iago_raw, 1)
+        assert own["message"]["content"] == "hello @**Othello**, *see* <b>this</b>"
+        assert own["flags"] == ["read"]
+        status, history = await othello_api.call("GET", "/messages", anchor="newest", num_before=10)
+        assert [m["id"] for m in history["messages"]] == [body["id"]]
+        assert history["messages"][0]["flags"] == ["mentioned"]
+        # Desdemona is not subscribed: nothing for her.
+        assert (await Api(server, desdemona).call("GET", "/messages"))[1]["messages"] == []
+
+    run(scenario)
+
+
+def test_private_message_and_errors(start_server: StartServer, world: Any, sender_worker: WorkerThreads) -> None:
+    store, iago, _othello, desdemona = world
+    server = start_server()
+
+    async def scenario() -> None:
+        api = Api(server, iago)
+        status, body = await api.call("POST", "/messages", type="private", to='["desdemona@example.com"]',
+                                      content="psst")
+        assert status == 200, body
+        stored = store.get(body["id"])
+        assert stored is not None and sorted(stored.flags) == sorted([iago.id, desdemona.id])
+        errors = [
+            ({"type": "stream", "to": "Nowhere", "topic": "t", "content": "x"}, "Stream 'Nowhere' does not exist"),
+            ({"type": "stream", "to": "Denmark", "content": "x"}, "Missing 'topic'"),
+            ({"type": "private", "to": '["ghost@example.com"]', "content": "x"}, "Invalid email 'ghost@example.com'"),
+            ({"type": "stream", "to": "Denmark", "topic": "t"}, "Missing 'content' argument"),
+            ({"type": "carrier-pigeon", "to": "Denmark", "content": "x"}, "Invalid 'type' argument"),
+            ({"type": "stream", "to": "Denmark", "topic": "t" * 61, "content": "x"}, "Topic is longer than 60"),
+        ]
+        for params, msg in errors:
+            status, body = await api.call("POST", "/messages", **params)
+            assert (status, body["result"], body["code"]) == (400, "error", "BAD_REQUEST"), params
+            assert msg in body["msg"]
+
+    run(scenario)
+
+
+def test_a_redelivered_request_is_stored_and_delivered_once(start_server: StartServer, world: Any,
+                                                            event_broker: MemoryBroker) -> None:
+    store, iago, othello, _ = world
+    server = start_server()
+
+    async def scenario() -> None:
+        api = Api(server, othello)
+        queue_id = await api.register()
+        request = {"request_id": "req-1", "user_id": iago.id, "server_id": "tornado", "return_queue": "nowhere",
+                   "request": {"type": "stream", "to": "Denmark", "topic": "t", "content": "once"}}
+        event_broker.publish_many("message_sender", [request, request])
+        threads = WorkerThreads(["message_sender"], event_broker)
+        threads.start()
+        await asyncio.to_thread(event_broker.join, "message_sender", 10)
+        threads.stop()
+        assert threads.join(10)
+        [event] = await next_events(api, queue_id, 1)
+        assert event["message"]["content"] == "once"
+        assert len(store.recent(othello.id)) == 1
+        assert event_broker.queue_info("nowhere").depth == 2  # both requests were answered
+
+    run(scenario)
+
+
+def test_away_users_are_notified_once_per_mention(start_server: StartServer, world: Any,
+                                                  sender_worker: WorkerThreads, event_broker: MemoryBroker) -> None:
+    _store, iago, _othello, _desdemona = world
+    server = start_server()
+
+    async def scenario() -> None:
+        api = Api(server, iago)
+        await api.register()  # iago is here; othello (mentioned) and desdemona (private) are away
+        for params in ({"type": "stream", "to": "Denmark", "topic": "t", "content": "hi @**Othello**"},
+                       {"type": "stream", "to": "Denmark", "topic": "t", "content": "no mention"},
+                       {"type": "private", "to": "desdemona@example.com", "content": "psst"}):
+            status, body = await api.call("POST", "/messages", **params)
+            assert status == 200, body
+
+    run(scenario)
+    for queue in ("missedmessage_mobile_notifications", "missedmessage_emails"):
+        wait_for(lambda q=queue: event_broker.queue_info(q).depth == 2, what=f"two {queue} events")
+    assert server.call(lambda: server.server.away.sent) == 2
+
+
+def test_unread_mentions_left_in_expired_queues_notify(start_server: StartServer, world: Any,
+                                                       sender_worker: WorkerThreads,
+                                                       event_broker: MemoryBroker) -> None:
+    _store, iago, othello, _ = world
+    server = start_server()
+
+    async def scenario() -> None:
+        await Api(server, othello).register()  # othello has a queue but never reads it
+        status, _ = await Api(server, iago).call("POST", "/messages", type="stream", to="Denmark", topic="t",
+                                                 content="@**Othello** are you there?")
+        assert status == 200
+
+    run(scenario)
+    assert event_broker.queue_info("missedmessage_emails").exists is False  # othello had a live queue
+    server.call(lambda: server.server.registry.collect_garbage(time.monotonic() + 3600))
+    wait_for(lambda: event_broker.queue_info("missedmessage_emails").depth == 1, what="the email notification")
+
