@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import http.cookies
 import json
 import logging
@@ -147,10 +148,8 @@ class Tally:
         assert self.latencies is not None, "report before collect"
         if len(self.latencies) < wanted:
             self.wanted, self.enough = wanted, asyncio.get_running_loop().create_future()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.enough, timeout)
-            except TimeoutError:
-                pass
         latencies, self.latencies = self.latencies, None
         return latencies
 
@@ -273,8 +272,8 @@ class Server:
         """The request that sends ``event`` to ``user_ids``."""
         notice = {"event": event, "users": user_ids}
         if self.flavor == "eventbus":
-            form = {"secret": os.environ["EVENTBUS_BENCH_SECRET"], "data": json.dumps(notice)}
-            return self.control.encode("POST", "/api/internal/notify_tornado", _FORM, urllib.parse.urlencode(form).encode())
+            form = urllib.parse.urlencode({"secret": os.environ["EVENTBUS_BENCH_SECRET"], "data": json.dumps(notice)})
+            return self.control.encode("POST", "/api/internal/notify_tornado", _FORM, form.encode())
         if self.flavor == "bare":
             return self.control.encode("POST", "/trigger", _JSON, ujson.dumps(event).encode())
         return self.control.encode("POST", "/trigger", _JSON, ujson.dumps(notice).encode())

@@ -31,7 +31,8 @@ MESSAGE_IDS = itertools.count(1)
 
 def message(stream: str = "Denmark", topic: str = "hello", content: str = "**hi**") -> dict[str, Any]:
     return {"type": "message", "message": {
-        "id": next(MESSAGE_IDS), "sender_id": 1, "sender_email": "iago@example.com", "sender_full_name": "Iago", "type": "stream",
+        "id": next(MESSAGE_IDS), "sender_id": 1, "sender_email": "iago@example.com", "sender_full_name": "Iago",
+        "type": "stream",
         "display_recipient": stream, "subject": topic, "timestamp": 1, "content": content,
         "rendered_content": "<p><strong>hi</strong></p>"}}
 

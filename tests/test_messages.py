@@ -131,8 +131,9 @@ def test_send_render_store_and_deliver(start_server: StartServer, world: Any, se
         assert event["flags"] == ["mentioned"]
         assert (message["id"], message["sender_email"], message["display_recipient"], message["subject"]) == (
             body["id"], "iago@example.com", "Denmark", "plans")
-        assert message["content"] == (f'<p>hello <span class="user-mention" data-user-id="{othello.id}">@Othello'
-                                      "</span>, <em>see</em> <!-- raw HTML omitted -->this<!-- raw HTML omitted --></p>")
+        mention = f'<span class="user-mention" data-user-id="{othello.id}">@Othello</span>'
+        assert message["content"] == (f"<p>hello {mention}, <em>see</em> "
+                                      "<!-- raw HTML omitted -->this<!-- raw HTML omitted --></p>")
         assert message["content_type"] == "text/html"
         [own] = await next_events(iago_api, iago_raw, 1)
         assert own["message"]["content"] == "hello @**Othello**, *see* <b>this</b>"
