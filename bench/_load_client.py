@@ -32,8 +32,10 @@ line, each answered with one JSON line on stdout:
 
 Every wait is bounded; a failure ends the process with status 1, the
 reason on stderr. Long-polls use a minimal HTTP/1.1 client of their own
-(one kept-alive connection per client, asyncio callbacks, no task per
-client), websockets Tornado's client, socketio its own ``AsyncClient``.
+and websockets minimal clients of their own on asyncio's protocols (a
+callback per answer or frame, no task per client), so that the clients'
+work stays small beside the server's; socketio clients are its own
+``AsyncClient``.
 """
 
 from __future__ import annotations
@@ -55,8 +57,6 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import ujson
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 logger = logging.getLogger("bench.client")
 
@@ -247,6 +247,95 @@ def _content_length(head: bytes) -> int:
     return int(head[at + 17:end if end >= 0 else len(head)])
 
 
+class WebSocketConnection(asyncio.Protocol):
+    """A websocket client as small as can be: frames whole (no fragments), pings answered, nothing checked.
+
+    ``on_frame`` is called with the payload of each text or binary frame,
+    and with None when the connection is gone.
+    """
+
+    def __init__(self, on_frame: Callable[[bytes | None], None]) -> None:
+        self.on_frame = on_frame
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buffer = bytearray()
+
+    @classmethod
+    async def open(cls, port: int, path: str, headers: dict[str, str],
+                   on_frame: Callable[[bytes | None], None]) -> WebSocketConnection:
+        loop = asyncio.get_running_loop()
+        _, connection = await loop.create_connection(lambda: cls(on_frame), "127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
+                 f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        connection._write("\r\n".join(lines).encode() + b"\r\n\r\n")
+        await connection.opened
+        return connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if not self.opened.done():
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self._buffer[:end])
+            del self._buffer[:end + 4]
+            if head[9:12] != b"101":
+                self.opened.set_exception(BenchClientError(f"no websocket: {head[:300]!r}"))
+                return
+            self.opened.set_result(None)
+        while len(self._buffer) >= 2:
+            opcode, length, at = self._buffer[0] & 0x0F, self._buffer[1] & 0x7F, 2
+            if length >= 126:
+                at = 4 if length == 126 else 10
+                if len(self._buffer) < at:
+                    return
+                length = int.from_bytes(self._buffer[2:at], "big")
+            if len(self._buffer) < at + length:
+                return
+            payload = bytes(self._buffer[at:at + length])
+            del self._buffer[:at + length]
+            if opcode in (0x1, 0x2):
+                self.on_frame(payload)
+            elif opcode == 0x9:
+                self.send(payload, opcode=0xA)  # a ping: pong
+            elif opcode == 0x8:
+                self.close()
+
+    def send(self, payload: bytes, opcode: int = 0x1) -> None:
+        """One frame, masked as a client's must be."""
+        mask = os.urandom(4)
+        size = len(payload)
+        if size < 126:
+            header = bytes([0x80 | opcode, 0x80 | size])
+        elif size < 1 << 16:
+            header = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
+        else:
+            header = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
+        key = (mask * (size // 4 + 1))[:size]
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")
+        self._write(header + mask + masked)
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise BenchClientError("the websocket is closed")
+        self.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(BenchClientError(f"the server closed the connection ({exc})"))
+        self.on_frame(None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 def _check(response: Response, what: str) -> Response:
     if response.status != 200:
         raise BenchClientError(f"{what}: HTTP {response.status}: {response.body[:300]!r}")
@@ -353,16 +442,16 @@ class SocketClient:
         self.server = server
         self.user = user
         self.tally = tally
-        self.socket: WebSocketClientConnection | None = None
+        self.socket: WebSocketConnection | None = None
         self.registered: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.closing = False
 
     async def connect(self) -> None:
-        base = f"ws://127.0.0.1:{self.server.port}"
+        port = self.server.port
         if self.server.flavor == "bare":
-            self.socket = await self._open(HTTPRequest(f"{base}/socket?user={self.user.id}"))
+            self.socket = await WebSocketConnection.open(port, f"/socket?user={self.user.id}", {}, self._on_frame)
             return
-        http = await HttpConnection.open(self.server.port)  # the login page's connection, closed after
+        http = await HttpConnection.open(port)  # the login page's connection, closed after
         try:
             form = urllib.parse.urlencode({"email": self.user.email, "api_key": self.user.api_key}).encode()
             answer = _check(await http.request("POST", "/accounts/login", _FORM, form), "login")
@@ -371,21 +460,17 @@ class SocketClient:
         cookie = answer.cookie("eventbus_session")
         if cookie is None:
             raise BenchClientError("login set no session cookie")
-        headers = {"Cookie": f"eventbus_session={cookie}", "Origin": f"http://127.0.0.1:{self.server.port}"}
-        self.socket = await self._open(HTTPRequest(f"{base}/json/events/websocket", headers=headers))
-        await self.socket.write_message(b'{"type":"register"}')
+        headers = {"Cookie": f"eventbus_session={cookie}", "Origin": f"http://127.0.0.1:{port}"}
+        self.socket = await WebSocketConnection.open(port, "/json/events/websocket", headers, self._on_frame)
+        self.socket.send(b'{"type":"register"}')
         await asyncio.wait_for(self.registered, TIMEOUT)
 
-    async def _open(self, request: HTTPRequest) -> WebSocketClientConnection:
-        return await websocket_connect(request, on_message_callback=self._on_message)
-
-    def _on_message(self, message: str | bytes | None) -> None:
-        """Invoked by Tornado for each frame, and with None when the socket closed."""
-        if message is None:
-            if self.socket is not None and not self.closing:
+    def _on_frame(self, payload: bytes | None) -> None:
+        if payload is None:
+            if not self.closing:
                 self.tally.fail(BenchClientError(f"the socket of user {self.user.id} closed"))
             return
-        frame = ujson.loads(message)
+        frame = ujson.loads(payload)
         kind = frame.get("type")
         if kind == "events":
             for event in frame["events"]:

@@ -57,6 +57,8 @@ class Settings:
     max_queue_events: int = 10_000
     #: A websocket with more unsent bytes than this is closed as a slow consumer.
     websocket_buffer_bytes: int = 1_000_000
+    #: Development mode: log in as any user without a key (run_dev.py turns it on). Never in production.
+    development: bool = False
     #: Where links in emails and notifications point.
     site_url: str = "http://127.0.0.1:9991"
     #: Outgoing mail: host, port, "none" / "starttls" / "ssl", user (the password is in the secrets file).
@@ -105,6 +107,7 @@ class Settings:
             queue_lifespan_seconds=_number(env, "EVENTBUS_QUEUE_LIFESPAN_SECONDS", 600.0),
             max_queue_events=int(_number(env, "EVENTBUS_MAX_QUEUE_EVENTS", 10_000)),
             websocket_buffer_bytes=int(_number(env, "EVENTBUS_WEBSOCKET_BUFFER_BYTES", 1_000_000)),
+            development=env.get("EVENTBUS_DEVELOPMENT", "").strip().lower() in ("1", "true", "yes"),
             site_url=env.get("EVENTBUS_SITE_URL", "http://127.0.0.1:9991"),
             smtp_host=env.get("EVENTBUS_SMTP_HOST", "127.0.0.1"),
             smtp_port=int(_number(env, "EVENTBUS_SMTP_PORT", 25)),
