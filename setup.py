@@ -17,12 +17,14 @@ setup(
         "ujson>=5",
     ],
     extras_require={
+        "django": ["django>=4.2"],
         "test": [
             "pytest>=7",
             "pytest-timeout>=2",
             "kombu>=5.3",
             "ruff>=0.5",
             "mypy>=1.8",
+            "django>=4.2",
             "zulip>=0.9",
         ],
     },
