@@ -15,6 +15,11 @@ setup(
         # pika 2.0 deprecates TornadoConnection and BlockingConnection.
         "pika>=1.3,<2",
         "ujson>=5",
+        "prometheus-client>=0.17",
+        # Markdown rendering: GitHub's cmark-gfm, in C.
+        "cmarkgfm>=2024.1",
+        # The email mirror's SMTP receiver.
+        "aiosmtpd>=1.4",
     ],
     extras_require={
         "django": ["django>=4.2"],
@@ -26,6 +31,8 @@ setup(
             "mypy>=1.8",
             "django>=4.2",
             "zulip>=0.9",
+            "markdown>=3.5",
+            "playwright>=1.40",
         ],
     },
     entry_points={"console_scripts": ["eventbus=eventbus.processors.cli:main"]},

@@ -35,9 +35,12 @@ def run(scenario: Callable[[], Coroutine[Any, Any, None]], timeout: float = 60) 
 class ServerThread:
     """``EventServer`` + ``make_app`` served on 127.0.0.1:<free port> by an IOLoop in a thread."""
 
-    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+    def __init__(self, settings: Settings, broker: Broker | None = None, *, address: str = "127.0.0.1",
+                 extra_handlers: Callable[[EventServer], list[Any]] | None = None) -> None:
         self.settings = settings
         self.broker = broker
+        self.address = address
+        self.extra_handlers = extra_handlers
         self.loop = asyncio.new_event_loop()
         self.server: EventServer | None = None
         self._http: HTTPServer | None = None
@@ -52,8 +55,9 @@ class ServerThread:
     async def _start(self) -> None:
         self.server = EventServer(self.settings, self.broker)
         self.server.start()
-        sock, self.port = bind_unused_port()
-        self._http = HTTPServer(make_app(self.server))
+        sock, self.port = bind_unused_port(address=self.address)
+        extra = self.extra_handlers(self.server) if self.extra_handlers else None
+        self._http = HTTPServer(make_app(self.server, extra))
         self._http.add_sockets([sock])
 
     def call(self, fn: Callable[[], Any] | Callable[[], Coroutine[Any, Any, Any]], timeout: float = 30) -> Any:

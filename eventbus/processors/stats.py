@@ -2,13 +2,15 @@
 
 The file is JSON: ``update_time``, ``recent_average_consume_time`` (seconds
 per event over the last 50 events), ``queue_last_emptied_timestamp``,
-``consumed_since_last_emptied``, ``processed`` and ``failed``. It is written
+``consumed_since_last_emptied``, ``processed``, ``failed`` and ``histogram``
+(events per consume time bucket, for Prometheus). It is written
 atomically (a temporary file renamed over it) when the queue runs empty, when
 the worker wakes from idle, and at least every 30 s while it is busy.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import tempfile
 import time
@@ -23,6 +25,8 @@ from eventbus.errors import EventEncodingError
 RECENT_EVENTS = 50
 #: Longest a busy worker goes without writing its stats.
 WRITE_INTERVAL = 30.0
+#: Upper bounds (seconds) of the consume time histogram, as Prometheus buckets.
+BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 
 
 def stats_path(var_dir: Path | str, queue: str, worker_num: int = 0) -> Path:
@@ -50,6 +54,8 @@ class QueueStats:
         self.consumed_since_last_emptied = 0
         self.queue_last_emptied_timestamp: float | None = None
         self._recent: deque[float] = deque(maxlen=RECENT_EVENTS)
+        self.histogram = [0] * (len(BUCKETS) + 1)  # per bucket, the last one for +Inf
+        self.consume_seconds = 0.0
         self._last_write = 0.0
         self.idle = False
 
@@ -65,7 +71,10 @@ class QueueStats:
 
     def record(self, events: int, seconds: float, failed: bool) -> None:
         """Count a batch of ``events`` that took ``seconds``; write if the last write is 30 s old."""
-        self._recent.extend([seconds / events] * min(events, RECENT_EVENTS))
+        per_event = seconds / events
+        self._recent.extend([per_event] * min(events, RECENT_EVENTS))
+        self.histogram[bisect.bisect_left(BUCKETS, per_event)] += events
+        self.consume_seconds += seconds
         self.consumed_since_last_emptied += events
         if failed:
             self.failed += events
@@ -89,6 +98,7 @@ class QueueStats:
             "consumed_since_last_emptied": self.consumed_since_last_emptied,
             "processed": self.processed,
             "failed": self.failed,
+            "histogram": {"buckets": list(BUCKETS), "counts": self.histogram, "sum": self.consume_seconds},
         }
 
     def write(self) -> None:

@@ -69,6 +69,7 @@ class TornadoQueueClient:
         self._consumers: dict[str, EventCallback] = {}
         self.consumed = 0
         self.failed = 0
+        self.publish_failures = 0
         self._in_flight = 0  # events handed to a callback and not yet acked
         self._drained: asyncio.Event | None = None  # set when _in_flight drops to 0 during close()
 
@@ -130,8 +131,8 @@ class TornadoQueueClient:
         return future
 
     def publish_nowait(self, queue: str, event: Any) -> None:
-        """Publish without waiting for the confirm; a failure is logged, not raised."""
-        _log_failure(self.publish(queue, event), self.name, queue)
+        """Publish without waiting for the confirm; a failure is logged (and counted), not raised."""
+        _log_failure(self.publish(queue, event), self, queue)
 
     def consume(self, queue: str, callback: EventCallback) -> None:
         """Call ``callback(event)`` for every event of ``queue``, on this and every later connection."""
@@ -228,7 +229,7 @@ class TornadoQueueClient:
     def statistics(self) -> dict[str, Any]:
         """A plain record: the connection's state and the consumed and failed counts."""
         stats = self.client.statistics() if self._client is not None else {"ready": False}
-        return {**stats, "consumed": self.consumed, "failed": self.failed}
+        return {**stats, "consumed": self.consumed, "failed": self.failed, "publish_failures": self.publish_failures}
 
 
 class MemoryTornadoClient:
@@ -245,6 +246,7 @@ class MemoryTornadoClient:
         self.error_store = broker.error_store
         self.consumed = 0
         self.failed = 0
+        self.publish_failures = 0
         self._ioloop: IOLoop | None = None
         self._consumers: dict[str, EventCallback] = {}
         self._running: list[tuple[Consumer, threading.Thread]] = []
@@ -269,7 +271,7 @@ class MemoryTornadoClient:
         return future
 
     def publish_nowait(self, queue: str, event: Any) -> None:
-        _log_failure(self.publish(queue, event), self.name, queue)
+        _log_failure(self.publish(queue, event), self, queue)
 
     def consume(self, queue: str, callback: EventCallback) -> None:
         self._consumers[check_queue_name(queue)] = callback
@@ -316,13 +318,14 @@ class MemoryTornadoClient:
 
     def statistics(self) -> dict[str, Any]:
         return {"ready": self.ready, "consumers": sorted(self._consumers), "consumed": self.consumed,
-                "failed": self.failed}
+                "failed": self.failed, "publish_failures": self.publish_failures}
 
 
-def _log_failure(future: asyncio.Future[None], name: str, queue: str) -> None:
+def _log_failure(future: asyncio.Future[None], client: TornadoQueueClient | MemoryTornadoClient, queue: str) -> None:
     def check(done: asyncio.Future[None]) -> None:
         if not done.cancelled() and done.exception() is not None:
-            logger.error("%s: an event for %s was not published: %s", name, queue, done.exception())
+            client.publish_failures += 1
+            logger.error("%s: an event for %s was not published: %s", client.name, queue, done.exception())
 
     future.add_done_callback(check)
 

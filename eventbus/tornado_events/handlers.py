@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import random
 from collections.abc import Callable
@@ -33,7 +34,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SESSION_COOKIE = "eventbus_session"
-LOOPBACK = frozenset({"127.0.0.1", "::1"})
+def is_loopback(address: str | None) -> bool:
+    """Whether a peer address is this machine's loopback (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(address or "").is_loopback
+    except ValueError:
+        return False
 NARROW_OPERATORS = frozenset({"stream", "topic"})
 
 
@@ -131,7 +137,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def check_internal(self) -> None:
         secret = self.server.settings.shared_secret
         given = self.get_body_argument("secret", "")
-        if self.request.remote_ip not in LOOPBACK or not secret or not hmac.compare_digest(
+        if not is_loopback(self.request.remote_ip) or not secret or not hmac.compare_digest(
                 given.encode(), secret.encode()):
             raise ApiError(401, "UNAUTHORIZED", "Internal endpoint: loopback and the shared secret required")
 

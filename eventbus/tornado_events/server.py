@@ -40,6 +40,7 @@ from eventbus.tornado_events.handlers import (
     EventsHandler,
     LoginHandler,
     LogoutHandler,
+    LongPoll,
     MessagesHandler,
     NotFoundHandler,
     NotifyHandler,
@@ -167,7 +168,7 @@ class EventServer:
         return {
             "clients": len(self.registry),
             "sockets": len(self.sockets),
-            "held": sum(1 for c in self.registry if c.listener is not None),
+            "long_polls": sum(1 for c in self.registry if isinstance(c.listener, LongPoll)),
             "events_delivered": self.registry.events_delivered,
             "pending_requests": len(self.pending),
             "slow_consumers_closed": self.slow_consumers_closed,
@@ -247,11 +248,16 @@ def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> to
     )
 
 
-async def serve(settings: Settings, port: int, host: str = "127.0.0.1", broker: Broker | None = None) -> None:
+#: Makes more URL specs for a server (the metrics, the web pages), so the layers above plug in.
+ExtraHandlers = Callable[[EventServer], list[Any]]
+
+
+async def serve(settings: Settings, port: int, host: str = "127.0.0.1", broker: Broker | None = None,
+                extra_handlers: ExtraHandlers | None = None) -> None:
     """Run the event server until SIGTERM or SIGINT, then save the queues and return."""
     server = EventServer(settings, broker)
     server.start()
-    http = HTTPServer(make_app(server), xheaders=False)
+    http = HTTPServer(make_app(server, extra_handlers(server) if extra_handlers else None), xheaders=False)
     http.listen(port, address=host)
     logger.info("event server %s listening on http://%s:%d", settings.server_id, host, port)
     stopping = asyncio.Event()

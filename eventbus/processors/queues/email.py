@@ -1,0 +1,177 @@
+"""Email: ``email_senders`` sends them; ``signups`` and ``invites`` turn one event into the emails to send.
+
+Work that takes seconds per email stays out of the request: inviting 500
+people publishes one ``invites`` event and returns; the invitations follow.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+from eventbus.processors.mailer import EMAIL_QUEUE, Email, Mailer, stable_id
+from eventbus.processors.registry import assign_queue
+from eventbus.processors.worker import Event, LoopQueueProcessingWorker, PermanentError, QueueProcessingWorker
+from eventbus.users import EMAIL, UserStore
+
+logger = logging.getLogger(__name__)
+
+#: Sent ids older than this are forgotten: far longer than any redelivery or retry takes.
+KEEP_SENT_SECONDS = 30 * 24 * 3600.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sent_emails (
+    email_id TEXT PRIMARY KEY,
+    sent_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sent_emails_by_time ON sent_emails(sent_at);
+"""
+
+
+class SentEmails:
+    """The ids of the emails sent, in SQLite (the users' database): what makes a redelivered email a no-op."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.path, timeout=30)) as db, db:
+            yield db
+
+    def among(self, email_ids: Iterable[str]) -> set[str]:
+        """Those of ``email_ids`` that were sent already."""
+        ids = list(email_ids)
+        with self._db() as db:
+            marks = ",".join("?" * len(ids))
+            return {row[0] for row in db.execute(f"SELECT email_id FROM sent_emails WHERE email_id IN ({marks})", ids)}
+
+    def add(self, email_id: str) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR IGNORE INTO sent_emails (email_id, sent_at) VALUES (?, ?)", (email_id, time.time()))
+
+    def forget_before(self, when: float) -> int:
+        """Forget the ids sent before ``when``; how many there were."""
+        with self._db() as db:
+            return db.execute("DELETE FROM sent_emails WHERE sent_at < ?", (when,)).rowcount
+
+
+@assign_queue(EMAIL_QUEUE, tries=5, retry_delay=5.0, batch_size=100, batch_wait=0.1)
+class EmailSenderWorker(LoopQueueProcessingWorker):
+    """Sends emails (``{"email_id", "to", "subject", "body", "html"?}``, see ``queue_email``) over one SMTP connection.
+
+    Each email id is sent once: it is recorded right after the server took
+    the email, and a redelivered id is skipped. A crash between the two
+    sends that one email again on redelivery; recording first would lose it
+    instead. A server that is down or drops the connection fails the rest of
+    the batch, which the framework retries with growing delays; an email
+    whose recipients are all refused, or that is malformed, goes straight to
+    the error store. Recipients refused among accepted ones are logged.
+    """
+
+    def before_start(self) -> None:
+        self.mailer = Mailer(self.broker.settings)
+        self.sent = SentEmails(self.broker.settings.database)
+        self.sent.forget_before(time.time() - KEEP_SENT_SECONDS)
+
+    def after_stop(self) -> None:
+        self.mailer.close()
+
+    def consume_batch(self, events: list[Event]) -> None:
+        already = self.sent.among(str(e.get("email_id")) for e in events)
+        self.mailer.check()
+        for index, event in enumerate(events):
+            try:
+                self._send_once(event, already)
+            except PermanentError as error:
+                self._failed([event], error)
+            except (smtplib.SMTPException, OSError) as error:
+                # The server is down or dropped us: the rest of the batch would fail the same way.
+                self._failed(events[index:], error)
+                return
+
+    def _send_once(self, event: Event, already: set[str]) -> None:
+        try:
+            email = Email.from_event(event)
+        except ValueError as e:
+            raise PermanentError(str(e)) from None
+        if email.email_id in already:
+            logger.info("email %s was sent before; not sending it again", email.email_id)
+            return
+        try:
+            refused = self.mailer.send(email.message(self.broker.settings.email_from))
+        except smtplib.SMTPRecipientsRefused as e:
+            raise PermanentError(f"the server refused every recipient: {_refusals(e.recipients)}") from None
+        except smtplib.SMTPDataError as e:
+            if e.smtp_code >= 500:
+                raise PermanentError(f"the server refused the email: {e.smtp_code} {e.smtp_error!r}") from None
+            raise
+        self.sent.add(email.email_id)
+        already.add(email.email_id)  # the same id twice in one batch
+        if refused:
+            logger.warning("email %s: sent, but the server refused %s", email.email_id, _refusals(refused))
+
+
+def _refusals(refused: dict[str, tuple[int, bytes]]) -> str:
+    return ", ".join(f"{address} ({code} {reply.decode(errors='replace')})"
+                     for address, (code, reply) in refused.items())
+
+
+@assign_queue("signups", tries=5)
+class SignupWorker(QueueProcessingWorker):
+    """A new user (``{"email", "full_name"}``): queues the welcome email, once per signup event."""
+
+    def consume(self, event: Event) -> None:
+        address, full_name = event.get("email"), event.get("full_name")
+        if not isinstance(address, str) or not EMAIL.fullmatch(address.strip()):
+            raise PermanentError(f"a signup needs an 'email' address, not {address!r}")
+        name = full_name.strip() if isinstance(full_name, str) and full_name.strip() else address.split("@")[0]
+        site = self.broker.settings.site_url
+        body = (f"Hello {name},\n\nwelcome to eventbus! Your account is {address.strip()}.\n\n"
+                f"Log in at {site} to get started.\n")
+        email = Email(stable_id("signup", event), (address.strip(),), "Welcome to eventbus", body)
+        self.broker.publish(EMAIL_QUEUE, email.event())
+
+
+@assign_queue("invites", tries=5)
+class InviteWorker(QueueProcessingWorker):
+    """An invitation (``{"inviter_id", "emails": [...], "stream"?}``): one email per invited address.
+
+    The email ids derive from the event, so a redelivered event invites no
+    one twice; a producer that means to invite the same people again sends
+    a different event (an ``invite_id`` of its own, say). Addresses that are
+    not email addresses are named in the error store; the others are invited.
+    """
+
+    def before_start(self) -> None:
+        self.users = UserStore(self.broker.settings.database)
+
+    def consume(self, event: Event) -> None:
+        addresses, stream = event.get("emails"), event.get("stream")
+        if not isinstance(addresses, list) or not addresses:
+            raise PermanentError("an invitation needs 'emails', a list of addresses")
+        inviter_id = event.get("inviter_id")
+        inviter = self.users.get(inviter_id) if isinstance(inviter_id, int) else None
+        if inviter is None:
+            raise PermanentError(f"the inviter {inviter_id!r} is no user")
+        valid = list(dict.fromkeys(a.strip() for a in addresses if isinstance(a, str) and EMAIL.fullmatch(a.strip())))
+        subject = f"{inviter.full_name} invited you to eventbus"
+        where = f" and to the stream #{stream}" if isinstance(stream, str) and stream else ""
+        body = (f"Hello,\n\n{inviter.full_name} ({inviter.email}) invited you to eventbus{where}.\n\n"
+                f"Join at {self.broker.settings.site_url}\n")
+        self.broker.publish_many(EMAIL_QUEUE, [
+            Email(stable_id("invite", {**event, "to": address}), (address,), subject, body).event()
+            for address in valid
+        ])
+        invalid = [a for a in addresses if not (isinstance(a, str) and a.strip() in valid)]
+        if invalid:
+            raise PermanentError(f"invited {len(valid)}; not email addresses: {', '.join(map(repr, invalid))}")

@@ -1,0 +1,203 @@
+"""``missedmessage_mobile_notifications``: a push notification for a mention or private message a user missed.
+
+Tornado queues ``{"user_id", "message_id", "trigger"}`` when a recipient who
+is away is mentioned or gets a private message (``tornado_events/away.py``).
+The processor POSTs one JSON payload (``push_payload``) to the push gateway,
+``EVENTBUS_PUSH_URL`` (a bouncer in production), with ``Authorization: Bearer
+<push_api_key>`` when the secrets file holds a ``push_api_key``.
+
+Outcomes:
+
+- 2xx: sent; recorded in ``push_notifications_sent``.
+- a connection error, a timeout, 5xx, 408 or 429: ``GatewayUnavailable``, so
+  the framework retries with a doubling delay and, after the last try, puts
+  the event in the error store;
+- any other status (4xx, or a 3xx: the gateway URL is configured, never
+  followed): ``PermanentError`` with the status and the start of the body,
+  straight to the error store;
+- no ``EVENTBUS_PUSH_URL``: pushes are switched off by configuration; the
+  event is logged at INFO and acked.
+
+At most one notification per message per user: the pair is looked up in the
+``push_notifications_sent`` table (in the shared SQLite file) before the POST
+and written right after the gateway accepted it. The one window left is a
+crash between the gateway's 2xx and that write; each POST carries an
+``Idempotency-Key`` header (``<user_id>:<message_id>``) so a gateway can close
+that one too. The queue runs one worker (its default); two workers could both
+pass the check for the same pair delivered twice at the same moment.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import re
+import sqlite3
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+from eventbus import codec
+from eventbus.errors import ConfigurationError
+from eventbus.messages import MessageStore, StoredMessage
+from eventbus.processors.registry import assign_queue
+from eventbus.processors.worker import Event, PermanentError, QueueProcessingWorker
+from eventbus.users import User
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for the gateway; well under the processing timeout, so a hung gateway is a retry, not a kill.
+HTTP_TIMEOUT = 10.0
+#: A phone shows a line or two, and push services cap payloads (APNs at 4 KB).
+SHORT_TEXT = 200
+#: How much of an error answer goes into the error store.
+ERROR_BODY = 500
+#: Statuses that say "later", not "never".
+RETRY_STATUSES = frozenset({408, 429})
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS push_notifications_sent (
+    user_id INTEGER NOT NULL,
+    message_id INTEGER NOT NULL,
+    sent_at REAL NOT NULL,
+    PRIMARY KEY (user_id, message_id)
+);
+"""
+
+
+class GatewayUnavailable(Exception):
+    """The gateway could not be reached or answered "try later" (5xx, 408, 429): the event is retried."""
+
+
+class SentNotifications:
+    """The (user, message) pairs already pushed; safe from any thread and process (a connection per call)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.path, timeout=30)) as db, db:
+            yield db
+
+    def was_sent(self, user_id: int, message_id: int) -> bool:
+        with self._db() as db:
+            row = db.execute("SELECT 1 FROM push_notifications_sent WHERE user_id = ? AND message_id = ?",
+                             (user_id, message_id)).fetchone()
+        return row is not None
+
+    def record(self, user_id: int, message_id: int) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR IGNORE INTO push_notifications_sent (user_id, message_id, sent_at) VALUES (?, ?, ?)",
+                       (user_id, message_id, time.time()))
+
+
+class PushGateway:
+    """POSTs JSON to the push gateway over http.client: no proxies, no redirects (the URL is configured)."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = HTTP_TIMEOUT) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(f"EVENTBUS_PUSH_URL must be an http:// or https:// URL, not {url!r}")
+        self.url = url
+        self._parts = parts
+        self.api_key = api_key
+        self.timeout = timeout
+
+    def post(self, payload: dict[str, Any], idempotency_key: str) -> None:
+        """Send ``payload``; GatewayUnavailable to retry later, PermanentError when it can never be sent."""
+        headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        try:
+            status, reason, body = self._request(codec.encode(payload), headers)
+        except (OSError, http.client.HTTPException) as e:
+            raise GatewayUnavailable(f"push gateway {self.url} unreachable: {str(e) or type(e).__name__}") from None
+        if 200 <= status < 300:
+            return
+        answer = f"push gateway answered {status} {reason}: {body}".rstrip(": ")
+        if status >= 500 or status in RETRY_STATUSES:
+            raise GatewayUnavailable(answer)
+        raise PermanentError(answer)
+
+    def _request(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, str]:
+        parts = self._parts
+        connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        with closing(connection_class(parts.hostname or "", parts.port, timeout=self.timeout)) as connection:
+            connection.request("POST", path, body, headers)
+            response = connection.getresponse()
+            answer = response.read(ERROR_BODY).decode("utf-8", "replace").strip()
+            return response.status, response.reason, answer
+
+
+def push_payload(user: User, message: StoredMessage, trigger: str, site_url: str) -> dict[str, Any]:
+    """What the gateway gets for ``user`` about ``message``."""
+    payload: dict[str, Any] = {
+        "user_id": user.id, "user_email": user.email, "message_id": message.id, "trigger": trigger,
+        "sender_id": message.sender_id, "sender_email": message.sender_email,
+        "sender_full_name": message.sender_full_name, "recipient_type": message.type,
+        "content": short_text(message.content), "time": int(message.timestamp), "site_url": site_url,
+    }
+    if message.type == "stream":
+        payload.update(stream=message.display_recipient, topic=message.subject)
+    return payload
+
+
+def short_text(content: str, limit: int = SHORT_TEXT) -> str:
+    """``content`` on one line, cut at ``limit`` characters with an ellipsis."""
+    text = re.sub(r"\s+", " ", content).strip()
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+@assign_queue("missedmessage_mobile_notifications", tries=5, retry_delay=2.0, timeout=30.0)
+class PushNotificationWorker(QueueProcessingWorker):
+    """Pushes one notification per missed message per user; see the module docstring."""
+
+    def before_start(self) -> None:
+        settings = self.broker.settings
+        self.store = MessageStore(settings.database)
+        self.sent = SentNotifications(settings.database)
+        self.gateway = PushGateway(settings.push_url, settings.push_api_key) if settings.push_url else None
+        if self.gateway is None:
+            logger.info("EVENTBUS_PUSH_URL is not set: mobile push notifications are switched off")
+
+    def consume(self, event: Event) -> None:
+        user_id, message_id, trigger = _notice(event)
+        if self.gateway is None:
+            logger.info("push notifications are switched off (no EVENTBUS_PUSH_URL): not pushing message %d "
+                        "to user %d", message_id, user_id)
+            return
+        if self.sent.was_sent(user_id, message_id):
+            logger.info("message %d was pushed to user %d already; skipping the redelivery", message_id, user_id)
+            return
+        user, message = self.store.users.get(user_id), self.store.get(message_id)
+        if user is None:
+            raise PermanentError(f"no user {user_id}")
+        if message is None:
+            raise PermanentError(f"no message {message_id}")
+        if user_id not in message.flags:
+            raise PermanentError(f"user {user_id} is not a recipient of message {message_id}")
+        payload = push_payload(user, message, trigger, self.broker.settings.site_url)
+        self.gateway.post(payload, idempotency_key=f"{user_id}:{message_id}")
+        self.sent.record(user_id, message_id)
+
+
+def _notice(event: Event) -> tuple[int, int, str]:
+    """The user id, message id and trigger of an event; PermanentError naming what is wrong."""
+    trigger = event.get("trigger")
+    if not isinstance(trigger, str) or not trigger:
+        raise PermanentError(f"'trigger' must be a non-empty string, not {trigger!r}")
+    return _integer(event, "user_id"), _integer(event, "message_id"), trigger
+
+
+def _integer(event: Event, name: str) -> int:
+    value = event.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise PermanentError(f"'{name}' must be an integer, not {value!r}")
+    return value

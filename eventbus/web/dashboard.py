@@ -1,0 +1,146 @@
+"""The queue dashboard's numbers: every queue and the Tornado server, sampled, with a short history.
+
+A sample is taken when a dashboard asks and the last one is older than
+``MIN_INTERVAL`` (every open dashboard shares it), so nothing runs while
+nobody watches. Rates are differences between samples: a queue's consume
+rate from its worker's stats file (``processed + failed`` over the stats'
+``update_time``), Tornado's events per second from ``events_delivered``.
+Reading the broker, the stats and the error store is blocking I/O: it runs in
+the IOLoop's executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tornado.ioloop import IOLoop
+
+from eventbus.errors import BrokerError
+from eventbus.processors.monitoring import QueueReport, State, queue_reports
+from eventbus.processors.registry import registered_queues
+from eventbus.processors.stats import WRITE_INTERVAL, read_stats
+from eventbus.queue import Broker, QueueInfo
+from eventbus.tornado_events.notify import notify_queue_name, return_queue_name
+
+if TYPE_CHECKING:
+    from eventbus.tornado_events.server import EventServer
+
+logger = logging.getLogger(__name__)
+
+#: Dashboards poll every 2 s; a sample younger than this is shared rather than taken again.
+MIN_INTERVAL = 1.5
+#: Samples kept for the charts: five minutes at one sample each 2 s.
+HISTORY = 150
+#: A worker busy for this long writes its stats at least once: older stats mean it consumed nothing since.
+IDLE_AFTER = WRITE_INTERVAL + 5.0
+
+
+@dataclass
+class _Counter:
+    """The last reading of a growing count, to turn the next one into a rate."""
+
+    count: float
+    at: float
+    rate: float | None = None
+
+    def update(self, count: float, at: float) -> float | None:
+        if at > self.at:
+            # A count that went down was reset (the worker restarted): everything counted since is new.
+            delta = count - self.count if count >= self.count else count
+            self.rate = delta / (at - self.at)
+        self.count, self.at = count, at
+        return self.rate
+
+
+class QueueDashboard:
+    """Samples for the dashboard; see the module docstring. Use from the IOLoop only."""
+
+    def __init__(self, server: EventServer, broker: Broker,
+                 queues: Callable[[], Sequence[str]] = registered_queues) -> None:
+        self.server = server
+        self.broker = broker
+        self.queues = queues
+        self._consumed: dict[str, _Counter] = {}
+        self._delivered: _Counter | None = None
+        self._history: dict[str, deque[list[Any]]] = {}
+        self._tornado_history: deque[list[Any]] = deque(maxlen=HISTORY)
+        self._last: dict[str, Any] | None = None
+        self._last_at = 0.0
+        self._sampling: asyncio.Future[dict[str, Any]] | None = None
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The latest sample, taken now unless a recent one exists or one is being taken."""
+        if self._last is not None and time.monotonic() - self._last_at < MIN_INTERVAL:
+            return self._last
+        if self._sampling is None:
+            self._sampling = asyncio.ensure_future(self._sample())
+            self._sampling.add_done_callback(self._sampled)
+        return await asyncio.shield(self._sampling)
+
+    def _sampled(self, future: asyncio.Future[dict[str, Any]]) -> None:
+        self._sampling = None
+        if not future.cancelled() and future.exception() is None:
+            self._last, self._last_at = future.result(), time.monotonic()
+
+    async def _sample(self) -> dict[str, Any]:
+        now = time.time()
+        reports, tornado_queues, stats, broker_error = await IOLoop.current().run_in_executor(None, self._read)
+        queues = sorted((self._queue(report, stats.get(report.name) or {}, now) for report in reports),
+                        key=_urgency)
+        return {"time": now, "queues": queues, "tornado": self._tornado(tornado_queues, now),
+                "broker_error": broker_error}
+
+    def _read(self) -> tuple[list[QueueReport], list[QueueInfo], dict[str, dict[str, Any]], str | None]:
+        """Everything blocking, in one executor call: reports, Tornado's own queues, worker stats."""
+        names = list(self.queues())
+        server_id = self.server.settings.server_id
+        try:
+            reports = queue_reports(self.broker, names)
+            tornado_queues = self.broker.queue_infos([notify_queue_name(server_id), return_queue_name(server_id)])
+        except BrokerError as e:
+            logger.warning("queue dashboard: cannot read the queues: %s", e)
+            return [], [], {}, str(e)
+        stats = {name: read_stats(self.broker.settings.var_dir, name) or {} for name in names}
+        return reports, tornado_queues, stats, None
+
+    def _queue(self, report: QueueReport, stats: dict[str, Any], now: float) -> dict[str, Any]:
+        processed, failed = int(stats.get("processed", 0)), int(stats.get("failed", 0))
+        rate = None
+        if "update_time" in stats:
+            counter = self._consumed.setdefault(report.name, _Counter(processed + failed, stats["update_time"]))
+            rate = counter.update(processed + failed, stats["update_time"])
+            if now - stats["update_time"] > IDLE_AFTER:
+                rate = 0.0
+        history = self._history.setdefault(report.name, deque(maxlen=HISTORY))
+        history.append([round(now, 3), report.depth, rate])
+        return {**report.as_dict(), "processed": processed, "failed": failed, "consume_rate": rate,
+                "history": list(history)}
+
+    def _tornado(self, queues: list[QueueInfo], now: float) -> dict[str, Any]:
+        stats = self.server.statistics()
+        monotonic = time.monotonic()
+        if self._delivered is None:
+            self._delivered = _Counter(stats["events_delivered"], monotonic)
+        events_per_second = self._delivered.update(stats["events_delivered"], monotonic)
+        connected = stats["sockets"] + stats["held"]
+        self._tornado_history.append([round(now, 3), events_per_second, connected])
+        return {
+            "server_id": self.server.settings.server_id, "uptime": now - self.server.started,
+            "connected_clients": connected, "websockets": stats["sockets"], "long_polls": stats["held"],
+            "live_queues": stats["clients"], "events_delivered": stats["events_delivered"],
+            "events_per_second": events_per_second, "pending_requests": stats["pending_requests"],
+            "slow_consumers_closed": stats["slow_consumers_closed"],
+            "queues": [{"name": q.name, "depth": q.depth, "consumers": q.consumers} for q in queues],
+            "history": list(self._tornado_history),
+        }
+
+
+def _urgency(queue: dict[str, Any]) -> tuple[int, float, int, str]:
+    """Worst first: by Nagios state, then backlog, then depth."""
+    return (-State[queue["state"]].value, -(queue["backlog_seconds"] or 0.0), -queue["depth"], queue["name"])
