@@ -128,12 +128,12 @@ def cmd_replay_errors(args: argparse.Namespace) -> int:
 def cmd_runtornado(args: argparse.Namespace) -> int:
     import asyncio
 
-    from eventbus.metrics import metrics_handlers
+    from eventbus.app import extra_handlers
     from eventbus.settings import get_settings
     from eventbus.tornado_events.server import serve
 
     settings = get_settings()
-    asyncio.run(serve(settings, args.port or settings.port, args.host, extra_handlers=metrics_handlers))
+    asyncio.run(serve(settings, args.port or settings.port, args.host, extra_handlers=extra_handlers))
     return 0
 
 
