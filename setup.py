@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["eventbus", "eventbus.*"]),
+    package_data={"eventbus.web": ["static/*", "static/**/*"]},
     install_requires=[
         "tornado>=6.2,<7",
         # pika 2.0 deprecates TornadoConnection and BlockingConnection.
