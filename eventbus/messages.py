@@ -11,13 +11,13 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eventbus import codec
+from eventbus import codec, sqlite
 from eventbus.users import UserStore
 
 SCHEMA = """
@@ -94,17 +94,11 @@ class MessageStore:
     """Streams and messages in SQLite; safe from any thread and process (a connection per call)."""
 
     def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
         self.users = UserStore(path)
-        with self._db() as db:
-            db.executescript(SCHEMA)
+        self.path = sqlite.create(path, SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=30)) as db:
-            db.row_factory = sqlite3.Row
-            with db:
-                yield db
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlite.connect(self.path)
 
     # -- streams ------------------------------------------------------------------
 

@@ -13,10 +13,11 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+
+from eventbus import sqlite
 
 #: A plain check: something@something.something, no spaces. Real validation is sending mail.
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -54,18 +55,10 @@ class UserStore:
     """Users in a SQLite file."""
 
     def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer; kept in the file
-            db.executescript(SCHEMA)
+        self.path = sqlite.create(path, SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=30)) as db:
-            db.row_factory = sqlite3.Row
-            with db:  # a transaction, committed on success
-                yield db
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlite.connect(self.path)
 
     def create_user(self, email: str, full_name: str | None = None) -> User:
         """Create a user with a new random API key; UserError for a bad or taken email."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -96,7 +97,7 @@ def test_check_queue_follows_nagios_conventions(settings: Settings, broker: Rabb
     write_stats(settings, queue, average=0.001, age=200)  # tiny backlog, but nobody updated the stats
     stuck = run_cli(settings, "check_queue", f"--queue={queue}")
     assert stuck.returncode == 2
-    assert f"{queue} stuck (stats 200 s old, 70 events waiting)" in stuck.stdout
+    assert re.search(rf"{queue} stuck \(stats 2\d\d s old, 70 events waiting\)", stuck.stdout), stuck.stdout
 
     unknown = run_cli(settings, "check_queue", EVENTBUS_BROKER="carrier-pigeon")
     assert unknown.returncode == 3

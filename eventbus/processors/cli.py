@@ -251,8 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # pika warns of every failed passive declare; our own modules log what matters.
-    logging.getLogger("pika").setLevel(logging.ERROR)
+    if not args.verbose:
+        # pika warns of every failed passive declare, aiosmtpd logs every SMTP command: our modules log what matters.
+        logging.getLogger("pika").setLevel(logging.ERROR)
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
         return int(args.handler(args))
     except (UsageError, ValueError) as e:

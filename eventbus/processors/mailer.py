@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 EMAIL_QUEUE = "email_senders"
 #: Seconds a connect or a server reply may take: a hung server then counts as down, and the email is retried.
-SMTP_TIMEOUT = 30.0
+#: Well under email_senders' time limit per email (30 s), so that a hang ends as this clean error first.
+SMTP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Email:
             raise ValueError("an email needs an 'email_id' string")
         if isinstance(to, str):
             to = [to]
-        if not isinstance(to, list) or not to or not all(isinstance(a, str) and "@" in a for a in to):
+        if not isinstance(to, list) or not to or not all(isinstance(a, str) and _address(a) for a in to):
             raise ValueError(f"'to' must be a non-empty list of email addresses, not {to!r}")
         if not isinstance(subject, str) or "\n" in subject or "\r" in subject:
             raise ValueError("'subject' must be a string of one line")
@@ -59,6 +60,7 @@ class Email:
         return cls(email_id, tuple(to), subject, body, html)
 
     def event(self) -> dict[str, Any]:
+        """The ``email_senders`` event of this email."""
         event: dict[str, Any] = {"email_id": self.email_id, "to": list(self.to), "subject": self.subject,
                                  "body": self.body}
         if self.html is not None:
@@ -78,6 +80,11 @@ class Email:
         if self.html is not None:
             message.add_alternative(self.html, subtype="html")
         return message
+
+
+def _address(text: str) -> bool:
+    """Whether ``text`` looks like one address (``a@b.c`` or ``Name <a@b.c>``), with nothing that could add a header."""
+    return "@" in parseaddr(text)[1] and not any(c in text for c in "\r\n")
 
 
 def queue_email(broker: Broker, to: Sequence[str], subject: str, body: str, html: str | None = None, *,

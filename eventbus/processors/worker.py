@@ -16,7 +16,9 @@ Both give each event the same guarantees:
 - an event that is not a JSON object, or whose processing raises
   ``PermanentError``, goes to the error store at once.
 
-``failed_tries`` is therefore a reserved key of events (as in Zulip).
+``failed_tries`` is therefore a reserved key of events (as in Zulip). A batch
+processor that finished part of a batch calls ``fail(events, error)`` for the
+events that failed and returns normally: only those are retried.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Worker(ABC):
         self.error_store = self.broker.error_store
         self.stats = QueueStats(stats_path(self.broker.settings.var_dir, self.queue_name, worker_num))
         self._consumer: Consumer | None = None
+        self._stop_requested = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- hooks ----------------------------------------------------------------------
@@ -80,6 +83,8 @@ class Worker(ABC):
             self.queue_name, self._on_batch, batch_size=self._batch_size(), timeout=self._batch_wait(),
             on_idle=self.stats.emptied,
         )
+        if self._stop_requested:  # stop() came while starting: do not consume at all
+            self._consumer.stop()
         try:
             self._consumer.run()
         finally:
@@ -92,7 +97,11 @@ class Worker(ABC):
                 self._loop = None
 
     def stop(self) -> None:
-        """Ask the worker to finish its batch and return from ``start()``; safe in a signal handler."""
+        """Ask the worker to finish its batch and return from ``start()``; safe in a signal handler.
+
+        Asked before ``start()`` got going, it makes ``start()`` return without consuming.
+        """
+        self._stop_requested = True
         if self._consumer is not None:
             self._consumer.stop()
 
@@ -133,7 +142,7 @@ class Worker(ABC):
                     work()
         except (Exception, ProcessingTimeout) as error:
             failed = True
-            self._failed(events, error)
+            self.fail(events, error)
         self.stats.record(len(events), time.monotonic() - started, failed)
 
     @abstractmethod
@@ -145,9 +154,14 @@ class Worker(ABC):
             self._loop = asyncio.new_event_loop()
         return self._loop
 
-    def _failed(self, events: list[Event], error: BaseException) -> None:
+    def fail(self, events: list[Event], error: BaseException) -> None:
+        """Retry ``events`` later (or store them, after their last try) because of ``error``.
+
+        The framework calls it when processing raises; a batch processor that
+        finished part of a batch calls it for the events that failed, and returns.
+        """
         description = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        trace = traceback.format_exc()
+        trace = "".join(traceback.format_exception(error))
         retries: dict[float, list[Event]] = {}
         permanent = isinstance(error, PermanentError)
         for event in events:

@@ -68,8 +68,10 @@ class Consumer(ABC):
         self._stopping = False
 
     def run(self) -> None:
-        """Consume until ``stop()``; the batch in hand when it is called is finished and acked first."""
-        self._stopping = False
+        """Consume until ``stop()``; the batch in hand when it is called is finished and acked first.
+
+        A consumer stopped before ``run()`` returns at once.
+        """
         self._open()
         try:
             while not self._stopping:

@@ -16,6 +16,8 @@ import hmac
 import ipaddress
 import logging
 import random
+import time
+import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -355,6 +357,19 @@ class ReportErrorHandler(BaseHandler):
         self.success()
 
 
+class PresenceHandler(BaseHandler):
+    """POST /json/users/me/presence (status: active or idle): queued to user_presence."""
+
+    async def post(self) -> None:
+        status = self.arg("status")
+        if status not in ("active", "idle"):
+            raise bad_request("Invalid 'status' argument: must be 'active' or 'idle'")
+        client = self.request.headers.get("User-Agent", "website")[:100] if self.auth == "api" else "website"
+        await self.server.queue_client.publish("user_presence", {
+            "user_id": self.user.id, "status": status, "time": time.time(), "client": client})
+        self.success()
+
+
 class NotifyHandler(BaseHandler):
     """POST /api/internal/notify_tornado: send_event over HTTP, for producers without RabbitMQ."""
 
@@ -370,6 +385,10 @@ class LoginHandler(BaseHandler):
     """POST /accounts/login with email and api_key: a session cookie and a CSRF token for /json."""
 
     async def post(self) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin and urllib.parse.urlsplit(origin).netloc != self.request.host:
+            # Another site's form must not log a visitor in as someone else (login CSRF).
+            raise ApiError(403, "UNAUTHORIZED", "Login from another site's page is refused")
         email, api_key = self.arg("email"), self.arg("api_key")
         user = await self.server.authenticate(email, api_key)
         if user is None:

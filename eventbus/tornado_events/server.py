@@ -44,6 +44,7 @@ from eventbus.tornado_events.handlers import (
     MessagesHandler,
     NotFoundHandler,
     NotifyHandler,
+    PresenceHandler,
     RegisterHandler,
     ReportErrorHandler,
     ServerSettingsHandler,
@@ -57,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 #: How long an authenticated user is trusted before the store is asked again.
 AUTH_CACHE_SECONDS = 60.0
+#: Websocket close code: the server restarts (RFC 6455's registry).
+SERVICE_RESTART = 1012
 #: Browser error reports a user may send per minute.
 REPORTS_PER_MINUTE = 10
 #: Websocket keepalive: a ping this often, and the socket is dropped without a pong in time.
@@ -110,9 +113,11 @@ class EventServer:
         self.registry.collect_garbage()
 
     async def shutdown(self) -> None:
-        """Save every queue, then close the queue client."""
+        """Save every queue, close the websockets (1012: come back soon), then close the queue client."""
         if self._gc is not None:
             self._gc.stop()
+        for socket in list(self.sockets.values()):
+            socket.close(SERVICE_RESTART, "the server is restarting; reconnect and resume")
         saved = self.registry.dump(self.queues_file)
         logger.info("saved %d event queue(s) to %s", saved, self.queues_file)
         await self.queue_client.close()
@@ -233,6 +238,8 @@ def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> to
         (r"/api/v1/messages", MessagesHandler, api),
         (r"/json/messages", MessagesHandler, session),
         (r"/json/report/error", ReportErrorHandler, session),
+        (r"/json/users/me/presence", PresenceHandler, session),
+        (r"/api/v1/users/me/presence", PresenceHandler, api),
         (r"/api/v1/server_settings", ServerSettingsHandler, {"server": server, "auth": "none"}),
         (r"/accounts/login", LoginHandler, {"server": server, "auth": "none"}),
         (r"/accounts/logout", LogoutHandler, {"server": server, "auth": "none"}),
@@ -243,7 +250,7 @@ def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> to
         cookie_secret=server.cookie_secret,
         default_handler_class=NotFoundHandler,
         websocket_ping_interval=PING_INTERVAL,
-        websocket_ping_timeout=PING_INTERVAL * 2,
+        websocket_ping_timeout=PING_INTERVAL,
         websocket_max_message_size=1 << 20,
     )
 

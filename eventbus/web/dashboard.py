@@ -4,7 +4,10 @@ A sample is taken when a dashboard asks and the last one is older than
 ``MIN_INTERVAL`` (every open dashboard shares it), so nothing runs while
 nobody watches. Rates are differences between samples: a queue's consume
 rate from its worker's stats file (``processed + failed`` over the stats'
-``update_time``), Tornado's events per second from ``events_delivered``.
+``update_time``, but over no less than the time between the samples that saw
+them: a worker writes its stats when it wakes and again when the queue runs
+empty, and one event between two writes a millisecond apart is no rate of a
+thousand a second), Tornado's events per second from ``events_delivered``.
 Reading the broker, the stats and the error store is blocking I/O: it runs in
 the IOLoop's executor.
 """
@@ -43,18 +46,19 @@ IDLE_AFTER = WRITE_INTERVAL + 5.0
 
 @dataclass
 class _Counter:
-    """The last reading of a growing count, to turn the next one into a rate."""
+    """The last reading of a growing count (taken ``at``, first seen ``seen``), to turn the next into a rate."""
 
     count: float
     at: float
+    seen: float
     rate: float | None = None
 
-    def update(self, count: float, at: float) -> float | None:
+    def update(self, count: float, at: float, seen: float) -> float | None:
         if at > self.at:
             # A count that went down was reset (the worker restarted): everything counted since is new.
             delta = count - self.count if count >= self.count else count
-            self.rate = delta / (at - self.at)
-        self.count, self.at = count, at
+            self.rate = delta / max(at - self.at, seen - self.seen)
+            self.count, self.at, self.seen = count, at, seen
         return self.rate
 
 
@@ -113,8 +117,9 @@ class QueueDashboard:
         processed, failed = int(stats.get("processed", 0)), int(stats.get("failed", 0))
         rate = None
         if "update_time" in stats:
-            counter = self._consumed.setdefault(report.name, _Counter(processed + failed, stats["update_time"]))
-            rate = counter.update(processed + failed, stats["update_time"])
+            consumed, at = processed + failed, stats["update_time"]
+            counter = self._consumed.setdefault(report.name, _Counter(consumed, at, now))
+            rate = counter.update(consumed, at, now)
             if now - stats["update_time"] > IDLE_AFTER:
                 rate = 0.0
         history = self._history.setdefault(report.name, deque(maxlen=HISTORY))
@@ -126,13 +131,13 @@ class QueueDashboard:
         stats = self.server.statistics()
         monotonic = time.monotonic()
         if self._delivered is None:
-            self._delivered = _Counter(stats["events_delivered"], monotonic)
-        events_per_second = self._delivered.update(stats["events_delivered"], monotonic)
-        connected = stats["sockets"] + stats["held"]
+            self._delivered = _Counter(stats["events_delivered"], monotonic, monotonic)
+        events_per_second = self._delivered.update(stats["events_delivered"], monotonic, monotonic)
+        connected = stats["sockets"] + stats["long_polls"]
         self._tornado_history.append([round(now, 3), events_per_second, connected])
         return {
             "server_id": self.server.settings.server_id, "uptime": now - self.server.started,
-            "connected_clients": connected, "websockets": stats["sockets"], "long_polls": stats["held"],
+            "connected_clients": connected, "websockets": stats["sockets"], "long_polls": stats["long_polls"],
             "live_queues": stats["clients"], "events_delivered": stats["events_delivered"],
             "events_per_second": events_per_second, "pending_requests": stats["pending_requests"],
             "slow_consumers_closed": stats["slow_consumers_closed"],

@@ -10,10 +10,11 @@ import logging
 import smtplib
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+from eventbus import sqlite
 from eventbus.processors.mailer import EMAIL_QUEUE, Email, Mailer, stable_id
 from eventbus.processors.registry import assign_queue
 from eventbus.processors.worker import Event, LoopQueueProcessingWorker, PermanentError, QueueProcessingWorker
@@ -37,16 +38,10 @@ class SentEmails:
     """The ids of the emails sent, in SQLite (the users' database): what makes a redelivered email a no-op."""
 
     def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
+        self.path = sqlite.create(path, SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=30)) as db, db:
-            yield db
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlite.connect(self.path)
 
     def among(self, email_ids: Iterable[str]) -> set[str]:
         """Those of ``email_ids`` that were sent already."""
@@ -89,26 +84,29 @@ class EmailSenderWorker(LoopQueueProcessingWorker):
     def consume_batch(self, events: list[Event]) -> None:
         already = self.sent.among(str(e.get("email_id")) for e in events)
         self.mailer.check()
+        # fail() is the framework's retry-or-error-store, here for the events that failed only: the
+        # emails sent before them are done, and a retry of the whole batch would store them as failed too.
         for index, event in enumerate(events):
             try:
                 self._send_once(event, already)
             except PermanentError as error:
-                self._failed([event], error)
+                self.fail([event], error)
             except (smtplib.SMTPException, OSError) as error:
                 # The server is down or dropped us: the rest of the batch would fail the same way.
-                self._failed(events[index:], error)
+                self.fail(events[index:], error)
                 return
 
     def _send_once(self, event: Event, already: set[str]) -> None:
         try:
             email = Email.from_event(event)
+            message = email.message(self.broker.settings.email_from)  # ValueError for a header it cannot write
         except ValueError as e:
             raise PermanentError(str(e)) from None
         if email.email_id in already:
             logger.info("email %s was sent before; not sending it again", email.email_id)
             return
         try:
-            refused = self.mailer.send(email.message(self.broker.settings.email_from))
+            refused = self.mailer.send(message)
         except smtplib.SMTPRecipientsRefused as e:
             raise PermanentError(f"the server refused every recipient: {_refusals(e.recipients)}") from None
         except smtplib.SMTPDataError as e:
@@ -163,7 +161,13 @@ class InviteWorker(QueueProcessingWorker):
         inviter = self.users.get(inviter_id) if isinstance(inviter_id, int) else None
         if inviter is None:
             raise PermanentError(f"the inviter {inviter_id!r} is no user")
-        valid = list(dict.fromkeys(a.strip() for a in addresses if isinstance(a, str) and EMAIL.fullmatch(a.strip())))
+        valid: dict[str, None] = {}  # in order, each once
+        invalid = []
+        for address in addresses:
+            if isinstance(address, str) and EMAIL.fullmatch(address.strip()):
+                valid[address.strip()] = None
+            else:
+                invalid.append(address)
         subject = f"{inviter.full_name} invited you to eventbus"
         where = f" and to the stream #{stream}" if isinstance(stream, str) and stream else ""
         body = (f"Hello,\n\n{inviter.full_name} ({inviter.email}) invited you to eventbus{where}.\n\n"
@@ -172,6 +176,5 @@ class InviteWorker(QueueProcessingWorker):
             Email(stable_id("invite", {**event, "to": address}), (address,), subject, body).event()
             for address in valid
         ])
-        invalid = [a for a in addresses if not (isinstance(a, str) and a.strip() in valid)]
         if invalid:
             raise PermanentError(f"invited {len(valid)}; not email addresses: {', '.join(map(repr, invalid))}")

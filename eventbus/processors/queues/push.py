@@ -8,13 +8,14 @@ The processor POSTs one JSON payload (``push_payload``) to the push gateway,
 
 Outcomes:
 
-- 2xx: sent; recorded in ``push_notifications_sent``.
+- 2xx: sent, and recorded in ``push_notifications_sent``;
 - a connection error, a timeout, 5xx, 408 or 429: ``GatewayUnavailable``, so
   the framework retries with a doubling delay and, after the last try, puts
   the event in the error store;
 - any other status (4xx, or a 3xx: the gateway URL is configured, never
   followed): ``PermanentError`` with the status and the start of the body,
-  straight to the error store;
+  straight to the error store (a wrong API key sends every event there;
+  ``eventbus replay_errors missedmessage_mobile_notifications`` once fixed);
 - no ``EVENTBUS_PUSH_URL``: pushes are switched off by configuration; the
   event is logged at INFO and acked.
 
@@ -35,12 +36,11 @@ import re
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing
 from pathlib import Path
 from typing import Any
 
-from eventbus import codec
+from eventbus import codec, sqlite
 from eventbus.errors import ConfigurationError
 from eventbus.messages import MessageStore, StoredMessage
 from eventbus.processors.registry import assign_queue
@@ -76,14 +76,10 @@ class SentNotifications:
     """The (user, message) pairs already pushed; safe from any thread and process (a connection per call)."""
 
     def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        with self._db() as db:
-            db.executescript(SCHEMA)
+        self.path = sqlite.create(path, SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=30)) as db, db:
-            yield db
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlite.connect(self.path)
 
     def was_sent(self, user_id: int, message_id: int) -> bool:
         with self._db() as db:
@@ -120,7 +116,7 @@ class PushGateway:
             raise GatewayUnavailable(f"push gateway {self.url} unreachable: {str(e) or type(e).__name__}") from None
         if 200 <= status < 300:
             return
-        answer = f"push gateway answered {status} {reason}: {body}".rstrip(": ")
+        answer = f"push gateway answered {status} {reason}" + (f": {body}" if body else "")
         if status >= 500 or status in RETRY_STATUSES:
             raise GatewayUnavailable(answer)
         raise PermanentError(answer)

@@ -1,0 +1,262 @@
+"""Analytics and presence: ``user_activity``, ``user_activity_interval`` and ``user_presence``.
+
+All three keep their tables in the shared SQLite file (``EVENTBUS_DATABASE``),
+through ``AnalyticsStore``:
+
+- ``user_activity`` (batched): ``{"user_id", "query", "client"?, "time"?}``,
+  one per API request (Tornado's ``record_activity``). A batch is counted per
+  (user, client, query) and applied as one bulk upsert: ``count`` grows by the
+  batch's count, ``last_visit`` becomes the latest time. A missing client is
+  ``""``, a missing time the time of processing. Counts are approximate by
+  nature: a batch redelivered after its transaction committed (a worker killed
+  between commit and ack) is counted twice, as in Zulip.
+- ``user_activity_interval``: ``{"user_id", "start", "end"}`` (Unix times).
+  A user's stored intervals never overlap or touch: a new interval is merged
+  with every stored one it overlaps or touches (closed intervals, so
+  [1, 2] and [2, 3] become [1, 3]), which also makes a redelivery harmless.
+- ``user_presence``: ``{"user_id", "status": "active"|"idle"|"offline",
+  "time"?, "client"?}``. The user's latest presence (by ``time``) is stored;
+  an older event arriving late changes nothing. When the stored status differs
+  from the one the user's peers last heard, they get a ``presence`` event
+  through ``send_event`` (a user with no presence yet counts as offline); an
+  unchanged status is stored, not broadcast. Peers are every other active
+  user: there is one organisation, and in it everyone sees everyone's
+  presence (as in a Zulip realm).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eventbus import sqlite
+from eventbus.processors.registry import assign_queue
+from eventbus.processors.worker import (
+    FAILED_TRIES,
+    Event,
+    LoopQueueProcessingWorker,
+    PermanentError,
+    QueueProcessingWorker,
+)
+from eventbus.tornado_events import send_event
+from eventbus.users import UserStore
+
+STATUSES = ("active", "idle", "offline")
+#: The client of a presence event that names none.
+UNKNOWN_CLIENT = "unknown"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS user_activity (
+    user_id INTEGER NOT NULL,
+    client TEXT NOT NULL,
+    query TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    last_visit REAL NOT NULL,
+    PRIMARY KEY (user_id, client, query)
+);
+CREATE TABLE IF NOT EXISTS user_activity_intervals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL,
+    start REAL NOT NULL,
+    end REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS user_activity_intervals_by_user ON user_activity_intervals(user_id, start);
+CREATE TABLE IF NOT EXISTS user_presence (
+    user_id INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,
+    client TEXT NOT NULL,
+    time REAL NOT NULL,
+    announced_status TEXT NOT NULL DEFAULT 'offline'
+);
+"""
+
+#: count += n, last_visit = the later of the two.
+UPSERT_ACTIVITY = """
+INSERT INTO user_activity (user_id, client, query, count, last_visit) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (user_id, client, query) DO UPDATE SET
+    count = count + excluded.count, last_visit = max(last_visit, excluded.last_visit)
+"""
+
+#: Only a newer presence replaces the stored one.
+UPSERT_PRESENCE = """
+INSERT INTO user_presence (user_id, status, client, time) VALUES (?, ?, ?, ?)
+ON CONFLICT (user_id) DO UPDATE SET status = excluded.status, client = excluded.client, time = excluded.time
+WHERE excluded.time >= user_presence.time
+"""
+
+#: (user id, client, query) -> (count, last visit).
+ActivityCounts = dict[tuple[int, str, str], tuple[int, float]]
+
+
+@dataclass(frozen=True)
+class Presence:
+    user_id: int
+    status: str
+    client: str
+    time: float
+    announced_status: str  # the status the user's peers last heard of
+
+    def event(self, email: str) -> dict[str, Any]:
+        """The ``presence`` event for the user's peers (Zulip's shape: one entry per client)."""
+        entry = {"client": self.client, "status": self.status, "timestamp": int(self.time), "pushable": False}
+        return {"type": "presence", "user_id": self.user_id, "email": email, "server_timestamp": time.time(),
+                "presence": {self.client: entry}}
+
+
+class AnalyticsStore:
+    """Activity counts, activity intervals and presence; safe from any thread and process (a connection per call)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = sqlite.create(path, SCHEMA)
+
+    def _db(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        """A connection in a transaction; ``write`` takes the write lock first, so a read-then-write is atomic."""
+        return sqlite.connect(self.path, write=write)
+
+    def add_activity(self, counts: ActivityCounts) -> None:
+        """Add the counts and last visits, in one transaction."""
+        rows = [(*key, count, last_visit) for key, (count, last_visit) in counts.items()]
+        with self._db() as db:
+            db.executemany(UPSERT_ACTIVITY, rows)
+
+    def activity(self, user_id: int) -> dict[tuple[str, str], tuple[int, float]]:
+        """(client, query) -> (count, last visit) of a user."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM user_activity WHERE user_id = ?", (user_id,))
+            return {(r["client"], r["query"]): (r["count"], r["last_visit"]) for r in rows}
+
+    def add_interval(self, user_id: int, start: float, end: float) -> tuple[float, float]:
+        """Store [start, end] merged with the user's intervals it overlaps or touches; the merged interval."""
+        with self._db(write=True) as db:
+            touching = db.execute("SELECT id, start, end FROM user_activity_intervals "
+                                  "WHERE user_id = ? AND start <= ? AND end >= ?", (user_id, end, start)).fetchall()
+            start = min([start, *(r["start"] for r in touching)])
+            end = max([end, *(r["end"] for r in touching)])
+            db.executemany("DELETE FROM user_activity_intervals WHERE id = ?", [(r["id"],) for r in touching])
+            db.execute("INSERT INTO user_activity_intervals (user_id, start, end) VALUES (?, ?, ?)",
+                       (user_id, start, end))
+        return start, end
+
+    def intervals(self, user_id: int) -> list[tuple[float, float]]:
+        with self._db() as db:
+            rows = db.execute("SELECT start, end FROM user_activity_intervals WHERE user_id = ? ORDER BY start",
+                              (user_id,))
+            return [(r["start"], r["end"]) for r in rows]
+
+    def set_presence(self, user_id: int, status: str, client: str, when: float) -> Presence:
+        """Store the presence unless a newer one is stored; the user's latest presence."""
+        with self._db(write=True) as db:
+            db.execute(UPSERT_PRESENCE, (user_id, status, client, when))
+            return _presence(db.execute("SELECT * FROM user_presence WHERE user_id = ?", (user_id,)).fetchone())
+
+    def presence(self, user_id: int) -> Presence | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM user_presence WHERE user_id = ?", (user_id,)).fetchone()
+        return _presence(row) if row else None
+
+    def mark_announced(self, user_id: int, status: str) -> None:
+        """The user's peers have heard of ``status``."""
+        with self._db() as db:
+            db.execute("UPDATE user_presence SET announced_status = ? WHERE user_id = ?", (status, user_id))
+
+
+def _presence(row: sqlite3.Row) -> Presence:
+    return Presence(row["user_id"], row["status"], row["client"], row["time"], row["announced_status"])
+
+
+@assign_queue("user_activity", batch_size=500, batch_wait=2.0)
+class UserActivityWorker(LoopQueueProcessingWorker):
+    """Counts API requests per user, client and endpoint; see the module docstring."""
+
+    def before_start(self) -> None:
+        self.store = AnalyticsStore(self.broker.settings.database)
+
+    def consume_batch(self, events: list[Event]) -> None:
+        counts: ActivityCounts = {}
+        invalid: list[tuple[Event, str]] = []
+        for event in events:
+            try:
+                key, when = _activity(event)
+            except PermanentError as e:
+                invalid.append((event, str(e)))
+                continue
+            count, last_visit = counts.get(key, (0, when))
+            counts[key] = (count + 1, max(last_visit, when))
+        if counts:
+            self.store.add_activity(counts)
+        # Only once the batch is stored: a failed write retries the batch, and these would be stored twice.
+        for event, error in invalid:
+            original = {k: v for k, v in event.items() if k != FAILED_TRIES}
+            tries = int(event.get(FAILED_TRIES, 0)) + 1
+            self.error_store.record(self.queue_name, original, error=f"PermanentError: {error}", tries=tries)
+
+
+@assign_queue("user_activity_interval")
+class UserActivityIntervalWorker(QueueProcessingWorker):
+    """Stores a user's activity intervals, merged; see the module docstring."""
+
+    def before_start(self) -> None:
+        self.store = AnalyticsStore(self.broker.settings.database)
+
+    def consume(self, event: Event) -> None:
+        start, end = _number(event, "start"), _number(event, "end")
+        if start > end:
+            raise PermanentError(f"'start' ({start}) is after 'end' ({end})")
+        self.store.add_interval(_user_id(event), start, end)
+
+
+@assign_queue("user_presence")
+class UserPresenceWorker(QueueProcessingWorker):
+    """Stores a user's latest presence and tells their peers of a change; see the module docstring."""
+
+    def before_start(self) -> None:
+        self.store = AnalyticsStore(self.broker.settings.database)
+        self.users = UserStore(self.broker.settings.database)
+
+    def consume(self, event: Event) -> None:
+        user_id, status = _user_id(event), event.get("status")
+        if status not in STATUSES:
+            raise PermanentError(f"'status' must be one of {', '.join(STATUSES)}, not {status!r}")
+        client = event.get("client") or UNKNOWN_CLIENT
+        if not isinstance(client, str):
+            raise PermanentError(f"'client' must be a string, not {client!r}")
+        user = self.users.get(user_id)
+        if user is None:
+            raise PermanentError(f"no user {user_id}")
+        when = _number(event, "time") if "time" in event else time.time()
+        latest = self.store.set_presence(user_id, status, client, when)
+        # Compared with what was announced, not with the previous row: a broadcast that failed is made on retry.
+        if latest.status != latest.announced_status:
+            peers = [u.id for u in self.users.all() if u.is_active and u.id != user_id]
+            if peers:
+                send_event(latest.event(user.email), peers)
+            self.store.mark_announced(user_id, latest.status)
+
+
+def _activity(event: Event) -> tuple[tuple[int, str, str], float]:
+    """The (user id, client, query) key and the time of a user_activity event."""
+    query, client = event.get("query"), event.get("client", "")
+    if not isinstance(query, str) or not query:
+        raise PermanentError(f"'query' must be a non-empty string, not {query!r}")
+    if not isinstance(client, str):
+        raise PermanentError(f"'client' must be a string, not {client!r}")
+    when = _number(event, "time") if "time" in event else time.time()
+    return (_user_id(event), client, query), when
+
+
+def _user_id(event: Event) -> int:
+    user_id = event.get("user_id")
+    if not isinstance(user_id, int) or isinstance(user_id, bool):
+        raise PermanentError(f"'user_id' must be an integer, not {user_id!r}")
+    return user_id
+
+
+def _number(event: Event, name: str) -> float:
+    value = event.get(name)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise PermanentError(f"'{name}' must be a number (Unix time), not {value!r}")
+    return float(value)

@@ -1,0 +1,153 @@
+"""The web pages and the JSON they read: login, live chat, queue dashboard.
+
+The pages are static files of ``static/``: HTML, CSS and JavaScript modules,
+no build step. A page handler only checks the session (sending a visitor
+without one to ``/login``), sets the CSRF cookie the scripts send back as
+``X-CSRFToken``, and serves the file with a Content-Security-Policy that lets
+no inline script run: message HTML from the server's Markdown renderer is
+inserted as HTML, and the policy is the second wall behind its sanitizer.
+
+``/accounts/login/dev`` (log in as anyone, no API key) exists only with
+``EVENTBUS_DEVELOPMENT=1``.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tornado.web
+from tornado.ioloop import IOLoop
+
+from eventbus.queue import Broker, MemoryTornadoClient, make_broker
+from eventbus.tornado_events.handlers import ApiError, BaseHandler
+from eventbus.web.dashboard import QueueDashboard
+
+if TYPE_CHECKING:
+    from eventbus.tornado_events.server import EventServer
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def content_security_policy(host: str) -> str:
+    """Scripts, styles and connections of this origin only (the websocket named, as older browsers need)."""
+    return "; ".join([
+        "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' https: http: data:",
+        f"connect-src 'self' ws://{host} wss://{host}", "object-src 'none'", "base-uri 'none'",
+        "form-action 'self'", "frame-ancestors 'none'",
+    ])
+
+
+class PageHandler(tornado.web.RequestHandler):
+    """GET one HTML page of ``static/``; with ``login_required``, a visitor without a session goes to /login."""
+
+    def initialize(self, server: EventServer, page: str, login_required: bool = True) -> None:
+        self.server = server
+        self.page = STATIC_DIR / page
+        self.login_required = login_required
+
+    async def get(self) -> None:
+        if self.login_required and await self.server.session_user(self) is None:
+            self.redirect("/login?" + urllib.parse.urlencode({"next": self.request.uri}))
+            return
+        self.xsrf_token  # noqa: B018 -- reading it sets the _xsrf cookie the page's scripts send back
+        body = await IOLoop.current().run_in_executor(None, self.page.read_bytes)
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header("Content-Security-Policy", content_security_policy(self.request.host))
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(body)
+
+
+class StaticHandler(tornado.web.StaticFileHandler):
+    """The pages' scripts and styles; revalidated on each load, so an edited file shows at once."""
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-cache")
+
+
+class MeHandler(BaseHandler):
+    """GET /json/users/me: who is logged in."""
+
+    def get(self) -> None:
+        self.success(**self.user.public())
+
+
+class UsersHandler(BaseHandler):
+    """GET /json/users: every active user, as Zulip's ``members``."""
+
+    async def get(self) -> None:
+        users = await IOLoop.current().run_in_executor(None, self.server.users.all)
+        self.success(members=[user.public() for user in users if user.is_active])
+
+
+class StreamsHandler(BaseHandler):
+    """GET /json/streams: the streams the user is subscribed to."""
+
+    async def get(self) -> None:
+        streams = await IOLoop.current().run_in_executor(None, self.server.messages.subscriptions, self.user.id)
+        self.success(streams=[{"stream_id": s.id, "name": s.name} for s in streams])
+
+
+class DevLoginHandler(BaseHandler):
+    """/accounts/login/dev, development mode only: GET lists the users, POST ``email`` logs in as that user."""
+
+    async def get(self) -> None:
+        users = await IOLoop.current().run_in_executor(None, self.server.users.all)
+        self.success(users=[user.public() for user in users if user.is_active])
+
+    async def post(self) -> None:
+        self.check_csrf()  # the login page's own cookie: another site cannot log a visitor in as someone else
+        user = await IOLoop.current().run_in_executor(None, self.server.users.get_by_email, self.arg("email"))
+        if user is None or not user.is_active:
+            raise ApiError(401, "UNAUTHORIZED", "No such user")
+        self.server.start_session(self, user)
+        self.success(**user.public(), csrf_token=self.xsrf_token.decode())
+
+
+class QueuesFeedHandler(BaseHandler):
+    """GET /devtools/queues.json: what the queue dashboard shows."""
+
+    dashboard: QueueDashboard
+
+    def initialize(self, server: EventServer, auth: str = "session", dashboard: QueueDashboard | None = None) -> None:
+        super().initialize(server, auth)
+        if dashboard is not None:
+            self.dashboard = dashboard
+
+    async def get(self) -> None:
+        self.success(**await self.dashboard.snapshot())
+
+    def on_finish(self) -> None:
+        """A dashboard polling every two seconds is not user activity: nothing is recorded."""
+
+
+def monitoring_broker(server: EventServer) -> Broker:
+    """A blocking broker for reading queue depths: the in-process one the server uses, or RabbitMQ's."""
+    if isinstance(server.queue_client, MemoryTornadoClient):
+        return server.queue_client.broker
+    return make_broker(server.settings)
+
+
+def web_handlers(server: EventServer, broker: Broker | None = None) -> list[Any]:
+    """The pages' URL specs, for ``make_app(server, extra_handlers=...)``.
+
+    ``broker`` is where the dashboard reads queue depths (default: ``monitoring_broker(server)``).
+    """
+    session = {"server": server, "auth": "session"}
+    dashboard = QueueDashboard(server, broker or monitoring_broker(server))
+    handlers: list[Any] = [
+        (r"/", PageHandler, {"server": server, "page": "chat.html"}),
+        (r"/login", PageHandler, {"server": server, "page": "login.html", "login_required": False}),
+        (r"/devtools/queues", PageHandler, {"server": server, "page": "queues.html"}),
+        (r"/devtools/queues\.json", QueuesFeedHandler, {**session, "dashboard": dashboard}),
+        (r"/json/users", UsersHandler, session),
+        (r"/json/users/me", MeHandler, session),
+        (r"/json/streams", StreamsHandler, session),
+        (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
+    ]
+    if server.settings.development:
+        handlers.append((r"/accounts/login/dev", DevLoginHandler, {"server": server, "auth": "none"}))
+    return handlers

@@ -1,0 +1,234 @@
+"""user_activity, user_activity_interval and user_presence, in-process on the memory broker with real SQLite."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from eventbus.processors.queues import analytics
+from eventbus.processors.queues.analytics import (
+    ActivityCounts,
+    AnalyticsStore,
+    UserActivityWorker,
+    UserPresenceWorker,
+)
+from eventbus.processors.runner import WorkerThreads
+from eventbus.queue import MemoryBroker
+from eventbus.settings import Settings
+from eventbus.tornado_events import send_event
+from eventbus.users import User, UserStore
+
+Start = Callable[..., None]
+
+
+@pytest.fixture
+def start(event_broker: MemoryBroker, users: tuple[User, User]) -> Iterator[Start]:
+    """Start processors in threads on the in-process broker (once the database exists); stopped at the end."""
+    started: list[WorkerThreads] = []
+
+    def start(*queues: str) -> None:
+        threads = WorkerThreads(queues, event_broker)
+        threads.start()
+        started.append(threads)
+
+    yield start
+    for threads in started:
+        threads.stop()
+        assert threads.join(10)
+
+
+@pytest.fixture(autouse=True)
+def short_batch_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches as in production, without waiting seconds for one to fill."""
+    monkeypatch.setattr(UserActivityWorker, "options", dataclasses.replace(UserActivityWorker.options, batch_wait=0.1))
+
+
+@pytest.fixture
+def store(event_settings: Settings) -> AnalyticsStore:
+    return AnalyticsStore(event_settings.database)
+
+
+def take_notices(broker: MemoryBroker) -> list[dict[str, Any]]:
+    """Every notice waiting in notify_tornado, taken off the queue."""
+    taken: list[dict[str, Any]] = []
+    consumer = broker.consumer("notify_tornado", taken.extend, batch_size=100, on_idle=lambda: consumer.stop())
+    consumer.run()
+    return taken
+
+
+# -- user_activity ----------------------------------------------------------------------
+
+
+def test_a_batch_is_counted_per_user_client_and_query_in_one_upsert(
+        event_broker: MemoryBroker, start: Start, store: AnalyticsStore, users: tuple[User, User],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    iago, othello = users
+    upserts: list[ActivityCounts] = []
+    add_activity = AnalyticsStore.add_activity
+
+    def recording(self: AnalyticsStore, counts: ActivityCounts) -> None:
+        upserts.append(counts)
+        add_activity(self, counts)
+
+    store.add_activity({(iago.id, "ZulipPython", "/api/v1/events"): (10, 500.0)})  # from earlier batches
+    monkeypatch.setattr(AnalyticsStore, "add_activity", recording)
+
+    event_broker.publish_many("user_activity", [
+        {"user_id": iago.id, "client": "ZulipPython", "query": "/api/v1/events", "time": 100.0},
+        {"user_id": iago.id, "client": "ZulipPython", "query": "/api/v1/events", "time": 900.0},
+        {"user_id": iago.id, "client": "ZulipPython", "query": "/api/v1/events", "time": 300.0},
+        {"user_id": iago.id, "client": "ZulipPython", "query": "/api/v1/messages", "time": 200.0},
+        {"user_id": iago.id, "client": "website", "query": "/api/v1/events", "time": 150.0},
+        {"user_id": othello.id, "client": "ZulipPython", "query": "/api/v1/events", "time": 400.0},
+        {"user_id": othello.id, "client": "ZulipPython", "query": "/api/v1/events", "time": 250.0},
+        {"user_id": othello.id, "client": "ZulipPython", "time": 250.0},
+    ])
+    start("user_activity")
+    event_broker.join("user_activity", timeout=10)
+
+    assert len(upserts) == 1 and len(upserts[0]) == 4
+    assert store.activity(iago.id) == {
+        ("ZulipPython", "/api/v1/events"): (13, 900.0),
+        ("ZulipPython", "/api/v1/messages"): (1, 200.0),
+        ("website", "/api/v1/events"): (1, 150.0),
+    }
+    assert store.activity(othello.id) == {("ZulipPython", "/api/v1/events"): (2, 400.0)}
+    [bad] = event_broker.error_store.read("user_activity")
+    assert bad["event"] == {"user_id": othello.id, "client": "ZulipPython", "time": 250.0}
+    assert bad["error"] == "PermanentError: 'query' must be a non-empty string, not None"
+
+
+def test_a_later_batch_never_moves_last_visit_back(event_broker: MemoryBroker, start: Start,
+                                                   store: AnalyticsStore, users: tuple[User, User]) -> None:
+    iago = users[0]
+    start("user_activity")
+    for when in (500.0, 100.0):
+        event_broker.publish("user_activity", {"user_id": iago.id, "client": "c", "query": "q", "time": when})
+        event_broker.join("user_activity", timeout=10)
+    assert store.activity(iago.id) == {("c", "q"): (2, 500.0)}
+
+
+# -- user_activity_interval -------------------------------------------------------------
+
+
+def test_overlapping_and_touching_intervals_are_merged_per_user(
+        event_broker: MemoryBroker, start: Start, store: AnalyticsStore, users: tuple[User, User]) -> None:
+    iago, othello = users
+    start("user_activity_interval")
+    for user, begin, end in [(iago, 0, 10), (iago, 20, 30), (iago, 10, 15), (iago, 40, 50), (othello, 12, 22),
+                             (iago, 25, 45), (iago, 60, 70), (iago, 0, 10)]:
+        event_broker.publish("user_activity_interval", {"user_id": user.id, "start": begin, "end": end})
+        event_broker.join("user_activity_interval", timeout=10)  # one at a time: the merge rule, not a race
+    assert store.intervals(iago.id) == [(0, 15), (20, 50), (60, 70)]
+    assert store.intervals(othello.id) == [(12, 22)]
+
+
+def test_an_interval_that_ends_before_it_starts_is_a_permanent_error(
+        event_broker: MemoryBroker, start: Start, store: AnalyticsStore, users: tuple[User, User]) -> None:
+    start("user_activity_interval")
+    event_broker.publish_many("user_activity_interval", [
+        {"user_id": users[0].id, "start": 30, "end": 20},
+        {"user_id": users[0].id, "start": "yesterday", "end": 20},
+    ])
+    event_broker.join("user_activity_interval", timeout=10)
+    assert [e["error"] for e in event_broker.error_store.read("user_activity_interval")] == [
+        "PermanentError: 'start' (30.0) is after 'end' (20.0)",
+        "PermanentError: 'start' must be a number (Unix time), not 'yesterday'",
+    ]
+    assert store.intervals(users[0].id) == []
+
+
+# -- user_presence ----------------------------------------------------------------------
+
+
+def presence(user: User, status: str, when: float, client: str = "website") -> dict[str, Any]:
+    return {"user_id": user.id, "status": status, "time": when, "client": client}
+
+
+def test_a_presence_change_is_sent_to_the_users_peers(
+        event_broker: MemoryBroker, start: Start, store: AnalyticsStore, users: tuple[User, User],
+        event_settings: Settings) -> None:
+    iago, othello = users
+    desdemona = UserStore(event_settings.database).create_user("desdemona@example.com", "Desdemona")
+    start("user_presence")
+    event_broker.publish("user_presence", presence(iago, "active", 1000.0))
+    event_broker.join("user_presence", timeout=10)
+
+    [notice] = take_notices(event_broker)
+    assert sorted(notice["users"]) == [othello.id, desdemona.id]
+    event = notice["event"]
+    assert event.pop("server_timestamp") > 1000
+    assert event == {"type": "presence", "user_id": iago.id, "email": iago.email, "presence": {
+        "website": {"client": "website", "status": "active", "timestamp": 1000, "pushable": False}}}
+    stored = store.presence(iago.id)
+    assert stored is not None and (stored.status, stored.time) == ("active", 1000.0)
+
+
+def test_an_unchanged_status_is_stored_but_not_sent(event_broker: MemoryBroker, start: Start,
+                                                    store: AnalyticsStore, users: tuple[User, User]) -> None:
+    iago, othello = users
+    start("user_presence")
+    event_broker.publish("user_presence", presence(iago, "active", 1000.0))
+    event_broker.join("user_presence", timeout=10)
+    assert len(take_notices(event_broker)) == 1
+
+    event_broker.publish("user_presence", presence(iago, "active", 1060.0, client="ZulipMobile"))
+    event_broker.publish("user_presence", presence(othello, "offline", 1000.0))  # none yet counts as offline
+    event_broker.join("user_presence", timeout=10)
+    assert take_notices(event_broker) == []
+    stored = store.presence(iago.id)
+    assert stored is not None and (stored.status, stored.client, stored.time) == ("active", "ZulipMobile", 1060.0)
+
+
+def test_only_the_latest_presence_counts(event_broker: MemoryBroker, start: Start, store: AnalyticsStore,
+                                         users: tuple[User, User]) -> None:
+    iago = users[0]
+    start("user_presence")
+    for status, when in [("active", 1000.0), ("idle", 1200.0), ("offline", 1100.0)]:  # the last one came late
+        event_broker.publish("user_presence", presence(iago, status, when))
+        event_broker.join("user_presence", timeout=10)
+    assert [n["event"]["presence"]["website"]["status"] for n in take_notices(event_broker)] == ["active", "idle"]
+    stored = store.presence(iago.id)
+    assert stored is not None and (stored.status, stored.time) == ("idle", 1200.0)
+
+
+def test_bad_presence_events_go_to_the_error_store(event_broker: MemoryBroker, start: Start,
+                                                   users: tuple[User, User]) -> None:
+    start("user_presence")
+    event_broker.publish_many("user_presence", [
+        {"user_id": users[0].id, "status": "away", "time": 1.0},
+        {"user_id": 9999, "status": "active", "time": 1.0},
+        {"user_id": None, "status": "active"},
+    ])
+    event_broker.join("user_presence", timeout=10)
+    assert [e["error"] for e in event_broker.error_store.read("user_presence")] == [
+        "PermanentError: 'status' must be one of active, idle, offline, not 'away'",
+        "PermanentError: no user 9999",
+        "PermanentError: 'user_id' must be an integer, not None",
+    ]
+    assert take_notices(event_broker) == []
+
+
+def test_a_broadcast_that_failed_is_made_when_the_event_is_retried(
+        event_broker: MemoryBroker, start: Start, users: tuple[User, User], monkeypatch: pytest.MonkeyPatch) -> None:
+    iago, othello = users
+    quick = dataclasses.replace(UserPresenceWorker.options, retry_delay=0.01)
+    monkeypatch.setattr(UserPresenceWorker, "options", quick)
+    failures = [ConnectionError("RabbitMQ went away")]
+
+    def flaky_send_event(event: dict[str, Any], user_ids: list[int]) -> None:
+        if failures:
+            raise failures.pop()
+        send_event(event, user_ids)
+
+    monkeypatch.setattr(analytics, "send_event", flaky_send_event)
+    start("user_presence")
+    event_broker.publish("user_presence", presence(iago, "active", 1000.0))  # stored, then the broadcast fails
+    event_broker.join("user_presence", timeout=10)
+    assert failures == []  # it did fail once
+    [notice] = take_notices(event_broker)
+    assert notice["users"] == [othello.id]
+    assert event_broker.error_store.read("user_presence") == []
