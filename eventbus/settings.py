@@ -2,7 +2,8 @@
 
 Secrets (the RabbitMQ password, the shared secret of internal endpoints) never
 come from code: they are read from the secrets file, an INI file whose
-``[secrets]`` section holds ``rabbitmq_password`` and ``shared_secret``::
+``[secrets]`` section holds ``rabbitmq_password``, ``shared_secret``,
+``smtp_password`` and ``push_api_key``::
 
     [secrets]
     rabbitmq_password = ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import time
@@ -146,3 +147,30 @@ def test_replay_errors_publishes_and_removes_what_it_replayed(settings: Settings
     assert broker.queue_info("noop").depth == 2
     assert [e["raw"] for e in broker.error_store.read("noop")] == ["{not json"]
     broker.purge("noop")
+
+
+def test_create_stream_prints_it_with_its_email_address(settings: Settings) -> None:
+    user = json.loads(run_cli(settings, "create_user", "emilia@example.com").stdout)
+    result = run_cli(settings, "create_stream", "Cyprus", "--subscribers", "emilia@example.com")
+    assert result.returncode == 0, result.stderr
+    stream = json.loads(result.stdout)
+    assert stream["name"] == "Cyprus" and stream["subscribers"] == [user["user_id"]]
+    assert stream["email_address"].endswith("@streams.eventbus.localhost")
+    again = json.loads(run_cli(settings, "create_stream", "Cyprus").stdout)
+    assert again["stream_id"] == stream["stream_id"]  # running it again changes nothing
+    unknown = run_cli(settings, "create_stream", "Rhodes", "--subscribers", "nobody@example.com")
+    assert unknown.returncode == 2 and "no user with email 'nobody@example.com'" in unknown.stderr
+
+
+def test_rabbitmq_node_start_status_stop(settings: Settings, tmp_path: Path) -> None:
+    folder = str(tmp_path / "node")
+    name = f"eventbus-cli-{os.getpid()}"
+    try:
+        started = run_cli(settings, "rabbitmq", "start", "--dir", folder, "--name", name, timeout=120)
+        assert started.returncode == 0, started.stderr
+        assert f"RabbitMQ node {name}@localhost is up: amqp://" in started.stdout
+        assert run_cli(settings, "rabbitmq", "status", "--dir", folder, "--name", name).returncode == 0
+    finally:
+        stopped = run_cli(settings, "rabbitmq", "stop", "--dir", folder, "--name", name, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert run_cli(settings, "rabbitmq", "status", "--dir", folder, "--name", name).returncode == 3
