@@ -22,9 +22,12 @@ processed and acked the last event:
 
 The baselines are the least a consumer process costs: pika's
 BlockingConnection with a prefetch of 100, decoding each body with ujson,
-acking each event, or every 100th with ``multiple``. Each baseline drains the
-same queue as the worker it is compared with. ``EVENTS`` is a multiple of the
-batch size, so no batch waits out ``batch_wait`` at the tail of the queue.
+acking each event (A, for the one-at-a-time ``noop`` worker), or every 100th
+with ``multiple`` (B, for the ``noop_batch`` worker). Each baseline drains
+the same queue as the worker it is compared with. The batch worker asks for
+a prefetch of twice its batch (200); one more raw case shows what that alone
+is worth to B. ``EVENTS`` is a multiple of the batch size, so no batch waits
+out ``batch_wait`` at the tail of the queue.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class ConsumerProcess(ABC):
     """One case's consumer, started as a process on a loaded queue; its output goes to ``log``."""
 
     def __init__(self, argv: list[str], settings: Settings, log: Path, *, stdout: int | None = None) -> None:
+        self.argv = argv
         self.log = log
         self.var_dir = settings.var_dir
         env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTBUS_")}
@@ -115,14 +119,15 @@ class ConsumerProcess(ABC):
     def failed(self, what: str) -> BenchError:
         """An error naming the process, with the end of its log (the log goes with the scratch folder)."""
         tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-        return BenchError(f"{' '.join(self.process.args[1:])}: {what}; its log ends:\n{tail}")  # type: ignore[index]
+        return BenchError(f"python {' '.join(self.argv)}: {what}; its log ends:\n{tail}")
 
 
 class RawConsumer(ConsumerProcess):
     """``bench._raw_consumer``: exits by itself after the last event and prints when it acked it."""
 
-    def __init__(self, settings: Settings, queue: str, events: int, log: Path, *, ack_every: int) -> None:
-        argv = ["-m", "bench._raw_consumer", queue, str(events), f"--ack-every={ack_every}", f"--prefetch={PREFETCH}"]
+    def __init__(self, settings: Settings, queue: str, events: int, log: Path, *, ack_every: int,
+                 prefetch: int) -> None:
+        argv = ["-m", "bench._raw_consumer", queue, str(events), f"--ack-every={ack_every}", f"--prefetch={prefetch}"]
         super().__init__(argv, settings, log, stdout=subprocess.PIPE)
 
     def finished_at(self) -> float | None:
@@ -164,9 +169,9 @@ class WorkerProcess(ConsumerProcess):
 Starter = Callable[[Settings, str, int, Path], ConsumerProcess]
 
 
-def raw_pika(ack_every: int) -> Starter:
+def raw_pika(ack_every: int, prefetch: int = PREFETCH) -> Starter:
     def start(settings: Settings, queue: str, events: int, log: Path) -> ConsumerProcess:
-        return RawConsumer(settings, queue, events, log, ack_every=ack_every)
+        return RawConsumer(settings, queue, events, log, ack_every=ack_every, prefetch=prefetch)
 
     return start
 
@@ -190,6 +195,9 @@ CASES = (
          versus=ONE_BASELINE, target=ONE_TARGET),
     Case(f"noop_batch worker, batches of {BATCH} (vs ack multiple)", BATCH_QUEUE, WorkerProcess,
          versus=BATCH_BASELINE, target=BATCH_TARGET),
+    # The batch worker's own prefetch (twice its batch): what baseline B gains from it.
+    Case(f"raw pika, ack multiple per {BATCH}, prefetch {2 * BATCH} (vs ack multiple)", BATCH_QUEUE,
+         raw_pika(BATCH, prefetch=2 * BATCH), versus=BATCH_BASELINE),
 )
 
 
@@ -206,16 +214,23 @@ class QueueWatch:
         return ok.message_count, ok.consumer_count
 
     def wait_consumer(self, queue: str, consumer: ConsumerProcess) -> float:
-        """When ``consumer`` registered: halfway between the last poll that did not see it and the first that did."""
+        """When ``consumer`` registered, to within ``POLL`` and a round trip.
+
+        It registered after the broker answered the last poll that did not
+        see it (sent at ``missed``) and before the first poll that did came
+        back: the estimate is the middle of that span.
+        """
         deadline = time.monotonic() + TIMEOUT
-        before = time.time()
-        while self.counts(queue)[1] == 0:
+        missed = time.time()
+        while True:
+            sent = time.time()
+            if self.counts(queue)[1]:
+                return (missed + time.time()) / 2
+            missed = sent
             consumer.check_running()
             if time.monotonic() > deadline:
                 raise consumer.failed(f"did not consume {queue} within {TIMEOUT:.0f} s")
             time.sleep(POLL)
-            before = time.time()
-        return (before + time.time()) / 2
 
     def close(self) -> None:
         self._connection.close()

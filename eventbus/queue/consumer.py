@@ -89,9 +89,12 @@ class Consumer(ABC):
     def _next_batch(self) -> list[Delivery]:
         first = self._get(0)
         if first is None:
+            # A stop() may have been used up by that _get: look before waiting for good.
+            if self._stopping:
+                return []
             if self.on_idle is not None:
                 self.on_idle()
-            first = self._get(None)
+            first = None if self._stopping else self._get(None)
             if first is None:
                 return []
         batch = [first]
