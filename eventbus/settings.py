@@ -79,8 +79,9 @@ class Settings:
     #: The bots that post mirrored emails (when the sender is no user) and system messages.
     mirror_bot_email: str = "mirror-bot@eventbus.localhost"
     notification_bot_email: str = "notification-bot@eventbus.localhost"
-    #: Where the slow query summaries are posted.
+    #: Where the slow query summaries are posted, and how slow a request must be to be reported.
     slow_query_stream: str = "logs"
+    slow_request_seconds: float = 2.0
     rabbitmq_password: str | None = None
     shared_secret: str | None = None
     smtp_password: str | None = None
@@ -122,6 +123,7 @@ class Settings:
             mirror_bot_email=env.get("EVENTBUS_MIRROR_BOT_EMAIL", "mirror-bot@eventbus.localhost"),
             notification_bot_email=env.get("EVENTBUS_NOTIFICATION_BOT_EMAIL", "notification-bot@eventbus.localhost"),
             slow_query_stream=env.get("EVENTBUS_SLOW_QUERY_STREAM", "logs"),
+            slow_request_seconds=_number(env, "EVENTBUS_SLOW_REQUEST_SECONDS", 2.0),
             rabbitmq_password=secrets.get("rabbitmq_password"),
             shared_secret=secrets.get("shared_secret"),
             smtp_password=secrets.get("smtp_password"),

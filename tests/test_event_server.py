@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import threading
 import time
 from typing import Any
 
@@ -12,9 +13,10 @@ import pytest
 from tornado.simple_httpclient import HTTPTimeoutError
 
 from eventbus.queue import MemoryBroker
+from eventbus.settings import Settings
 from eventbus.tornado_events import send_event
 from eventbus.users import User
-from tests.conftest import EVENT_SECRET
+from tests.conftest import EVENT_SECRET, wait_for
 from tests.eventserver import Api, ServerThread, StartServer, run
 
 
@@ -376,3 +378,45 @@ def test_bad_notice_on_the_queue_goes_to_the_error_store(start_server: StartServ
     [entry] = event_broker.error_store.read("notify_tornado")
     assert "'event' must be a JSON object" in entry["error"]
     assert server.call(lambda: server.server.registry.events_delivered) == 0  # no client yet, nothing lost either
+
+
+def test_server_errors_and_slow_requests_are_reported(event_settings: Settings, event_broker: MemoryBroker,
+                                                      users: tuple[User, User]) -> None:
+    from eventbus.tornado_events.handlers import BaseHandler
+
+    class Broken(BaseHandler):
+        async def get(self) -> None:
+            raise RuntimeError("the disk is on fire")
+
+    class Slow(BaseHandler):
+        async def get(self) -> None:
+            await asyncio.sleep(0.3)
+            self.success()
+
+    def extra(server: Any) -> list[Any]:
+        return [(r"/api/v1/broken", Broken, {"server": server}), (r"/api/v1/slow", Slow, {"server": server})]
+
+    server = ServerThread(event_settings.replace(slow_request_seconds=0.2), event_broker, extra_handlers=extra).start()
+    try:
+        async def scenario() -> None:
+            api = Api(server, users[0])
+            status, body = await api.call("GET", "/broken")
+            assert (status, body["code"]) == (500, "INTERNAL_SERVER_ERROR")
+            assert "fire" not in body["msg"]  # the details go to the administrators, not to the client
+            assert (await api.call("GET", "/slow"))[0] == 200
+            queue_id = await api.register()
+            assert (await api.events(queue_id, dont_block=True))[0] == 200
+
+        run(scenario)
+        wait_for(lambda: event_broker.queue_info("error_reports").depth == 1, what="the error report")
+        wait_for(lambda: event_broker.queue_info("slow_queries").depth >= 1, what="the slow request report")
+        reports: list[Any] = []
+        consumer = event_broker.consumer("error_reports", reports.extend)
+        threading.Thread(target=consumer.run, daemon=True).start()
+        event_broker.join("error_reports", timeout=5)
+        consumer.stop()
+        [report] = reports
+        assert report["type"] == "server" and "the disk is on fire" in report["stacktrace"]
+        assert event_broker.queue_info("slow_queries").depth == 1  # only /slow: fast requests are not reported
+    finally:
+        server.stop()

@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import random
 import time
+import traceback
 import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -124,11 +125,19 @@ class BaseHandler(tornado.web.RequestHandler):
             raise ApiError(401, "UNAUTHORIZED", "Not logged in: API authentication or user session required")
         self.user = user
 
+    #: Held long-polls are slow by design: they are not reported as slow requests.
+    slow_requests_reported = True
+
     def on_finish(self) -> None:
-        """Every authenticated API request is recorded as a user_activity event."""
+        """Every authenticated API request is recorded as a user_activity event; a slow one is reported too."""
         user = getattr(self, "user", None)
         if user is not None and self.auth in ("api", "session"):
             self.server.record_activity(user, self)
+        seconds = self.request.request_time()
+        if self.slow_requests_reported and seconds >= self.server.settings.slow_request_seconds:
+            self.server.queue_client.publish_nowait("slow_queries", {
+                "path": self.request.path, "method": self.request.method, "time_ms": round(seconds * 1000, 1),
+                "status": self.get_status(), "user_email": user.email if user else None, "time": time.time()})
 
     def check_csrf(self) -> None:
         try:
@@ -195,8 +204,19 @@ class BaseHandler(tornado.web.RequestHandler):
             body = {"result": "error", "msg": self._reason, "code": "BAD_REQUEST"}
         else:
             body = {"result": "error", "msg": "Internal server error", "code": "INTERNAL_SERVER_ERROR"}
+            self._report(kwargs.get("exc_info"))
         self.set_header("Content-Type", "application/json")
         self.finish(codec.encode(body))
+
+
+    def _report(self, exc_info: Any) -> None:
+        """A server error goes to the administrators through error_reports (it is logged by Tornado too)."""
+        user = getattr(self, "user", None)
+        stacktrace = "".join(traceback.format_exception(*exc_info)) if exc_info and exc_info[0] else ""
+        self.server.queue_client.publish_nowait("error_reports", {
+            "type": "server", "message": f"{self.request.method} {self.request.path}: "
+                                          f"{exc_info[1] if exc_info else 'error'}"[:2000],
+            "stacktrace": stacktrace[-20000:], "user_email": user.email if user else None, "time": time.time()})
 
 
 def parse_bool(raw: str) -> bool:
@@ -230,6 +250,8 @@ class RegisterHandler(BaseHandler):
 
 class EventsHandler(BaseHandler):
     """GET /api/v1/events (long-poll) and DELETE /api/v1/events, and their /json twins."""
+
+    slow_requests_reported = False
 
     listener: LongPoll | None = None
 
