@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import MemoryBroker, set_broker
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.queue.rabbitmq_node import RabbitMQNode, is_installed
@@ -116,3 +117,13 @@ def start_server(event_settings: Settings, event_broker: MemoryBroker) -> Iterat
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def sender_worker(event_broker: MemoryBroker) -> Iterator[WorkerThreads]:
+    """The message_sender processor, in a thread, on the in-process broker."""
+    threads = WorkerThreads(["message_sender"], event_broker)
+    threads.start()
+    yield threads
+    threads.stop()
+    assert threads.join(10)

@@ -103,15 +103,6 @@ def world(event_settings: Settings, users: tuple[User, User]) -> World:
     return World(store, iago, othello, desdemona)
 
 
-@pytest.fixture
-def sender_worker(event_broker: MemoryBroker) -> Iterator[WorkerThreads]:
-    threads = WorkerThreads(["message_sender"], event_broker)
-    threads.start()
-    yield threads
-    threads.stop()
-    assert threads.join(10)
-
-
 StartWeb = Callable[..., WebServer]
 NewPage = Callable[..., "Page"]
 

@@ -6,7 +6,6 @@ import asyncio
 import html.parser
 import time
 import urllib.parse
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -95,15 +94,6 @@ def world(event_settings: Settings, users: tuple[User, User]) -> tuple[MessageSt
     desdemona = store.users.create_user("desdemona@example.com", "Desdemona")
     store.create_stream("Denmark", [iago.id, othello.id])
     return store, iago, othello, desdemona
-
-
-@pytest.fixture
-def sender_worker(event_broker: MemoryBroker) -> Iterator[WorkerThreads]:
-    threads = WorkerThreads(["message_sender"], event_broker)
-    threads.start()
-    yield threads
-    threads.stop()
-    assert threads.join(10)
 
 
 async def next_events(api: Api, queue_id: str, count: int) -> list[dict[str, Any]]:
