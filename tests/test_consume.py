@@ -163,3 +163,20 @@ def test_consumer_reconnects_after_a_cut_and_loses_nothing(settings: Settings, b
     assert not raised
     assert consumer.client.connects >= 2
     assert broker.queue_info(queue_name).depth == 0
+
+
+def test_a_batch_ending_in_a_body_that_is_not_json_is_acked_once(settings: Settings, broker: RabbitMQBroker,
+                                                                  queue_name: str) -> None:
+    publish_raw(settings, queue_name, [b'{"n": 1}', b"not json", b'{"n": 2}', b"nor this"])
+    got: list[Any] = []
+    consumer = broker.consumer(queue_name, got.extend, batch_size=2, timeout=1)
+    thread, raised = run_in_thread(consumer)
+    wait_for(lambda: len(got) == 2 and broker.error_store.count(queue_name) == 2, what="all four handled")
+    wait_for(lambda: broker.queue_info(queue_name).depth == 0, what="all acked")
+    consumer.stop()
+    thread.join(10)
+    assert not raised
+    assert isinstance(consumer, RabbitMQConsumer)
+    # Acking a delivery twice makes RabbitMQ close the channel; a second channel would show here.
+    assert consumer.client.connects == 1, consumer.client.statistics()
+    assert [e["raw"] for e in broker.error_store.read(queue_name)] == ["not json", "nor this"]

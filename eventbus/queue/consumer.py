@@ -108,16 +108,18 @@ class Consumer(ABC):
         return batch
 
     def _handle(self, batch: list[Delivery]) -> None:
-        events = []
+        events, decoded = [], []
         for delivery in batch:
             try:
                 events.append(codec.decode(delivery.body))
+                decoded.append(delivery)
             except EventEncodingError as e:
-                self._undecodable(delivery, e)
-        last = batch[-1]
+                self._undecodable(delivery, e)  # acked on its own: never acked twice below
+        if not decoded:
+            return
+        last = decoded[-1]
         try:
-            if events:
-                self.callback(events)
+            self.callback(events)
         except BaseException:
             self._settle(last, ack=False, multiple=True)
             raise
