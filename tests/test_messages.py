@@ -225,3 +225,16 @@ def test_unread_mentions_left_in_expired_queues_notify(start_server: StartServer
     server.call(lambda: server.server.registry.collect_garbage(time.monotonic() + 3600))
     wait_for(lambda: event_broker.queue_info("missedmessage_emails").depth == 1, what="the email notification")
 
+
+
+def test_rendering_does_not_leak_memory() -> None:
+    def resident_kib() -> int:
+        return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
+
+    source = "**bold** @**Iago** [link](https://example.com)\n\n```\ncode\n```\n" * 5
+    render(source)
+    before = resident_kib()
+    for _ in range(20_000):
+        render(source)
+    # cmarkgfm's own helper keeps about 2.4 KB a message: 20,000 would be some 50 MB.
+    assert resident_kib() - before < 10_000

@@ -14,17 +14,20 @@ text is never bold): ``@**Full Name**`` becomes a mention of that user and
 
 from __future__ import annotations
 
+import ctypes
 import html
 import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import cmarkgfm
+from cmarkgfm import _cmark
 from cmarkgfm.cmark import Options
 
 #: Safe mode is cmark-gfm's default; these add what chat needs.
 OPTIONS = Options.CMARK_OPT_VALIDATE_UTF8 | Options.CMARK_OPT_GITHUB_PRE_LANG | Options.CMARK_OPT_HARDBREAKS
+#: GitHub's extensions: fenced code is CommonMark's own; these add tables, autolinks and the rest.
+EXTENSION_NAMES = (b"table", b"autolink", b"tagfilter", b"strikethrough", b"tasklist")
 LINK_SCHEMES = frozenset({"http", "https", "mailto"})
 IMAGE_SCHEMES = frozenset({"http", "https"})
 
@@ -48,11 +51,56 @@ def _no_one(_name: str) -> None:
     return None
 
 
+class _CommonMark:
+    """cmark-gfm through its C API: extensions looked up once, and everything it allocates freed.
+
+    cmarkgfm's own helper looks the extensions up on every call and never
+    frees the document or the HTML it returns (about 2.4 KB a message, for
+    the life of a worker). cffi's declarations leave out the two functions
+    that free them, so they come through ctypes from the same library.
+    """
+
+    def __init__(self) -> None:
+        self.lib, self.ffi = _cmark.lib, _cmark.ffi
+        self.lib.cmark_gfm_core_extensions_ensure_registered()
+        self.extensions = [self.lib.cmark_find_syntax_extension(name) for name in EXTENSION_NAMES]
+        native = ctypes.CDLL(_cmark.__file__)  # already loaded: the same library, the same registered extensions
+        self.free_node = native.cmark_node_free
+        self.free_node.argtypes = [ctypes.c_void_p]
+        self.free = native.free
+        self.free.argtypes = [ctypes.c_void_p]
+
+    def to_html(self, text: str) -> str:
+        lib, ffi = self.lib, self.ffi
+        data = text.encode("utf-8", errors="replace")
+        parser = lib.cmark_parser_new(OPTIONS)
+        try:
+            for extension in self.extensions:
+                lib.cmark_parser_attach_syntax_extension(parser, extension)
+            lib.cmark_parser_feed(parser, data, len(data))
+            root = lib.cmark_parser_finish(parser)
+            try:
+                raw = lib.cmark_render_html(root, OPTIONS, lib.cmark_parser_get_syntax_extensions(parser))
+                try:
+                    return str(ffi.string(raw).decode("utf-8"))
+                finally:
+                    self.free(int(ffi.cast("uintptr_t", raw)))
+            finally:
+                self.free_node(int(ffi.cast("uintptr_t", root)))
+        finally:
+            lib.cmark_parser_free(parser)
+
+
+_commonmark = _CommonMark()
+
+
 def render(content: str, find_user: Lookup = _no_one, find_stream: Lookup = _no_one) -> Rendered:
     """Render a message's Markdown to safe HTML, resolving mentions and stream links."""
-    output = cmarkgfm.github_flavored_markdown_to_html(content, OPTIONS)
-    output = ANCHOR.sub(_safe_anchor, output)
-    output = IMAGE.sub(_safe_image, output)
+    output = _commonmark.to_html(content)
+    if "<a " in output:
+        output = ANCHOR.sub(_safe_anchor, output)
+    if "<img " in output:
+        output = IMAGE.sub(_safe_image, output)
     mentioned: set[int] = set()
 
     def resolve(match: re.Match[str]) -> str:
@@ -70,7 +118,8 @@ def render(content: str, find_user: Lookup = _no_one, find_stream: Lookup = _no_
         return (f'<a class="stream" data-stream-id="{stream[0]}" href="/#narrow/stream/{slug}">'
                 f"#{html.escape(stream[1])}</a>")
 
-    output = MENTION.sub(resolve, output)
+    if "<strong>" in output:
+        output = MENTION.sub(resolve, output)
     return Rendered(output.strip(), frozenset(mentioned))
 
 
