@@ -1,0 +1,122 @@
+"""The producer of the latency benchmark: message events at a steady rate, each to one user, round robin.
+
+    python -m bench._sender FLAVOR RATE SECONDS FIRST_ID USERS_FILE [--queue QUEUE] [--threads N]
+
+Each event is ``bench._load_client.message_event`` with message ids from
+FIRST_ID on, stamped ``"sent": time.time()`` just before it is handed over.
+Events are due every 1/RATE s from the start, shared round robin by
+``--threads`` threads (default ``THREADS``), as by the threads of a web
+server; an event that is due is sent at once, so a thread that falls
+behind catches up without a pause.
+
+``eventbus``
+    ``eventbus.tornado_events.send_event(event, [user_id])``, settings from
+    ``EVENTBUS_*``: a confirmed publish to ``notify_tornado`` each, as a
+    producer calls it (a connection per thread, as eventbus keeps them).
+``pika``
+    pika's BlockingConnection (one per thread), ``basic_publish`` of the
+    same notice to QUEUE (URL in ``EVENTBUS_AMQP_URL``), persistent,
+    without confirms: the least a producer does.
+
+Every thread connects and sends one notice to no user before the clock
+starts. Prints ``{"sent": N, "seconds": S}``, S the time the sending took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pika
+import ujson
+
+from bench._load_client import message_event
+
+#: What a producer does with one notice: the event and its users.
+Send = Callable[[dict[str, Any], list[int]], None]
+#: send_event waits for RabbitMQ's confirm, a round trip of 1 to 3 ms here: one thread alone managed 390/s, two
+#: fell behind in some runs. More threads than needed fight for the GIL and lengthen the tail (p99 with 4 threads
+#: was 3 to 5 times that with 2).
+THREADS = 3
+
+
+def eventbus_sender() -> Send:
+    from eventbus.tornado_events import send_event
+
+    return send_event
+
+
+def pika_sender(queue: str) -> Send:
+    channel = pika.BlockingConnection(pika.URLParameters(os.environ["EVENTBUS_AMQP_URL"])).channel()
+    channel.queue_declare(queue, durable=True)
+    persistent = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+
+    def send(event: dict[str, Any], users: list[int]) -> None:
+        channel.basic_publish("", queue, ujson.dumps({"event": event, "users": users}).encode(), persistent)
+
+    return send
+
+
+def run(connect: Callable[[], Send], rate: float, seconds: float, first_id: int, user_ids: list[int],
+        threads: int) -> dict[str, Any]:
+    total = int(rate * seconds)
+    connected = threading.Barrier(threads + 1)
+    go = threading.Event()
+    start = 0.0
+    failures: list[BaseException] = []
+
+    def produce(offset: int) -> None:
+        try:
+            send = connect()
+            send({"type": "bench_warmup"}, [])
+        except BaseException as e:
+            failures.append(e)
+            raise
+        finally:
+            connected.wait()
+        go.wait()
+        for i in range(offset, total, threads):
+            wait = start + i / rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            send(message_event(first_id + i, sent=time.time()), [user_ids[i % len(user_ids)]])
+
+    workers = [threading.Thread(target=produce, args=(t,), daemon=True) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    connected.wait()
+    if failures:
+        raise failures[0]
+    start = time.perf_counter()
+    go.set()
+    for worker in workers:
+        worker.join()
+    return {"sent": total, "seconds": time.perf_counter() - start}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench._sender", description=__doc__.split("\n")[0])
+    parser.add_argument("flavor", choices=["eventbus", "pika"])
+    parser.add_argument("rate", type=float, help="events per second")
+    parser.add_argument("seconds", type=float)
+    parser.add_argument("first_id", type=int, help="the first message id")
+    parser.add_argument("users", type=Path, help="a JSON list of [id, email, api_key]")
+    parser.add_argument("--queue", help="the queue the pika producer publishes to")
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"producer threads (default {THREADS})")
+    args = parser.parse_args(argv)
+    user_ids = [entry[0] for entry in json.loads(args.users.read_text())]
+    connect = eventbus_sender if args.flavor == "eventbus" else partial(pika_sender, args.queue)
+    print(json.dumps(run(connect, args.rate, args.seconds, args.first_id, user_ids, args.threads)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
