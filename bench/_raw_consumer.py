@@ -1,13 +1,15 @@
 """The baselines of the consume benchmark: a raw pika consumer in a process of its own.
 
-    EVENTBUS_AMQP_URL=amqp://... python -m bench._raw_consumer QUEUE EVENTS [--ack-every N] [--prefetch N]
+    EVENTBUS_AMQP_URL=amqp://... python -m bench._raw_consumer QUEUE EVENTS DONE_FILE [--ack-every N] [--prefetch N]
 
 It consumes EVENTS events from QUEUE through pika's BlockingConnection,
 decoding each body with ujson, and acks each one (``--ack-every 1``) or every
-Nth with ``multiple`` (and the rest with the last), then prints the wall-clock
-time of its last ack as one JSON line and exits. It imports pika and ujson and
-nothing of eventbus: it is the least a worker process can cost. The URL comes
-from the environment, as a worker's does, to stay off the command line.
+Nth with ``multiple`` (and the rest with the last). It then writes the
+wall-clock time of its last ack to DONE_FILE as JSON, closes its connection
+and waits for SIGTERM, on which it exits 0: the benchmark stops it as it
+stops a worker. It imports pika and ujson and nothing of eventbus: it is the
+least a worker process can cost. The URL comes from the environment, as a
+worker's does, to stay off the command line.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -50,17 +54,27 @@ def consume(url: str, queue: str, events: int, *, ack_every: int, prefetch: int)
     return done_at
 
 
+def write_done(path: Path, done_at: float) -> None:
+    """Write the file in one step: the benchmark polls for it and must never read half of it."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"done": done_at}))
+    os.replace(partial, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench._raw_consumer", description=__doc__.split("\n")[0])
     parser.add_argument("queue")
     parser.add_argument("events", type=int)
+    parser.add_argument("done_file", type=Path)
     parser.add_argument("--ack-every", type=int, default=1, help="ack every Nth event, multiple (default 1: each)")
     parser.add_argument("--prefetch", type=int, default=100)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     done_at = consume(os.environ["EVENTBUS_AMQP_URL"], args.queue, args.events,
                       ack_every=args.ack_every, prefetch=args.prefetch)
-    print(json.dumps({"done": done_at}))
-    return 0
+    write_done(args.done_file, done_at)
+    while True:
+        signal.pause()
 
 
 if __name__ == "__main__":

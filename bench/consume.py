@@ -12,13 +12,17 @@ processed and acked the last event:
   halfway between the last poll that saw no consumer and the first that saw
   it; Python's start-up, imports and connecting are thus left out, alike for
   every case;
-- the end is the consumer's own clock: the raw consumer prints the time of
-  its last ack; a worker writes its stats file when its queue runs empty
-  (``QueueStats.emptied``), and the file's ``update_time`` once it counts
-  every event processed is the end;
-- then the consumer stops (the raw one by itself, a worker on SIGTERM, which
-  must exit 0), and the queue must be empty with no consumer: an event left
-  unacked would be back in it.
+- the end is the consumer's own clock, read from a file it writes: the raw
+  consumer writes the time of its last ack; a worker writes its stats file
+  when its queue runs empty (``QueueStats.emptied``), and the file's
+  ``update_time`` once it counts every event processed is the end;
+- then the consumer is stopped with SIGTERM and must exit 0, and the queue
+  must be empty with no consumer: an event left unacked would be back in it.
+
+The consumer's CPU time over the same span (its threads together, from
+``/proc``) is reported too, per event: the consumer is CPU-bound, and its
+CPU time moves much less than its wall time when other work shares the
+machine.
 
 The baselines are the least a consumer process costs: pika's
 BlockingConnection with a prefetch of 100, decoding each body with ujson,
@@ -40,7 +44,7 @@ import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +53,7 @@ import pika
 import pika.adapters.blocking_connection
 
 from bench import register
-from bench.harness import BenchError, Context, Result, Trial, measure
+from bench.harness import BenchError, Context, Figure, Outcome, Result, in_rounds
 from bench.publish import Event, make_event
 from eventbus.processors.stats import read_stats, stats_path
 from eventbus.queue.rabbitmq import RabbitMQBroker
@@ -58,7 +62,7 @@ from eventbus.settings import Settings
 #: The queues of the shipped NoopWorker and NoopBatchWorker.
 ONE_QUEUE = "noop"
 BATCH_QUEUE = "noop_batch"
-#: Events per run: a run then lasts one to two seconds, against a few ms of uncertainty at its start.
+#: Events per run: a run then lasts one to several seconds, against a few ms of uncertainty at its start.
 EVENTS = 20_000
 QUICK_EVENTS = 1_000
 #: Unacked events RabbitMQ sends ahead: eventbus's default (``EVENTBUS_PREFETCH``), for the baselines too.
@@ -72,38 +76,47 @@ BATCH_TARGET = 1.0
 POLL = 0.005
 #: How often the end is looked for: the end time comes from the consumer, so this only adds a little wall time.
 END_POLL = 0.01
-#: Longest a consumer may take to start, or to drain the queue, before the case fails.
+#: Longest a consumer may take to start, to drain the queue, or to exit, before the case fails.
 TIMEOUT = 120.0
 #: The project root: ``python -m bench._raw_consumer`` runs from there.
 ROOT = Path(__file__).resolve().parent.parent
+#: Units of the CPU times in /proc/<pid>/stat.
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class ConsumerProcess(ABC):
-    """One case's consumer, started as a process on a loaded queue; its output goes to ``log``."""
+    """One case's consumer, started as a process on a loaded queue, stopped by SIGTERM; its output goes to ``log``."""
 
-    def __init__(self, argv: list[str], settings: Settings, log: Path, *, stdout: int | None = None) -> None:
+    def __init__(self, argv: list[str], settings: Settings, log: Path) -> None:
         self.argv = argv
         self.log = log
-        self.var_dir = settings.var_dir
         env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTBUS_")}
         env.update(EVENTBUS_BROKER="amqp", EVENTBUS_AMQP_URL=settings.connection_url,
                    EVENTBUS_VAR_DIR=str(settings.var_dir), EVENTBUS_PREFETCH=str(PREFETCH))
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as output:
-            self.process = subprocess.Popen(
-                [sys.executable, *argv], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                stdout=output if stdout is None else stdout, stderr=output,
-            )
+            self.process = subprocess.Popen([sys.executable, *argv], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                            stdout=output, stderr=subprocess.STDOUT)
 
     @abstractmethod
     def finished_at(self) -> float | None:
         """The wall-clock time of its last ack, once it has processed every event; None until then."""
 
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far, all its threads, user and system."""
+        try:
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        except OSError:
+            raise self.failed("exited early") from None
+        fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime and stime
+
     def stop(self) -> None:
-        """Wait for the process to end (after ``finished_at``); it must exit 0."""
+        """Ask the process to end; it must exit 0."""
+        self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(TIMEOUT)
         if code != 0:
-            raise self.failed(f"exited with {code}")
+            raise self.failed(f"exited with {code} on SIGTERM")
 
     def kill(self) -> None:
         """Kill the process if it still runs (a case that failed halfway)."""
@@ -123,29 +136,28 @@ class ConsumerProcess(ABC):
 
 
 class RawConsumer(ConsumerProcess):
-    """``bench._raw_consumer``: exits by itself after the last event and prints when it acked it."""
+    """``bench._raw_consumer``: writes when it acked the last event to ``done_file``."""
 
     def __init__(self, settings: Settings, queue: str, events: int, log: Path, *, ack_every: int,
                  prefetch: int) -> None:
-        argv = ["-m", "bench._raw_consumer", queue, str(events), f"--ack-every={ack_every}", f"--prefetch={prefetch}"]
-        super().__init__(argv, settings, log, stdout=subprocess.PIPE)
+        self.done_file = log.with_suffix(".done")
+        self.done_file.unlink(missing_ok=True)
+        super().__init__(["-m", "bench._raw_consumer", queue, str(events), str(self.done_file),
+                          f"--ack-every={ack_every}", f"--prefetch={prefetch}"], settings, log)
 
     def finished_at(self) -> float | None:
-        if self.process.poll() is None:
-            return None
-        assert self.process.stdout is not None
-        output = self.process.stdout.read()
-        self.process.stdout.close()
+        self.check_running()
         try:
-            return float(json.loads(output)["done"])
-        except (ValueError, KeyError, TypeError):
-            raise self.failed(f"exited with {self.process.returncode}, printing {output[:200]!r}") from None
+            return float(json.loads(self.done_file.read_text())["done"])
+        except FileNotFoundError:
+            return None
 
 
 class WorkerProcess(ConsumerProcess):
-    """``python -m eventbus process_queue``: done when its stats file counts every event; stopped by SIGTERM."""
+    """``python -m eventbus process_queue``: done when its stats file counts every event."""
 
     def __init__(self, settings: Settings, queue: str, events: int, log: Path) -> None:
+        self.var_dir = settings.var_dir
         self.queue = queue
         self.events = events
         stats_path(settings.var_dir, queue).unlink(missing_ok=True)  # a file of an earlier run would end this one
@@ -159,10 +171,6 @@ class WorkerProcess(ConsumerProcess):
         if stats["processed"] != self.events or stats["failed"]:
             raise self.failed(f"processed {stats['processed']} and failed {stats['failed']} of {self.events} events")
         return float(stats["update_time"])
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)  # finishes its batch, then exits 0
-        super().stop()
 
 
 #: Starts a case's consumer on a queue loaded with that many events, its output to the log.
@@ -188,11 +196,12 @@ class Case:
 
 ONE_BASELINE = "raw pika, ack each"
 BATCH_BASELINE = f"raw pika, ack multiple per {BATCH}"
+#: Each worker runs right after its baseline: a slow spell of the machine is then likelier to hit both.
 CASES = (
     Case(ONE_BASELINE, ONE_QUEUE, raw_pika(1), baseline=True),
-    Case(BATCH_BASELINE, BATCH_QUEUE, raw_pika(BATCH), baseline=True),
     Case("noop worker, one at a time (vs ack each)", ONE_QUEUE, WorkerProcess,
          versus=ONE_BASELINE, target=ONE_TARGET),
+    Case(BATCH_BASELINE, BATCH_QUEUE, raw_pika(BATCH), baseline=True),
     Case(f"noop_batch worker, batches of {BATCH} (vs ack multiple)", BATCH_QUEUE, WorkerProcess,
          versus=BATCH_BASELINE, target=BATCH_TARGET),
     # The batch worker's own prefetch (twice its batch): what baseline B gains from it.
@@ -236,8 +245,16 @@ class QueueWatch:
         self._connection.close()
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One run of a case: wall seconds from registration to the last ack, and the consumer's CPU seconds then."""
+
+    seconds: float
+    cpu_seconds: float
+
+
 @register("consume", "events/s a worker process drains from a queue, against raw pika consumers (issue 3)")
-def consume(context: Context) -> list[Result]:
+def consume(context: Context) -> list[Outcome]:
     settings = Settings(amqp_url=context.amqp_url, var_dir=context.work_dir / "var")
     events = [make_event(i) for i in range(context.size(EVENTS, QUICK_EVENTS))]
     with ExitStack() as stack:
@@ -249,14 +266,24 @@ def consume(context: Context) -> list[Result]:
         watch = QueueWatch(settings)
         stack.callback(watch.close)
         drain = Drain(settings, loader, watch, events, context.work_dir / "logs")
-        samples = measure([Trial(drain.timer(case)) for case in CASES], repeats=context.repeats)
-    return [Result("consume", case.name, len(events), seconds, baseline=case.baseline, versus=case.versus,
-                   target=case.target) for case, seconds in zip(CASES, samples, strict=True)]
+        samples = in_rounds([drain.runner(case) for case in CASES], repeats=context.repeats)
+    return _rates(samples, len(events)) + _cpu_figures(samples, len(events))
+
+
+def _rates(samples: Sequence[Sequence[Sample]], events: int) -> list[Outcome]:
+    return [Result("consume", case.name, events, [s.seconds for s in runs], baseline=case.baseline,
+                   versus=case.versus, target=case.target) for case, runs in zip(CASES, samples, strict=True)]
+
+
+def _cpu_figures(samples: Sequence[Sequence[Sample]], events: int) -> list[Outcome]:
+    return [Figure("consume", f"{case.name}: CPU", events, [s.cpu_seconds / events * 1e6 for s in runs],
+                   "µs CPU/event", baseline=case.baseline, versus=case.versus and f"{case.versus}: CPU")
+            for case, runs in zip(CASES, samples, strict=True)]
 
 
 @dataclass
 class Drain:
-    """One timed run of a case: load its queue, start its consumer, time the draining, check the queue."""
+    """One run of a case: load its queue, start its consumer, time the draining, check the queue."""
 
     settings: Settings
     loader: RabbitMQBroker
@@ -264,22 +291,23 @@ class Drain:
     events: list[Event]
     log_dir: Path
 
-    def timer(self, case: Case) -> Callable[[], float]:
+    def runner(self, case: Case) -> Callable[[], Sample]:
         return lambda: self.run(case)
 
-    def run(self, case: Case) -> float:
-        """Seconds from the consumer's registration to its last ack."""
+    def run(self, case: Case) -> Sample:
         self._load(case)
         log = self.log_dir / f"{re.sub(r'[^a-z0-9]+', '-', case.name.lower()).strip('-')}.log"
         with self._started(case, log) as consumer:
             registered = self.watch.wait_consumer(case.queue, consumer)
+            cpu_at_start = consumer.cpu_seconds()
             finished = self._wait_finished(case, consumer)
+            cpu = consumer.cpu_seconds() - cpu_at_start
             consumer.stop()
         depth, consumers = self.watch.counts(case.queue)
         if depth or consumers:
             raise BenchError(f"{case.name}: {depth} event(s) back in {case.queue} after the consumer "
                              f"stopped (unacked), {consumers} consumer(s) left")
-        return finished - registered
+        return Sample(finished - registered, cpu)
 
     def _load(self, case: Case) -> None:
         self.loader.publish_many(case.queue, self.events)

@@ -420,3 +420,26 @@ def test_server_errors_and_slow_requests_are_reported(event_settings: Settings, 
         assert event_broker.queue_info("slow_queries").depth == 1  # only /slow: fast requests are not reported
     finally:
         server.stop()
+
+
+def test_api_requests_are_counted_into_user_activity(start_server: StartServer, event_broker: MemoryBroker,
+                                                     users: tuple[User, User]) -> None:
+    server = start_server()
+    iago = users[0]
+
+    async def scenario() -> None:
+        api = Api(server, iago)
+        queue_id = await api.register()
+        for _ in range(3):
+            assert (await api.events(queue_id, dont_block=True))[0] == 200
+
+    run(scenario)
+    server.call(server.server.flush_activity)
+    activity: list[Any] = []
+    consumer = event_broker.consumer("user_activity", activity.extend)
+    threading.Thread(target=consumer.run, daemon=True).start()
+    event_broker.join("user_activity", timeout=5)
+    consumer.stop()
+    counts = {e["query"]: e["count"] for e in activity}
+    assert counts == {"/api/v1/register": 1, "/api/v1/events": 3}
+    assert {e["user_id"] for e in activity} == {iago.id}

@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 #: How long an authenticated user is trusted before the store is asked again.
 AUTH_CACHE_SECONDS = 60.0
+#: How often the counted API requests go to user_activity.
+ACTIVITY_FLUSH_SECONDS = 5.0
 #: Websocket close code: the server restarts (RFC 6455's registry).
 SERVICE_RESTART = 1012
 #: Browser error reports a user may send per minute.
@@ -88,6 +90,8 @@ class EventServer:
         self._auth_cache: dict[tuple[str, str], tuple[User, float]] = {}
         self._users_by_id: dict[int, tuple[User, float]] = {}
         self._gc: PeriodicCallback | None = None
+        self._activity: dict[tuple[int, str, str], tuple[int, float]] = {}
+        self._activity_flush: PeriodicCallback | None = None
         if settings.shared_secret:
             secret = settings.shared_secret.encode()
             self.cookie_secret = hmac.new(secret, b"session cookies", hashlib.sha256).hexdigest()
@@ -108,6 +112,8 @@ class EventServer:
         self.queue_client.start()
         self._gc = PeriodicCallback(self._collect_garbage, self.settings.queue_gc_seconds * 1000)
         self._gc.start()
+        self._activity_flush = PeriodicCallback(self.flush_activity, ACTIVITY_FLUSH_SECONDS * 1000)
+        self._activity_flush.start()
 
     def _collect_garbage(self) -> None:
         self.registry.collect_garbage()
@@ -116,6 +122,9 @@ class EventServer:
         """Save every queue, close the websockets (1012: come back soon), then close the queue client."""
         if self._gc is not None:
             self._gc.stop()
+        if self._activity_flush is not None:
+            self._activity_flush.stop()
+        self.flush_activity()
         for socket in list(self.sockets.values()):
             socket.close(SERVICE_RESTART, "the server is restarting; reconnect and resume")
         saved = self.registry.dump(self.queues_file)
@@ -160,10 +169,20 @@ class EventServer:
         return {"zulip_version": f"eventbus-{__version__}", "zulip_feature_level": 0}
 
     def record_activity(self, user: User, handler: tornado.web.RequestHandler) -> None:
-        """Queue a user_activity event for an API request (fire and forget; a failure is logged)."""
-        event = {"user_id": user.id, "query": handler.request.path, "time": time.time(),
-                 "client": handler.request.headers.get("User-Agent", "")[:100]}
-        self.queue_client.publish_nowait("user_activity", event)
+        """Count an API request; the counts go to user_activity every few seconds (see flush_activity)."""
+        key = (user.id, handler.request.headers.get("User-Agent", "")[:100], handler.request.path)
+        count, _ = self._activity.get(key, (0, 0.0))
+        self._activity[key] = (count + 1, time.time())
+
+    def flush_activity(self) -> None:
+        """One user_activity event per user, client and query seen since the last flush, with its count.
+
+        A publish per request cost a third of answering a long-poll (three frames and sends each).
+        """
+        activity, self._activity = self._activity, {}
+        for (user_id, client, query), (count, last) in activity.items():
+            self.queue_client.publish_nowait("user_activity", {
+                "user_id": user_id, "client": client, "query": query, "time": last, "count": count})
 
     def initial_state(self, user: User) -> dict[str, Any]:
         """What register answers besides the queue: who the user is, and this server's version."""

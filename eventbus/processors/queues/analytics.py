@@ -185,7 +185,7 @@ class UserActivityWorker(LoopQueueProcessingWorker):
                 invalid.append((event, str(e)))
                 continue
             count, last_visit = counts.get(key, (0, when))
-            counts[key] = (count + 1, max(last_visit, when))
+            counts[key] = (count + _count(event), max(last_visit, when))
         if counts:
             self.store.add_activity(counts)
         # Only once the batch is stored: a failed write retries the batch, and these would be stored twice.
@@ -235,6 +235,13 @@ class UserPresenceWorker(QueueProcessingWorker):
             if peers:
                 send_event(latest.event(user.email), peers)
             self.store.mark_announced(user_id, latest.status)
+
+
+def _count(event: Event) -> int:
+    """How many requests the event stands for: the server sends one event per user, client and query
+    every few seconds, with their ``count`` (1 when absent)."""
+    count = event.get("count", 1)
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
 
 
 def _activity(event: Event) -> tuple[tuple[int, str, str], float]:
