@@ -291,6 +291,8 @@ class EventsHandler(BaseHandler):
 class LongPoll:
     """A held GET waiting for events: answered once (events, a heartbeat, replaced, or dropped), then gone."""
 
+    __slots__ = ("_heartbeat", "client", "result")
+
     def __init__(self, client: ClientDescriptor, heartbeat_seconds: float) -> None:
         self.client = client
         #: Resolves to the events to send, a reason the queue is gone (str), or None when the client left.
