@@ -14,13 +14,13 @@ text is never bold): ``@**Full Name**`` becomes a mention of that user and
 
 from __future__ import annotations
 
-import ctypes
 import html
 import re
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
+import cffi
 from cmarkgfm import _cmark
 from cmarkgfm.cmark import Options
 
@@ -37,10 +37,9 @@ IMAGE = re.compile(r'<img src="(?P<src>[^"]*)" alt="(?P<alt>[^"]*)"(?P<attrs>[^>
 MENTION = re.compile(r"(?P<sigil>[@#])<strong>(?P<name>[^<]+)</strong>")
 
 
-@dataclass(frozen=True)
-class Rendered:
+class Rendered(NamedTuple):
     html: str
-    mentioned_user_ids: frozenset[int] = field(default_factory=frozenset)
+    mentioned_user_ids: frozenset[int] = frozenset()
 
 
 #: Finds a user by full name (id, full name) or a stream by name (id, name); None if there is none.
@@ -56,22 +55,20 @@ class _CommonMark:
 
     cmarkgfm's own helper looks the extensions up on every call and never
     frees the document or the HTML it returns (about 2.4 KB a message, for
-    the life of a worker). cffi's declarations leave out the two functions
-    that free them, so they come through ctypes from the same library.
+    the life of a worker). Its cffi declarations leave out the two functions
+    that free them: a second cffi declaration finds them in the same library.
     """
 
     def __init__(self) -> None:
         self.lib, self.ffi = _cmark.lib, _cmark.ffi
         self.lib.cmark_gfm_core_extensions_ensure_registered()
         self.extensions = [self.lib.cmark_find_syntax_extension(name) for name in EXTENSION_NAMES]
-        native = ctypes.CDLL(_cmark.__file__)  # already loaded: the same library, the same registered extensions
-        self.free_node = native.cmark_node_free
-        self.free_node.argtypes = [ctypes.c_void_p]
-        self.free = native.free
-        self.free.argtypes = [ctypes.c_void_p]
+        frees = cffi.FFI()
+        frees.cdef("void cmark_node_free(void *node); void free(void *ptr);")
+        self.native = frees.dlopen(_cmark.__file__)  # already loaded: the same library
 
     def to_html(self, text: str) -> str:
-        lib, ffi = self.lib, self.ffi
+        lib, native = self.lib, self.native
         data = text.encode("utf-8", errors="replace")
         parser = lib.cmark_parser_new(OPTIONS)
         try:
@@ -82,11 +79,11 @@ class _CommonMark:
             try:
                 raw = lib.cmark_render_html(root, OPTIONS, lib.cmark_parser_get_syntax_extensions(parser))
                 try:
-                    return str(ffi.string(raw).decode("utf-8"))
+                    return str(self.ffi.string(raw).decode("utf-8"))
                 finally:
-                    self.free(int(ffi.cast("uintptr_t", raw)))
+                    native.free(raw)
             finally:
-                self.free_node(int(ffi.cast("uintptr_t", root)))
+                native.cmark_node_free(root)
         finally:
             lib.cmark_parser_free(parser)
 
