@@ -38,7 +38,7 @@ class UserError(ValueError):
     """A user cannot be created as asked (bad email, taken email)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class User:
     id: int
     email: str

@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -170,7 +171,9 @@ class EventServer:
 
     def record_activity(self, user: User, handler: tornado.web.RequestHandler) -> None:
         """Count an API request; the counts go to user_activity every few seconds (see flush_activity)."""
-        key = (user.id, handler.request.headers.get("User-Agent", "")[:100], handler.request.path)
+        # Interned: thousands of clients share a handful of user agents and paths.
+        key = (user.id, sys.intern(handler.request.headers.get("User-Agent", "")[:100]),
+               sys.intern(handler.request.path))
         count, _ = self._activity.get(key, (0, 0.0))
         self._activity[key] = (count + 1, time.time())
 
