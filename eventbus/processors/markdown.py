@@ -14,6 +14,7 @@ text is never bold): ``@**Full Name**`` becomes a mention of that user and
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 import urllib.parse
@@ -69,7 +70,7 @@ class _CommonMark:
 
     def to_html(self, text: str) -> str:
         lib, native = self.lib, self.native
-        data = text.encode("utf-8", errors="replace")
+        data = text.encode("utf-8", "surrogatepass")
         parser = lib.cmark_parser_new(OPTIONS)
         try:
             for extension in self.extensions:
@@ -79,7 +80,7 @@ class _CommonMark:
             try:
                 raw = lib.cmark_render_html(root, OPTIONS, lib.cmark_parser_get_syntax_extensions(parser))
                 try:
-                    return str(self.ffi.string(raw).decode("utf-8"))
+                    return self.ffi.string(raw).decode("utf-8", "replace")
                 finally:
                     native.free(raw)
             finally:
@@ -120,6 +121,7 @@ def render(content: str, find_user: Lookup = _no_one, find_stream: Lookup = _no_
     return Rendered(output.strip(), frozenset(mentioned))
 
 
+@functools.lru_cache(maxsize=4096)  # chat repeats its links; urlsplit is the slow part of the safety pass
 def _scheme(url: str) -> str:
     return urllib.parse.urlsplit(html.unescape(url).strip()).scheme.lower()
 
