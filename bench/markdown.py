@@ -38,11 +38,8 @@ disk.)
 from __future__ import annotations
 
 import functools
-import html
 import random
-import re
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,7 +50,7 @@ from bench import register
 from bench.harness import BenchError, Context, Result, Trial, measure
 from eventbus.messages import MessageStore
 from eventbus.processors import message_send
-from eventbus.processors.markdown import MENTION, OPTIONS, Lookup, render
+from eventbus.processors.markdown import OPTIONS, Lookup, render, resolve_mentions
 
 #: A few hundred messages: enough variety that no one kind of message decides the figure.
 MESSAGES = 300
@@ -135,28 +132,6 @@ def _part(rng: random.Random, user_names: list[str], stream_names: list[str]) ->
     return rng.choice(kinds)()
 
 
-def resolve_mentions(output: str, find_user: Lookup, find_stream: Lookup) -> tuple[str, set[int]]:
-    """Mentions and stream links in rendered HTML, resolved as eventbus does (for the Python-Markdown cases)."""
-    mentioned: set[int] = set()
-
-    def resolve(match: re.Match[str]) -> str:
-        name = html.unescape(match["name"])
-        if match["sigil"] == "@":
-            user = find_user(name)
-            if user is None:
-                return match[0]
-            mentioned.add(user[0])
-            return f'<span class="user-mention" data-user-id="{user[0]}">@{html.escape(user[1])}</span>'
-        stream = find_stream(name)
-        if stream is None:
-            return match[0]
-        slug = urllib.parse.quote(f"{stream[0]}-{stream[1]}")
-        return (f'<a class="stream" data-stream-id="{stream[0]}" href="/#narrow/stream/{slug}">'
-                f"#{html.escape(stream[1])}</a>")
-
-    return MENTION.sub(resolve, output), mentioned
-
-
 #: Renders one message, mentions resolved with the case's lookups; returns the ids of the users mentioned.
 Renderer = Callable[[str], set[int] | frozenset[int]]
 
@@ -168,7 +143,7 @@ class Lookups:
 
 
 def python_markdown(lookups: Lookups) -> Renderer:
-    def render_one(text: str) -> set[int]:
+    def render_one(text: str) -> frozenset[int]:
         output = markdown.markdown(text, extensions=["fenced_code"])
         return resolve_mentions(output, lookups.find_user, lookups.find_stream)[1]
 
@@ -178,7 +153,7 @@ def python_markdown(lookups: Lookups) -> Renderer:
 def python_markdown_reused(lookups: Lookups) -> Renderer:
     engine = markdown.Markdown(extensions=["fenced_code"])
 
-    def render_one(text: str) -> set[int]:
+    def render_one(text: str) -> frozenset[int]:
         output = engine.reset().convert(text)
         return resolve_mentions(output, lookups.find_user, lookups.find_stream)[1]
 
@@ -190,7 +165,7 @@ def eventbus(lookups: Lookups) -> Renderer:
 
 
 def cmark_alone(_lookups: Lookups) -> Renderer:
-    def render_one(text: str) -> set[int]:
+    def render_one(text: str) -> frozenset[int]:
         cmarkgfm.github_flavored_markdown_to_html(text, OPTIONS)
         return set()
 

@@ -99,6 +99,14 @@ def render(content: str, find_user: Lookup = _no_one, find_stream: Lookup = _no_
         output = ANCHOR.sub(_safe_anchor, output)
     if "<img " in output:
         output = IMAGE.sub(_safe_image, output)
+    mentioned: frozenset[int] = frozenset()
+    if "<strong>" in output:
+        output, mentioned = resolve_mentions(output, find_user, find_stream)
+    return Rendered(output.strip(), mentioned)
+
+
+def resolve_mentions(output: str, find_user: Lookup, find_stream: Lookup) -> tuple[str, frozenset[int]]:
+    """Rendered HTML with ``@**Name**`` and ``#**stream**`` resolved; the ids of the users mentioned."""
     mentioned: set[int] = set()
 
     def resolve(match: re.Match[str]) -> str:
@@ -116,9 +124,7 @@ def render(content: str, find_user: Lookup = _no_one, find_stream: Lookup = _no_
         return (f'<a class="stream" data-stream-id="{stream[0]}" href="/#narrow/stream/{slug}">'
                 f"#{html.escape(stream[1])}</a>")
 
-    if "<strong>" in output:
-        output = MENTION.sub(resolve, output)
-    return Rendered(output.strip(), frozenset(mentioned))
+    return MENTION.sub(resolve, output), frozenset(mentioned)
 
 
 @functools.lru_cache(maxsize=4096)  # chat repeats its links; urlsplit is the slow part of the safety pass
