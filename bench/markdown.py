@@ -167,7 +167,7 @@ def eventbus(lookups: Lookups) -> Renderer:
 def cmark_alone(_lookups: Lookups) -> Renderer:
     def render_one(text: str) -> frozenset[int]:
         cmarkgfm.github_flavored_markdown_to_html(text, OPTIONS)
-        return set()
+        return frozenset()
 
     return render_one
 
