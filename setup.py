@@ -19,6 +19,7 @@ setup(
         "prometheus-client>=0.17",
         # Markdown rendering: GitHub's cmark-gfm, in C.
         "cmarkgfm>=2024.1",
+        "cffi>=1.15",  # to free what cmark-gfm allocates (eventbus.processors.markdown)
         # The email mirror's SMTP receiver.
         "aiosmtpd>=1.4",
     ],
