@@ -103,7 +103,8 @@ class QueueStats:
 
     def write(self) -> None:
         """Replace the stats file in one step: readers never see half of it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._last_write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         try:
             with os.fdopen(fd, "wb") as f:

@@ -38,29 +38,40 @@ def deadline(seconds: float | None) -> Iterator[None]:
     if seconds is None:
         yield
     elif threading.current_thread() is threading.main_thread():
-        with _alarm(seconds):
+        with _alarm.within(seconds):
             yield
     else:
         with _async_exception(seconds):
             yield
 
 
-@contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
-    state = {"active": True}
+class _Alarm:
+    """The process's SIGALRM handler, installed once: installing it per event cost a worker a quarter of its
+    time (``signal.signal`` is slow). It raises only while a deadline is active."""
 
-    def on_alarm(_signum: int, _frame: object) -> None:
-        if state["active"]:  # an alarm delivered just after the block ended is ignored
-            raise ProcessingTimeout(f"took longer than {seconds:g} s")
+    def __init__(self) -> None:
+        self.installed = False
+        self.seconds: float | None = None  # the active deadline's limit, None when none is active
 
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        state["active"] = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    def on_alarm(self, _signum: int, _frame: object) -> None:
+        if self.seconds is not None:  # an alarm delivered just after the block ended is ignored
+            raise ProcessingTimeout(f"took longer than {self.seconds:g} s")
+
+    @contextmanager
+    def within(self, seconds: float) -> Iterator[None]:
+        if not self.installed:
+            signal.signal(signal.SIGALRM, self.on_alarm)
+            self.installed = True
+        self.seconds = seconds
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            self.seconds = None
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+_alarm = _Alarm()
 
 
 @contextmanager

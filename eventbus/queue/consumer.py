@@ -27,6 +27,8 @@ from eventbus.queue.error_store import ErrorStore, check_queue_name
 
 logger = logging.getLogger(__name__)
 
+#: Seconds without a delivery after which the queue counts as emptied (``on_idle``).
+IDLE_AFTER = 0.05
 #: The callback gets a list of decoded events (one, for batch_size=1).
 BatchCallback = Callable[[list[Any]], None]
 #: Called with the raw body and the decoding error of a body that is not JSON.
@@ -88,8 +90,10 @@ class Consumer(ABC):
 
     def _next_batch(self) -> list[Delivery]:
         first = self._get(0)
+        if first is None and not self._stopping:
+            first = self._get(IDLE_AFTER)  # a queue that refills at once is busy, not idle
         if first is None:
-            # A stop() may have been used up by that _get: look before waiting for good.
+            # A stop() may have been used up by a _get: look before waiting for good.
             if self._stopping:
                 return []
             if self.on_idle is not None:
