@@ -7,13 +7,14 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from eventbus.processors.runner import WorkerThreads
-from eventbus.queue import MemoryBroker, set_broker
+from eventbus.queue import Broker, MemoryBroker, set_broker
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.queue.rabbitmq_node import RabbitMQNode, is_installed
 from eventbus.settings import Settings
@@ -119,11 +120,26 @@ def start_server(event_settings: Settings, event_broker: MemoryBroker) -> Iterat
         server.stop()
 
 
+@contextmanager
+def worker_threads(default: Broker) -> Iterator[Callable[..., WorkerThreads]]:
+    """``start(*queues, broker=None)`` runs the processors of queues in threads (on ``default`` unless told);
+    every one is stopped, and must end, when the block ends."""
+    started: list[WorkerThreads] = []
+
+    def start(*queues: str, broker: Broker | None = None) -> WorkerThreads:
+        threads = WorkerThreads(queues, broker or default)
+        threads.start()
+        started.append(threads)
+        return threads
+
+    yield start
+    for threads in started:
+        threads.stop()
+        assert threads.join(10)
+
+
 @pytest.fixture
 def sender_worker(event_broker: MemoryBroker) -> Iterator[WorkerThreads]:
     """The message_sender processor, in a thread, on the in-process broker."""
-    threads = WorkerThreads(["message_sender"], event_broker)
-    threads.start()
-    yield threads
-    threads.stop()
-    assert threads.join(10)
+    with worker_threads(event_broker) as start:
+        yield start("message_sender")

@@ -15,11 +15,11 @@ from eventbus.processors.queues.analytics import (
     UserActivityWorker,
     UserPresenceWorker,
 )
-from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import MemoryBroker
 from eventbus.settings import Settings
 from eventbus.tornado_events import send_event
 from eventbus.users import User, UserStore
+from tests.conftest import worker_threads
 
 Start = Callable[..., None]
 
@@ -27,17 +27,12 @@ Start = Callable[..., None]
 @pytest.fixture
 def start(event_broker: MemoryBroker, users: tuple[User, User]) -> Iterator[Start]:
     """Start processors in threads on the in-process broker (once the database exists); stopped at the end."""
-    started: list[WorkerThreads] = []
+    with worker_threads(event_broker) as start_threads:
 
-    def start(*queues: str) -> None:
-        threads = WorkerThreads(queues, event_broker)
-        threads.start()
-        started.append(threads)
+        def start(*queues: str) -> None:
+            start_threads(*queues)
 
-    yield start
-    for threads in started:
-        threads.stop()
-        assert threads.join(10)
+        yield start
 
 
 @pytest.fixture(autouse=True)

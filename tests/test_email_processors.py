@@ -20,7 +20,7 @@ from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import Broker, MemoryBroker, queue_json_publish, set_broker
 from eventbus.settings import Settings
 from eventbus.users import User, UserStore
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_threads
 from tests.smtp_server import REFUSED_DOMAIN, SmtpServer
 
 QUEUES = ("email_senders", "signups", "invites", "missedmessage_emails", "error_reports", "slow_queries")
@@ -61,21 +61,15 @@ def memory(mail_settings: Settings) -> Iterator[MemoryBroker]:
 @pytest.fixture
 def running(memory: MemoryBroker) -> Iterator[Running]:
     """Start the processors of some queues in threads (on ``memory`` unless told); all stopped at the end."""
-    started: list[WorkerThreads] = []
+    with worker_threads(memory) as start_threads:
 
-    def start(*queues: str, broker: Broker | None = None) -> WorkerThreads:
-        broker = broker or memory
-        threads = WorkerThreads(queues, broker)
-        threads.start()
-        started.append(threads)
-        # Worker.stop() before the consumer runs is lost (the framework's race): wait until they all consume.
-        wait_for(lambda: all(broker.queue_info(q).consumers for q in queues), what="the workers consuming")
-        return threads
+        def start(*queues: str, broker: Broker | None = None) -> WorkerThreads:
+            threads = start_threads(*queues, broker=broker)
+            target = broker or memory
+            wait_for(lambda: all(target.queue_info(q).consumers for q in queues), what="the workers consuming")
+            return threads
 
-    yield start
-    for threads in started:
-        threads.stop()
-        assert threads.join(10)
+        yield start
 
 
 def join(broker: MemoryBroker, *queues: str) -> None:

@@ -11,12 +11,11 @@ import pytest
 
 from eventbus.errors import ConfigurationError
 from eventbus.processors.registry import assign_queue, get_worker, registered_queues
-from eventbus.processors.runner import WorkerThreads
 from eventbus.processors.stats import read_stats
 from eventbus.processors.worker import QueueProcessingWorker
 from eventbus.queue import MemoryBroker, queue_json_publish, set_broker
 from eventbus.settings import Settings
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_threads
 
 
 @pytest.fixture
@@ -30,18 +29,8 @@ def memory(tmp_path: Path) -> Iterator[MemoryBroker]:
 @pytest.fixture
 def running(memory: MemoryBroker) -> Iterator[Any]:
     """Start workers for some queues in threads; stop them at the end."""
-    started: list[WorkerThreads] = []
-
-    def start(*queues: str) -> WorkerThreads:
-        threads = WorkerThreads(queues, memory)
-        threads.start()
-        started.append(threads)
-        return threads
-
-    yield start
-    for threads in started:
-        threads.stop()
-        assert threads.join(10)
+    with worker_threads(memory) as start:
+        yield start
 
 
 def lines(path: Path) -> list[Any]:
