@@ -180,3 +180,19 @@ def test_a_batch_ending_in_a_body_that_is_not_json_is_acked_once(settings: Setti
     # Acking a delivery twice makes RabbitMQ close the channel; a second channel would show here.
     assert consumer.client.connects == 1, consumer.client.statistics()
     assert [e["raw"] for e in broker.error_store.read(queue_name)] == ["not json", "nor this"]
+
+
+def test_events_larger_than_a_frame_arrive_whole_among_small_ones(broker: RabbitMQBroker, queue_name: str) -> None:
+    # RabbitMQ splits a body larger than its frame size (128 KiB) into several frames; pika assembles those,
+    # while small ones take eventbus's fast path (eventbus.queue.frames). Order and content must not care.
+    events = [{"n": 0}, {"n": 1, "text": "x" * 300_000}, {"n": 2}, {"n": 3, "text": "é" * 100_000}, {"n": 4}]
+    broker.publish_many(queue_name, events)
+    got: list[Any] = []
+    consumer = broker.consumer(queue_name, got.extend, batch_size=10, timeout=0.2)
+    thread, raised = run_in_thread(consumer)
+    wait_for(lambda: len(got) == 5, what="five events")
+    consumer.stop()
+    thread.join(10)
+    assert not raised
+    assert got == events
+    assert broker.queue_info(queue_name).depth == 0

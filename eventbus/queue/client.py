@@ -35,6 +35,7 @@ import pika.spec
 from eventbus.errors import NackedError, UnroutableError
 from eventbus.queue.backoff import Backoff
 from eventbus.queue.delay import declare_arguments
+from eventbus.queue.frames import FastDeliveries
 from eventbus.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -313,7 +314,7 @@ class AmqpClient:
 
     def _lose_channel(self) -> None:
         """Forget the channel: unconfirmed publishes go back to the front of the held ones."""
-        self._channel = None
+        channel, self._channel = self._channel, None
         self._ready = False
         for pub in self._unconfirmed.values():
             pub.returned = False
@@ -323,7 +324,12 @@ class AmqpClient:
         self._declared.clear()
         self._declaring.clear()
         for consumer in self._consumers.values():
-            consumer.tag = None
+            self._forget_consumer_tag(consumer, channel)
+
+    def _forget_consumer_tag(self, consumer: _Consumer, channel: pika.channel.Channel | None) -> None:
+        if consumer.tag is not None and channel is not None and isinstance(self._connection, FastDeliveries):
+            self._connection.remove_fast_consumer(channel.channel_number, consumer.tag)
+        consumer.tag = None
 
     # -- queues, publishing, confirms ---------------------------------------------
 
@@ -406,6 +412,9 @@ class AmqpClient:
         def begin() -> None:
             if channel is self._channel and channel is not None and consumer.tag is None:
                 consumer.tag = channel.basic_consume(consumer.queue, on_delivery, auto_ack=False)
+                if isinstance(self._connection, FastDeliveries):
+                    self._connection.add_fast_consumer(channel.channel_number, consumer.tag,
+                                                       partial(consumer.on_message, self.generation))
 
         self._declare(consumer.queue, begin)
 
@@ -416,7 +425,7 @@ class AmqpClient:
             if consumer.tag == tag:
                 logger.warning("%s: RabbitMQ cancelled the consumer of %r; declaring it again",
                                self.name, consumer.queue)
-                consumer.tag = None
+                self._forget_consumer_tag(consumer, self._channel)
                 self._declared.discard(consumer.queue)
                 if self._ready:
                     self._start_consumer(consumer)

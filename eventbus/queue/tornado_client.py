@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-from pika.adapters.tornado_connection import TornadoConnection
 from tornado.ioloop import IOLoop
 
 from eventbus import codec
@@ -30,6 +29,7 @@ from eventbus.queue.broker import Broker, get_broker
 from eventbus.queue.client import AmqpClient
 from eventbus.queue.consumer import Consumer
 from eventbus.queue.error_store import ErrorStore, check_queue_name
+from eventbus.queue.frames import FastTornadoConnection
 from eventbus.queue.memory import MemoryBroker
 from eventbus.settings import Settings, get_settings
 
@@ -85,7 +85,7 @@ class TornadoQueueClient:
             return
         self._ioloop = IOLoop.current()
         self._client = AmqpClient(
-            self.settings, self._ioloop, partial(TornadoConnection, custom_ioloop=self._ioloop),
+            self.settings, self._ioloop, partial(FastTornadoConnection, custom_ioloop=self._ioloop),
             prefetch=self.prefetch, name=self.name, on_ready=self._on_ready,
         )
         for queue, callback in self._consumers.items():
