@@ -21,7 +21,7 @@ import tornado.web
 from bench import _serving
 from eventbus.queue import TornadoQueueClient
 from eventbus.settings import Settings, set_settings
-from eventbus.tornado_events.handlers import LongPoll
+from eventbus.tornado_events.handlers import EventsHandler
 from eventbus.tornado_events.server import EventServer, make_app
 from eventbus.tornado_events.websocket import EventSocket
 
@@ -38,7 +38,7 @@ class StatsHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         listeners = [client.listener for client in self.server.registry]
         self.write({
-            "longpoll": sum(isinstance(listener, LongPoll) for listener in listeners),
+            "longpoll": sum(isinstance(listener, EventsHandler) for listener in listeners),
             "websocket": sum(isinstance(listener, EventSocket) for listener in listeners),
             "clients": len(listeners),
         })

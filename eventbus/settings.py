@@ -48,7 +48,7 @@ class Settings:
     #: The Tornado server: its port, and a name that tags what it asks of the processors.
     port: int = 9993
     server_id: str = "tornado"
-    #: A held long-poll gets a heartbeat event after this many seconds (+-10%).
+    #: A held long-poll gets a heartbeat event after this many seconds (+-10%, see ClientRegistry.send_heartbeats).
     heartbeat_seconds: float = 50.0
     #: Event queues idle longer than their lifespan are collected this often.
     queue_gc_seconds: float = 60.0

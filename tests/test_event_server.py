@@ -28,6 +28,14 @@ def wait_queued(server: ServerThread, queue_id: str, user: User, count: int) -> 
         time.sleep(0.01)
 
 
+async def wait_held(server: ServerThread, queue_id: str, user: User) -> None:
+    """Wait until the server holds a GET on the queue."""
+    deadline = time.monotonic() + 10
+    while server.call(lambda: server.server.registry.get(queue_id, user.id).listener) is None:
+        assert time.monotonic() < deadline, "the GET was never held"
+        await asyncio.sleep(0.01)
+
+
 MESSAGE_IDS = itertools.count(1)
 
 
@@ -109,7 +117,7 @@ def test_newer_get_answers_the_older_one(start_server: StartServer, users: tuple
         api = Api(server, iago)
         queue_id = await api.register()
         older = asyncio.ensure_future(api.events(queue_id))
-        await asyncio.sleep(0.2)
+        await wait_held(server, queue_id, iago)
         newer = asyncio.ensure_future(api.events(queue_id))
         status, body = await asyncio.wait_for(older, 5)
         assert (status, body["events"]) == (200, [])
@@ -151,6 +159,22 @@ def test_delete_removes_the_queue(start_server: StartServer, users: tuple[User, 
         assert status == 400
         assert body == {"result": "error", "msg": f"Bad event queue ID: {queue_id}", "code": "BAD_EVENT_QUEUE_ID",
                         "queue_id": queue_id}
+
+    run(scenario)
+
+
+def test_a_held_get_is_told_when_its_queue_goes_away(start_server: StartServer, users: tuple[User, User]) -> None:
+    server = start_server()
+    iago = users[0]
+
+    async def scenario() -> None:
+        api = Api(server, iago)
+        queue_id = await api.register()
+        held = asyncio.ensure_future(api.events(queue_id))
+        await wait_held(server, queue_id, iago)
+        assert (await api.call("DELETE", "/events", queue_id=queue_id))[0] == 200
+        status, body = await asyncio.wait_for(held, 5)
+        assert (status, body["code"], body["queue_id"]) == (400, "BAD_EVENT_QUEUE_ID", queue_id)
 
     run(scenario)
 

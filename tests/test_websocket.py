@@ -127,6 +127,26 @@ def test_events_are_pushed_and_a_reconnect_resumes(start_server: StartServer,
     run(scenario)
 
 
+def test_events_of_every_frame_length_arrive_intact(start_server: StartServer, users: tuple[User, User]) -> None:
+    # The server frames messages itself: lengths under 126, up to 65,535 and beyond take three header forms.
+    server = start_server()
+    iago = users[0]
+    texts = ["", "x" * 60, "y" * 90, "é" * 300, "z" * 65_480, "w" * 65_600, "v" * 200_000]
+
+    async def scenario() -> None:
+        cookie, _ = await login(server, iago)
+        ws = await connect(server, cookie)
+        await send(ws, {"type": "register", "event_types": ["custom"]})
+        await receive(ws, "registered")
+        got: list[str] = []
+        for text in texts:
+            send_event({"type": "custom", "text": text}, [iago.id])
+            got += [e["text"] for e in (await receive(ws, "events"))["events"]]
+        assert got == texts
+
+    run(scenario)
+
+
 def test_bad_frames_get_error_frames(start_server: StartServer, users: tuple[User, User]) -> None:
     server = start_server()
 

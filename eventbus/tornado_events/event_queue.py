@@ -77,6 +77,9 @@ class EventQueue:
 class Listener(Protocol):
     """Who serves a client now: a held long-poll or a websocket."""
 
+    #: Whether it is sent a heartbeat event after a while without events (long-polls: for proxies and NATs).
+    wants_heartbeats: bool
+
     def deliver(self, client: ClientDescriptor, events: list[QueuedEvent]) -> None:
         """Send ``events`` (new ones, oldest first)."""
 

@@ -15,7 +15,6 @@ import asyncio
 import hmac
 import ipaddress
 import logging
-import random
 import time
 import traceback
 import urllib.parse
@@ -249,11 +248,22 @@ class RegisterHandler(BaseHandler):
 
 
 class EventsHandler(BaseHandler):
-    """GET /api/v1/events (long-poll) and DELETE /api/v1/events, and their /json twins."""
+    """GET /api/v1/events (long-poll) and DELETE /api/v1/events, and their /json twins.
+
+    A GET with nothing to return is held: the handler becomes its client's
+    listener and is answered, once, from inside the call that has something
+    for it (events, a heartbeat from the server's sweep, a newer GET taking
+    over, or the queue going away), then it detaches. Thousands are held at
+    once, for most of a heartbeat interval each: a held GET keeps nothing it
+    no longer needs (see ``_hold``).
+    """
 
     slow_requests_reported = False
+    #: Held GETs get a heartbeat event when nothing came for a while (``ClientRegistry.send_heartbeats``).
+    wants_heartbeats = True
 
-    listener: LongPoll | None = None
+    _held: ClientDescriptor | None = None
+    _released: asyncio.Future[None] | None = None
 
     async def get(self) -> None:
         client = self.client()
@@ -265,63 +275,57 @@ class EventsHandler(BaseHandler):
         if events or dont_block:
             client.attach(None)  # answered at once; an older held request is answered too
             return self._answer(client, events)
-        self.listener = LongPoll(client, self.server.settings.heartbeat_seconds)
-        client.attach(self.listener)
-        result = await self.listener.result
-        if isinstance(result, list):
-            self._answer(client, result)
-        elif isinstance(result, str):
-            raise bad_queue(client.queue_id)
+        # Held: this handler is the client's listener until answered or the connection closes.
+        self._shed_what_was_read()
+        self._held = client
+        self._released = asyncio.get_running_loop().create_future()
+        client.attach(self)
+        await self._released
+
+    def _shed_what_was_read(self) -> None:
+        """Let go of the parts of the request read already: a held GET keeps its request for up to a minute."""
+        request = self.request
+        request.query_arguments.clear()  # Tornado parses the query twice: these and a deep copy in arguments
+        request.arguments.clear()
+        request.headers.pop("Authorization", None)
 
     def _answer(self, client: ClientDescriptor, events: list[QueuedEvent]) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish(events_body(client, events))
 
+    # -- Listener, while held -------------------------------------------------------
+
+    def deliver(self, client: ClientDescriptor, events: list[QueuedEvent]) -> None:
+        if self._release(client):
+            self._answer(client, client.pending())
+
+    def drop(self, client: ClientDescriptor, reason: str) -> None:
+        if self._release(client):
+            self.send_error(400, exc_info=(ApiError, bad_queue(client.queue_id), None))
+
+    def replace(self, client: ClientDescriptor) -> None:
+        if self._release(client):
+            self._answer(client, [])
+
     def on_connection_close(self) -> None:
         """Invoked by Tornado when the client goes away: release the held request now."""
-        if self.listener is not None:
-            self.listener.closed()
+        if self._held is not None:
+            self._release(self._held)
+
+    def _release(self, client: ClientDescriptor) -> bool:
+        """Stop listening to ``client``; whether this handler was still held (and so must answer)."""
+        if self._held is not client:
+            return False
+        self._held = None
+        client.detach(self)
+        if self._released is not None and not self._released.done():
+            self._released.set_result(None)
+        return True
 
     async def delete(self) -> None:
         client = self.client()
         self.server.registry.remove(client, "the queue was deleted")
         self.success()
-
-
-class LongPoll:
-    """A held GET waiting for events: answered once (events, a heartbeat, replaced, or dropped), then gone."""
-
-    __slots__ = ("_heartbeat", "client", "result")
-
-    def __init__(self, client: ClientDescriptor, heartbeat_seconds: float) -> None:
-        self.client = client
-        #: Resolves to the events to send, a reason the queue is gone (str), or None when the client left.
-        self.result: asyncio.Future[list[QueuedEvent] | str | None] = asyncio.get_running_loop().create_future()
-        delay = heartbeat_seconds * random.uniform(0.9, 1.1)  # spread heartbeats of clients that came together
-        self._heartbeat = IOLoop.current().call_later(delay, self._send_heartbeat)
-
-    def _send_heartbeat(self) -> None:
-        if not self.result.done():
-            self.client.add({"type": "heartbeat"})
-
-    def deliver(self, client: ClientDescriptor, events: list[QueuedEvent]) -> None:
-        self._finish(client.pending())
-
-    def drop(self, client: ClientDescriptor, reason: str) -> None:
-        self._finish(reason)
-
-    def replace(self, client: ClientDescriptor) -> None:
-        self._finish([])
-
-    def closed(self) -> None:
-        self._finish(None)
-
-    def _finish(self, result: list[QueuedEvent] | str | None) -> None:
-        if self.result.done():
-            return
-        IOLoop.current().remove_timeout(self._heartbeat)
-        self.client.detach(self)
-        self.result.set_result(result)
 
 
 class MessagesHandler(BaseHandler):

@@ -41,7 +41,6 @@ from eventbus.tornado_events.handlers import (
     EventsHandler,
     LoginHandler,
     LogoutHandler,
-    LongPoll,
     MessagesHandler,
     NotFoundHandler,
     NotifyHandler,
@@ -88,9 +87,10 @@ class EventServer:
         self.sockets: dict[str, EventSocket] = {}
         self.started = time.time()
         self.slow_consumers_closed = 0
-        self._auth_cache: dict[tuple[str, str], tuple[User, float]] = {}
+        self._auth_cache: dict[str, tuple[User, float]] = {}  # by Authorization header
         self._users_by_id: dict[int, tuple[User, float]] = {}
         self._gc: PeriodicCallback | None = None
+        self._heartbeats: PeriodicCallback | None = None
         self._activity: dict[tuple[int, str, str], tuple[int, float]] = {}
         self._activity_flush: PeriodicCallback | None = None
         if settings.shared_secret:
@@ -113,16 +113,26 @@ class EventServer:
         self.queue_client.start()
         self._gc = PeriodicCallback(self._collect_garbage, self.settings.queue_gc_seconds * 1000)
         self._gc.start()
+        self._heartbeats = PeriodicCallback(self._send_heartbeats, self.settings.heartbeat_seconds * 100)
+        self._heartbeats.start()
         self._activity_flush = PeriodicCallback(self.flush_activity, ACTIVITY_FLUSH_SECONDS * 1000)
         self._activity_flush.start()
 
+    def _send_heartbeats(self) -> None:
+        self.registry.send_heartbeats(self.settings.heartbeat_seconds)
+
     def _collect_garbage(self) -> None:
         self.registry.collect_garbage()
+        now = time.monotonic()
+        self._auth_cache = {key: entry for key, entry in self._auth_cache.items() if entry[1] > now}
+        self._users_by_id = {key: entry for key, entry in self._users_by_id.items() if entry[1] > now}
 
     async def shutdown(self) -> None:
         """Save every queue, close the websockets (1012: come back soon), then close the queue client."""
         if self._gc is not None:
             self._gc.stop()
+        if self._heartbeats is not None:
+            self._heartbeats.stop()
         if self._activity_flush is not None:
             self._activity_flush.stop()
         self.flush_activity()
@@ -195,7 +205,7 @@ class EventServer:
         return {
             "clients": len(self.registry),
             "sockets": len(self.sockets),
-            "long_polls": sum(1 for c in self.registry if isinstance(c.listener, LongPoll)),
+            "long_polls": sum(1 for c in self.registry if isinstance(c.listener, EventsHandler)),
             "events_delivered": self.registry.events_delivered,
             "pending_requests": len(self.pending),
             "slow_consumers_closed": self.slow_consumers_closed,
@@ -205,17 +215,19 @@ class EventServer:
     # -- authentication -------------------------------------------------------------
 
     async def authenticate(self, email: str, api_key: str) -> User | None:
-        """The user these credentials are of (cached a minute; the store is asked off the IOLoop)."""
-        key = (email, api_key)
-        cached = self._auth_cache.get(key)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
-        user = await IOLoop.current().run_in_executor(None, self.users.authenticate, email, api_key)
-        if user is not None:
-            self._auth_cache[key] = (user, time.monotonic() + AUTH_CACHE_SECONDS)
-        return user
+        """The user these credentials are of; the store is asked off the IOLoop."""
+        return await IOLoop.current().run_in_executor(None, self.users.authenticate, email, api_key)
 
     async def authenticate_basic(self, header: str) -> User | None:
+        """The user of an ``Authorization: Basic`` header, cached a minute by the header itself.
+
+        The header's own string is the key: the cache then holds no copy of
+        the credentials, only a reference to a string every request of that
+        client brings anyway.
+        """
+        cached = self._auth_cache.get(header)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
             return None
@@ -223,7 +235,11 @@ class EventServer:
             email, sep, api_key = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return None
-        return await self.authenticate(email, api_key) if sep else None
+        user = await self.authenticate(email, api_key) if sep else None
+        if user is not None:
+            user = without_secret(user)
+            self._auth_cache[header] = (user, time.monotonic() + AUTH_CACHE_SECONDS)
+        return user
 
     def start_session(self, handler: tornado.web.RequestHandler, user: User) -> None:
         handler.set_signed_cookie(SESSION_COOKIE, str(user.id), httponly=True, samesite="Lax")
@@ -242,8 +258,14 @@ class EventServer:
         user = await IOLoop.current().run_in_executor(None, self.users.get, user_id)
         if user is None or not user.is_active:
             return None
+        user = without_secret(user)
         self._users_by_id[user_id] = (user, time.monotonic() + AUTH_CACHE_SECONDS)
         return user
+
+
+def without_secret(user: User) -> User:
+    """The user as the server keeps it for a while: handlers never need the API key once it was checked."""
+    return User(user.id, user.email, user.full_name, "", user.is_active)
 
 
 def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> tornado.web.Application:
