@@ -49,7 +49,12 @@ class PikaSide:
         self._frame_buffer = b""
         self.bytes_received = 0
         self.frames_received = 0
+        self.bytes_sent = 0
+        self.frames_sent = 0
         self.seen: list[Any] = []
+
+    def _adapter_emit_data(self, data: bytes) -> None:
+        self.seen.append(("write", data))
 
     def _process_frame(self, frame_value: Any) -> None:
         self.frames_received += 1
@@ -159,3 +164,13 @@ def test_parse_delivery_says_what_is_missing() -> None:
     end, channel, tag, delivery_tag, body = parse_delivery(stream + heartbeat(), 0)  # type: ignore[misc]
     assert (end, channel, tag, delivery_tag, body) == (len(stream), CHANNEL, TAG.encode(), 5, b'{"n": 5}')
     assert parse_delivery(heartbeat(), 0) is None
+
+
+def test_the_frames_of_a_message_go_out_as_one_write() -> None:
+    connection = Connection()
+    frames = [pika.frame.Method(1, pika.spec.Basic.Publish(exchange="", routing_key="q")).marshal(),
+              pika.frame.Header(1, 2, pika.spec.BasicProperties()).marshal(), pika.frame.Body(1, b"{}").marshal()]
+    connection._output_marshaled_frames(frames)
+    connection._output_marshaled_frames([heartbeat()])
+    assert connection.seen == [("write", b"".join(frames)), ("write", heartbeat())]
+    assert (connection.bytes_sent, connection.frames_sent) == (len(b"".join(frames)) + len(heartbeat()), 4)

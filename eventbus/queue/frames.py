@@ -1,4 +1,4 @@
-"""A fast path through pika for the deliveries that eventbus's consumers take.
+"""Fast paths through pika: for the deliveries eventbus's consumers take, and for the frames it writes.
 
 pika turns every frame it reads into objects (a method, its properties, a
 header, a body), routes each through its callback registry and the channel's
@@ -18,6 +18,11 @@ heartbeats, deliveries for other consumers, empty bodies and bodies that span
 several frames (larger than the negotiated frame size, 128 KiB by default).
 Heartbeat bookkeeping (``bytes_received``) stays pika's.
 
+On the way out, pika hands the transport each frame of a message on its own
+(method, header, body), and the transport sends each with a system call of
+its own. The mixin joins a message's frames into one write: a third of the
+``send`` calls for every publish.
+
 The frame layout is AMQP 0-9-1's (section 4.2.3 of the specification): a type
 octet, a channel short, a size long, the payload, and the end octet 0xCE.
 """
@@ -25,7 +30,7 @@ octet, a channel short, a size long, the payload, and the end octet 0xCE.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pika import frame as pika_frame
@@ -119,6 +124,13 @@ class FastDeliveries(_Base):
         """Stop the fast path for that consumer: from now on its deliveries, if any, go through pika."""
         self._fast_consumers.pop((channel_number, consumer_tag.encode()), None)
 
+    def _output_marshaled_frames(self, marshaled_frames: Sequence[bytes]) -> None:
+        """Replaces pika's: the frames of one message go to the transport as one write."""
+        data = marshaled_frames[0] if len(marshaled_frames) == 1 else b"".join(marshaled_frames)
+        self.bytes_sent += len(data)
+        self.frames_sent += len(marshaled_frames)
+        self._adapter_emit_data(data)
+
     def _on_data_available(self, data_in: bytes) -> None:
         """Replaces pika's: fast consumers' deliveries first, pika for any other frame."""
         buf: bytes = self._frame_buffer + data_in if self._frame_buffer else data_in
@@ -158,8 +170,8 @@ class FastDeliveries(_Base):
 
 
 class FastSelectConnection(FastDeliveries, SelectConnection):
-    """pika's SelectConnection with the fast path for consumers."""
+    """pika's SelectConnection with the fast paths."""
 
 
 class FastTornadoConnection(FastDeliveries, TornadoConnection):
-    """pika's TornadoConnection with the fast path for consumers."""
+    """pika's TornadoConnection with the fast paths."""

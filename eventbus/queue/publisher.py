@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from pika.adapters.select_connection import IOLoop, SelectConnection
+from pika.adapters.select_connection import IOLoop
 
 from eventbus.errors import BrokerUnreachable, PublishTimeout
 from eventbus.queue.client import AmqpClient, Publish
+from eventbus.queue.frames import FastSelectConnection
 from eventbus.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class BlockingPublisher:
         self._ioloop = IOLoop()
         self._ioloop.activate_poller()
         self._client = AmqpClient(
-            settings, self._ioloop, partial(SelectConnection, custom_ioloop=self._ioloop),
+            settings, self._ioloop, partial(FastSelectConnection, custom_ioloop=self._ioloop),
             name="publisher",
         )
         self._client.start()
