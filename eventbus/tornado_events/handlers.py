@@ -36,13 +36,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SESSION_COOKIE = "eventbus_session"
+NARROW_OPERATORS = frozenset({"stream", "topic"})
+
+
 def is_loopback(address: str | None) -> bool:
     """Whether a peer address is this machine's loopback (127.0.0.0/8, ::1)."""
     try:
         return ipaddress.ip_address(address or "").is_loopback
     except ValueError:
         return False
-NARROW_OPERATORS = frozenset({"stream", "topic"})
 
 
 class ApiError(tornado.web.HTTPError):
@@ -206,7 +208,6 @@ class BaseHandler(tornado.web.RequestHandler):
             self._report(kwargs.get("exc_info"))
         self.set_header("Content-Type", "application/json")
         self.finish(codec.encode(body))
-
 
     def _report(self, exc_info: Any) -> None:
         """A server error goes to the administrators through error_reports (it is logged by Tornado too)."""
