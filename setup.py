@@ -36,6 +36,8 @@ setup(
             "markdown>=3.5",
             "playwright>=1.40",
         ],
+        # The baselines the benchmarks (python -m bench) compare eventbus with.
+        "bench": ["kombu>=5.3", "markdown>=3.5", "python-socketio>=5.10", "aiohttp>=3.9"],
     },
     entry_points={"console_scripts": ["eventbus=eventbus.processors.cli:main"]},
 )
