@@ -117,7 +117,11 @@ class FastDeliveries(_Base):
         super().__init__(*args, **kwargs)
 
     def add_fast_consumer(self, channel_number: int, consumer_tag: str, callback: FastCallback) -> None:
-        """Hand the deliveries to ``consumer_tag`` on that channel to ``callback`` directly."""
+        """Hand the deliveries to ``consumer_tag`` on that channel to ``callback`` directly.
+
+        They bypass pika's channel, which would reject deliveries that arrive
+        for a consumer after its ``basic_cancel``: remove the consumer first.
+        """
         self._fast_consumers[(channel_number, consumer_tag.encode())] = callback
 
     def remove_fast_consumer(self, channel_number: int, consumer_tag: str) -> None:
