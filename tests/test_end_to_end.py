@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -147,7 +148,9 @@ def test_a_killed_message_sender_delivers_each_message_exactly_once(system: dict
             await server_submit(server, iago, n)
         first = system["start_worker"]("message_sender")
         store: MessageStore = system["store"]
+        deadline = time.monotonic() + 30
         while len(store.recent(desdemona.id, count)) < 5:
+            assert time.monotonic() < deadline, "the first worker stored fewer than 5 messages in 30 s"
             await asyncio.sleep(0.01)
         first.kill()  # in the middle of the stream; whatever it had not acked comes again
         system["start_worker"]("message_sender")

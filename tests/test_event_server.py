@@ -82,11 +82,10 @@ def test_held_request_is_answered_when_an_event_arrives(start_server: StartServe
         api = Api(server, iago)
         queue_id = await api.register()
         held = asyncio.ensure_future(api.events(queue_id))
-        await asyncio.sleep(0.2)  # the request is parked meanwhile
+        await wait_held(server, queue_id, iago)
         assert not held.done()
+        # Delivered in order: had the first reached iago, the held request would have been answered with it.
         send_event({"type": "custom"}, [othello.id])  # not for iago
-        await asyncio.sleep(0.2)
-        assert not held.done()
         send_event({"type": "custom", "for": "iago"}, [iago.id])
         status, body = await held
         assert status == 200
