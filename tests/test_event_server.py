@@ -10,8 +10,10 @@ import time
 from typing import Any
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 from tornado.simple_httpclient import HTTPTimeoutError
 
+from eventbus import codec
 from eventbus.queue import MemoryBroker
 from eventbus.settings import Settings
 from eventbus.tornado_events import send_event
@@ -90,6 +92,23 @@ def test_held_request_is_answered_when_an_event_arrives(start_server: StartServe
         status, body = await held
         assert status == 200
         assert [e["for"] for e in body["events"]] == ["iago"]
+
+    run(scenario)
+
+
+def test_an_answer_is_never_a_cached_304(start_server: StartServer, users: tuple[User, User]) -> None:
+    # Two polls with nothing new have the same body; a client's If-None-Match must not turn the second into a 304.
+    server = start_server()
+    iago = users[0]
+
+    async def scenario() -> None:
+        api = Api(server, iago)
+        queue_id = await api.register()
+        url = server.url(f"/api/v1/events?queue_id={queue_id}&dont_block=true")
+        first = await AsyncHTTPClient().fetch(url, headers=api.headers)
+        assert "Etag" not in first.headers
+        again = await AsyncHTTPClient().fetch(url, headers={**api.headers, "If-None-Match": '"*"'}, raise_error=False)
+        assert again.code == 200 and codec.decode(again.body)["events"] == []
 
     run(scenario)
 

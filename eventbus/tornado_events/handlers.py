@@ -186,6 +186,13 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # -- answers ----------------------------------------------------------------
 
+    def compute_etag(self) -> None:
+        """No ETag: every answer is live data, never to be answered 304 from a client's cache.
+
+        (Tornado would hash every GET's body for one, events polls included.)
+        """
+        return None
+
     def success(self, **data: Any) -> None:
         self.write_json({"result": "success", "msg": "", **data})
 
