@@ -38,6 +38,15 @@ async def wait_held(server: ServerThread, queue_id: str, user: User) -> None:
         await asyncio.sleep(0.01)
 
 
+async def hold_a_poll(server: ServerThread, user: User) -> tuple[Api, str, asyncio.Future[tuple[int, Any]]]:
+    """``user``'s API, a queue registered for them, and a GET the server holds on it."""
+    api = Api(server, user)
+    queue_id = await api.register()
+    held = asyncio.ensure_future(api.events(queue_id))
+    await wait_held(server, queue_id, user)
+    return api, queue_id, held
+
+
 MESSAGE_IDS = itertools.count(1)
 
 
@@ -81,10 +90,7 @@ def test_held_request_is_answered_when_an_event_arrives(start_server: StartServe
     iago, othello = users
 
     async def scenario() -> None:
-        api = Api(server, iago)
-        queue_id = await api.register()
-        held = asyncio.ensure_future(api.events(queue_id))
-        await wait_held(server, queue_id, iago)
+        _api, _queue_id, held = await hold_a_poll(server, iago)
         assert not held.done()
         # Delivered in order: had the first reached iago, the held request would have been answered with it.
         send_event({"type": "custom"}, [othello.id])  # not for iago
@@ -132,10 +138,7 @@ def test_newer_get_answers_the_older_one(start_server: StartServer, users: tuple
     iago = users[0]
 
     async def scenario() -> None:
-        api = Api(server, iago)
-        queue_id = await api.register()
-        older = asyncio.ensure_future(api.events(queue_id))
-        await wait_held(server, queue_id, iago)
+        api, queue_id, older = await hold_a_poll(server, iago)
         newer = asyncio.ensure_future(api.events(queue_id))
         status, body = await asyncio.wait_for(older, 5)
         assert (status, body["events"]) == (200, [])
@@ -186,10 +189,7 @@ def test_a_held_get_is_told_when_its_queue_goes_away(start_server: StartServer, 
     iago = users[0]
 
     async def scenario() -> None:
-        api = Api(server, iago)
-        queue_id = await api.register()
-        held = asyncio.ensure_future(api.events(queue_id))
-        await wait_held(server, queue_id, iago)
+        api, queue_id, held = await hold_a_poll(server, iago)
         assert (await api.call("DELETE", "/events", queue_id=queue_id))[0] == 200
         status, body = await asyncio.wait_for(held, 5)
         assert (status, body["code"], body["queue_id"]) == (400, "BAD_EVENT_QUEUE_ID", queue_id)
