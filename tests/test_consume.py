@@ -9,7 +9,8 @@ from typing import Any
 import pika
 import pytest
 
-from eventbus.queue.rabbitmq import RabbitMQBroker, RabbitMQConsumer
+from eventbus.queue.consumer import Delivery
+from eventbus.queue.rabbitmq import RabbitMQBroker, RabbitMQConsumer, coalesced
 from eventbus.settings import Settings
 from tests.conftest import wait_for
 from tests.forwarder import Forwarder
@@ -180,6 +181,8 @@ def test_a_batch_ending_in_a_body_that_is_not_json_is_acked_once(settings: Setti
     # Acking a delivery twice makes RabbitMQ close the channel; a second channel would show here.
     assert consumer.client.connects == 1, consumer.client.statistics()
     assert [e["raw"] for e in broker.error_store.read(queue_name)] == ["not json", "nor this"]
+    # And each was acked at all: one left unacked would be back in the queue now that the consumer is gone.
+    assert broker.queue_info(queue_name).depth == 0
 
 
 def test_events_larger_than_a_frame_arrive_whole_among_small_ones(broker: RabbitMQBroker, queue_name: str) -> None:
@@ -196,3 +199,16 @@ def test_events_larger_than_a_frame_arrive_whole_among_small_ones(broker: Rabbit
     assert not raised
     assert got == events
     assert broker.queue_info(queue_name).depth == 0
+
+
+def test_an_ack_is_left_out_only_when_the_next_one_covers_it() -> None:
+    def ack(tag: int, multiple: bool = True, generation: int = 1) -> tuple[bool, Delivery, bool]:
+        return (True, Delivery(generation, tag, b"{}"), multiple)
+
+    nack = (False, Delivery(1, 9, b"{}"), True)
+    assert coalesced([ack(3, False), ack(5)]) == [ack(5)]  # 5, multiple, covers 3
+    # A body that is not JSON, last in its batch, is acked alone before the batch: the batch's ack does not cover it.
+    assert coalesced([ack(5, False), ack(4)]) == [ack(5, False), ack(4)]
+    assert coalesced([ack(3, False), ack(5, generation=2)]) == [ack(3, False), ack(5, generation=2)]
+    assert coalesced([ack(3, False), nack]) == [ack(3, False), nack]
+    assert coalesced([ack(3), ack(4, False)]) == [ack(3), ack(4, False)]

@@ -155,7 +155,7 @@ class RabbitMQConsumer(Consumer):
         self._arrived: list[Delivery] = []  # I/O thread only: deliveries of the read in progress
         self._hand_over_scheduled = False  # I/O thread only
         self._taken: deque[Delivery] = deque()  # worker thread only: handed over, not yet taken
-        self._settlements: list[tuple[bool, Delivery, bool]] = []
+        self._settlements: list[Settlement] = []
         self._settle_lock = threading.Lock()
         self._flush_scheduled = False
         self._failure: BaseException | None = None
@@ -244,11 +244,7 @@ class RabbitMQConsumer(Consumer):
             settlements, self._settlements = self._settlements, []
             self._flush_scheduled = False
         client = self.client
-        for i, (ack, delivery, multiple) in enumerate(settlements):
-            if ack and i + 1 < len(settlements):
-                next_ack, next_delivery, next_multiple = settlements[i + 1]
-                if next_ack and next_multiple and next_delivery.generation == delivery.generation:
-                    continue  # the next ack covers this one
+        for ack, delivery, multiple in coalesced(settlements):
             if ack:
                 client.ack(delivery.generation, delivery.tag, multiple)
             else:
@@ -265,3 +261,20 @@ class RabbitMQConsumer(Consumer):
             if thread.is_alive():
                 logger.warning("consumer of %s: connection thread did not stop within 10 s", self.queue)
         self._thread = None
+
+
+Settlement = tuple[bool, Delivery, bool]  # ack (else nack with requeue), the delivery, multiple
+
+
+def coalesced(settlements: list[Settlement]) -> list[Settlement]:
+    """``settlements`` without the acks that the next one covers: a multiple ack, on the same channel, of a tag
+    at least as high."""
+    kept = []
+    for i, (ack, delivery, multiple) in enumerate(settlements):
+        if ack and i + 1 < len(settlements):
+            next_ack, next_delivery, next_multiple = settlements[i + 1]
+            if (next_ack and next_multiple and next_delivery.generation == delivery.generation
+                    and next_delivery.tag >= delivery.tag):
+                continue
+        kept.append((ack, delivery, multiple))
+    return kept
