@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -326,8 +327,8 @@ def test_queues_survive_a_restart(start_server: StartServer, users: tuple[User, 
     run(after)
 
 
-def test_bad_requests_get_json_errors_naming_the_problem(start_server: StartServer,
-                                                         users: tuple[User, User]) -> None:
+def test_bad_requests_get_json_errors_naming_the_problem(start_server: StartServer, users: tuple[User, User],
+                                                         caplog: pytest.LogCaptureFixture) -> None:
     server = start_server()
 
     async def scenario() -> None:
@@ -352,7 +353,9 @@ def test_bad_requests_get_json_errors_naming_the_problem(start_server: StartServ
         status, body = await api.call("PATCH", "/events", queue_id=queue_id)
         assert (status, body["result"]) == (405, "error")
 
-    run(scenario)
+    with caplog.at_level(logging.ERROR):
+        run(scenario)
+    assert not caplog.records, "a client's mistake is not the server's error"
 
 
 def test_authentication_and_other_users_queues(start_server: StartServer, users: tuple[User, User]) -> None:

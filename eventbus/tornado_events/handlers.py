@@ -236,10 +236,7 @@ def parse_bool(raw: str) -> bool:
 
 
 class NotFoundHandler(BaseHandler):
-    """Any URL the server does not have: a JSON 404."""
-
-    def initialize(self, server: EventServer | None = None, auth: str = "none") -> None:
-        self.auth = "none"
+    """Any URL the server does not have: a JSON 404 (``make_app`` gives it the server, like every handler)."""
 
     async def prepare(self) -> None:
         raise tornado.web.HTTPError(404)

@@ -306,6 +306,7 @@ def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> to
         handlers,
         cookie_secret=server.cookie_secret,
         default_handler_class=NotFoundHandler,
+        default_handler_args={"server": server, "auth": "none"},
         websocket_ping_interval=PING_INTERVAL,
         websocket_ping_timeout=PING_INTERVAL,
         websocket_max_message_size=1 << 20,
