@@ -393,6 +393,9 @@ def test_internal_notify_needs_the_shared_secret(start_server: StartServer, user
         assert (await internal.call("POST", "/notify_tornado", data=data, secret="guess"))[0] == 401
         status, body = await internal.call("POST", "/notify_tornado", data="{\"users\": 5}", secret=EVENT_SECRET)
         assert (status, body["code"]) == (400, "BAD_REQUEST")
+        no_message = json.dumps({"event": {"type": "message"}, "users": [iago.id]})
+        status, body = await internal.call("POST", "/notify_tornado", data=no_message, secret=EVENT_SECRET)
+        assert (status, body["code"]) == (400, "BAD_REQUEST") and "integer 'id'" in body["msg"]
         status, body = await internal.call("POST", "/notify_tornado", data=data, secret=EVENT_SECRET)
         assert (status, body["delivered"]) == (200, 1)
         assert (await api.events(queue_id))[1]["events"][0]["type"] == "custom"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import html.parser
+import json
 import time
 import urllib.parse
 from typing import Any
@@ -16,7 +17,7 @@ from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import MemoryBroker
 from eventbus.settings import Settings
 from eventbus.users import User
-from tests.conftest import wait_for
+from tests.conftest import EVENT_SECRET, wait_for
 from tests.eventserver import Api, StartServer, run
 
 HOSTILE = [
@@ -206,6 +207,23 @@ def test_away_users_are_notified_once_per_mention(start_server: StartServer, wor
     for queue in ("missedmessage_mobile_notifications", "missedmessage_emails"):
         wait_for(lambda q=queue: event_broker.queue_info(q).depth == 2, what=f"two {queue} events")
     assert server.call(lambda: server.server.away.sent) == 2
+
+
+def test_a_message_posted_to_the_internal_endpoint_notifies_away_users_too(
+        start_server: StartServer, world: Any, event_broker: MemoryBroker) -> None:
+    _store, iago, othello, _desdemona = world
+    server = start_server()
+    notice = {"event": {"type": "message", "message": {"id": 77, "sender_id": iago.id, "type": "private",
+                                                        "content": "psst"}}, "users": [othello.id]}
+
+    async def scenario() -> None:
+        internal = Api(server, None, prefix="/api/internal")
+        status, body = await internal.call("POST", "/notify_tornado", data=json.dumps(notice), secret=EVENT_SECRET)
+        assert (status, body["delivered"]) == (200, 0)  # othello has no queue: he is away
+
+    run(scenario)
+    for queue in ("missedmessage_mobile_notifications", "missedmessage_emails"):
+        wait_for(lambda q=queue: event_broker.queue_info(q).depth == 1, what=f"the {queue} event")
 
 
 def test_unread_mentions_left_in_expired_queues_notify(start_server: StartServer, world: Any,

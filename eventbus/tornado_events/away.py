@@ -14,6 +14,7 @@ from typing import Any
 
 from eventbus.tornado_events.clients import ClientRegistry
 from eventbus.tornado_events.event_queue import ClientDescriptor
+from eventbus.tornado_events.notify import Recipient, recipient
 
 MOBILE_QUEUE = "missedmessage_mobile_notifications"
 EMAIL_QUEUE = "missedmessage_emails"
@@ -41,14 +42,15 @@ class AwayNotifier:
         self.publish = publish
         self.sent = 0
 
-    def on_message(self, event: dict[str, Any], users: Iterable[int | dict[str, Any]]) -> None:
-        """After a message event was delivered: notify its recipients that have no live queue."""
-        message = event.get("message")
-        if event.get("type") != "message" or not isinstance(message, dict):
+    def on_message(self, event: dict[str, Any], users: Iterable[Recipient]) -> None:
+        """After a message event was delivered (checked by ``check_notice``): notify its recipients that have
+        no live queue."""
+        if event["type"] != "message":
             return
+        message = event["message"]
         for user in users:
-            user_id, flags = (user, []) if isinstance(user, int) else (int(user["id"]), user.get("flags", []))
-            trigger = trigger_for(user_id, message, flags)
+            user_id, flags = recipient(user)
+            trigger = trigger_for(user_id, message, flags or [])
             if trigger and not self.registry.has_live_queue(user_id):
                 self._notify(user_id, message["id"], trigger)
 

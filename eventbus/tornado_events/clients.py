@@ -12,6 +12,7 @@ from typing import Any
 
 from eventbus import codec
 from eventbus.tornado_events.event_queue import ClientDescriptor
+from eventbus.tornado_events.notify import Recipient, recipient
 
 logger = logging.getLogger(__name__)
 
@@ -66,17 +67,17 @@ class ClientRegistry:
 
     # -- delivery ---------------------------------------------------------------
 
-    def deliver(self, event: dict[str, Any], users: Iterable[int | dict[str, Any]]) -> int:
+    def deliver(self, event: dict[str, Any], users: Iterable[Recipient]) -> int:
         """Queue ``event`` for every client of ``users`` that accepts it; how many clients got it.
 
         ``users`` holds user ids, or ``{"id": N, "flags": [...]}`` for per-user
-        message flags. Each variant of the event is encoded once.
+        message flags, as ``check_notice`` passed them. Each variant of the event is encoded once.
         """
         bodies: dict[tuple[bool, tuple[str, ...]], tuple[dict[str, Any], bytes]] = {}
         count = 0
         message_id = event["message"].get("id") if event.get("type") == "message" else None
         for user in users:
-            user_id, flags = (user, None) if isinstance(user, int) else (int(user["id"]), user.get("flags", []))
+            user_id, flags = recipient(user)
             for client in self.clients_of(user_id):
                 if not client.accepts(event):
                     continue

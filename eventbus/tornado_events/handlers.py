@@ -27,7 +27,6 @@ from tornado.ioloop import IOLoop
 from eventbus import codec
 from eventbus.errors import EventEncodingError
 from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
-from eventbus.tornado_events.notify import check_notice
 from eventbus.users import User
 
 if TYPE_CHECKING:
@@ -408,10 +407,10 @@ class NotifyHandler(BaseHandler):
 
     def post(self) -> None:
         try:
-            event, users = check_notice(codec.decode(self.get_body_argument("data", "")))
+            delivered = self.server.notify(codec.decode(self.get_body_argument("data", "")))
         except (ValueError, EventEncodingError) as e:
             raise bad_request(f"Invalid 'data' argument: {e}") from None
-        self.success(delivered=self.server.registry.deliver(event, users))
+        self.success(delivered=delivered)
 
 
 class LoginHandler(BaseHandler):

@@ -46,12 +46,22 @@ def check_notice(notice: Any) -> tuple[dict[str, Any], list[Recipient]]:
         raise ValueError("'event' must be a JSON object with a string 'type'")
     if "id" in event:
         raise ValueError("'event' must not carry an 'id': each client queue numbers its own events")
+    if event["type"] == "message":
+        message = event.get("message")
+        if not isinstance(message, dict) or isinstance(message.get("id"), bool) or not isinstance(
+                message.get("id"), int):
+            raise ValueError("a 'message' event must carry a 'message' object with an integer 'id'")
     if not isinstance(users, list):
         raise ValueError("'users' must be a list of user ids")
     for user in users:
         if isinstance(user, bool) or not (isinstance(user, int) or _flagged(user)):
             raise ValueError(f"'users' holds {user!r}: each must be a user id or {{\"id\": N, \"flags\": [...]}}")
     return event, users
+
+
+def recipient(user: Recipient) -> tuple[int, list[str] | None]:
+    """A checked recipient's user id, and its message flags (None for a plain user id)."""
+    return (user, None) if isinstance(user, int) else (user["id"], user.get("flags", []))
 
 
 def _flagged(user: Any) -> bool:

@@ -146,10 +146,16 @@ class EventServer:
     # -- queues in and out ----------------------------------------------------------
 
     def on_notice(self, notice: Any) -> None:
-        """Invoked for each notify_tornado event: queue it for every client that wants it."""
+        """Invoked for each notify_tornado event."""
+        self.notify(notice)
+
+    def notify(self, notice: Any) -> int:
+        """A notice, from notify_tornado or POSTed: queue its event for every client that wants it, and
+        notify its away recipients. How many clients got it; ValueError for a bad notice."""
         event, users = check_notice(notice)
-        self.registry.deliver(event, users)
+        delivered = self.registry.deliver(event, users)
         self.away.on_message(event, users)
+        return delivered
 
     def on_return(self, message: Any) -> None:
         """Invoked for each answer a processor put on the return queue."""
