@@ -21,7 +21,7 @@ from eventbus.queue import MemoryBroker
 from eventbus.tornado_events import send_event
 from eventbus.tornado_events.websocket import SLOW_CONSUMER
 from eventbus.users import User
-from tests.eventserver import ServerThread, StartServer, run
+from tests.eventserver import Api, ServerThread, StartServer, run
 
 
 async def login(server: ServerThread, user: User) -> tuple[str, str]:
@@ -248,3 +248,22 @@ def test_slow_consumer_is_closed_and_its_queue_stays(start_server: StartServer,
     assert server.call(lambda: server.server.registry.get(client.queue_id, iago.id)) is not None
     close_code = SLOW_CONSUMER.to_bytes(2, "big")
     assert b"\x88" in received and close_code + b"slow consumer" in received
+
+
+def test_a_request_nobody_answers_times_out_on_both_paths(start_server: StartServer, users: tuple[User, User]) -> None:
+    # No message_sender processor runs here: the server answers for it once its wait is over, and forgets it.
+    server = start_server()
+    server.call(lambda: setattr(server.server, "request_timeout", 0.3))
+    iago = users[0]
+
+    async def scenario() -> None:
+        cookie, _ = await login(server, iago)
+        ws = await connect(server, cookie)
+        await send(ws, {"type": "request", "req_id": "r1", "request": {"type": "stream", "content": "hi"}})
+        response = await receive(ws, "response")
+        assert response["req_id"] == "r1" and response["response"]["code"] == "REQUEST_TIMEOUT"
+        status, body = await Api(server, iago).call("POST", "/messages", type="stream", to="Denmark", content="hi")
+        assert (status, body["code"]) == (504, "REQUEST_TIMEOUT")
+
+    run(scenario)
+    assert server.call(lambda: len(server.server.pending)) == 0

@@ -68,6 +68,12 @@ REPORTS_PER_MINUTE = 10
 #: Websocket keepalive: a ping this often, and the socket is dropped without a pong in time.
 PING_INTERVAL = 25.0
 
+#: How long a submitted request waits for the message_sender processor's answer.
+REQUEST_TIMEOUT_SECONDS = 30.0
+#: The answer a request gets when that time is up.
+REQUEST_TIMED_OUT = {"result": "error", "code": "REQUEST_TIMEOUT",
+                     "msg": "The message was queued but not processed in time"}
+
 Responder = Callable[[Any], None]
 
 
@@ -85,6 +91,7 @@ class EventServer:
         self.error_reports = RateLimiter(REPORTS_PER_MINUTE, 60.0)
         self.queues_file = Path(settings.var_dir) / "event_queues.json"
         self.pending: dict[str, Responder] = {}
+        self.request_timeout = REQUEST_TIMEOUT_SECONDS
         self.sockets: dict[str, EventSocket] = {}
         self.started = time.time()
         self.slow_consumers_closed = 0
@@ -168,7 +175,12 @@ class EventServer:
         responder(message.get("response"))
 
     async def submit(self, user: User, request: dict[str, Any], respond: Responder, **tags: Any) -> str:
-        """Send a client's request to the message_sender processor; ``respond`` gets its answer."""
+        """Send a client's request to the message_sender processor; ``respond`` gets its answer, once.
+
+        Without an answer within ``request_timeout`` seconds, ``respond`` gets
+        a ``REQUEST_TIMEOUT`` error instead, and the request is forgotten (a
+        late answer is logged and dropped).
+        """
         request_id = str(uuid.uuid4())
         self.pending[request_id] = respond
         try:
@@ -180,7 +192,15 @@ class EventServer:
         except Exception:
             self.pending.pop(request_id, None)
             raise
+        IOLoop.current().call_later(self.request_timeout, self._expire, request_id)
         return request_id
+
+    def _expire(self, request_id: str) -> None:
+        respond = self.pending.pop(request_id, None)
+        if respond is not None:
+            logger.warning("request %s got no answer from %s within %.0f s", request_id, MESSAGE_SENDER_QUEUE,
+                           self.request_timeout)
+            respond(dict(REQUEST_TIMED_OUT))
 
     def server_settings(self) -> dict[str, Any]:
         """This server's version, as Zulip clients ask for it."""
