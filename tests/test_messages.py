@@ -153,6 +153,8 @@ def test_private_message_and_errors(start_server: StartServer, world: Any, sende
             ({"type": "stream", "to": "Nowhere", "topic": "t", "content": "x"}, "Stream 'Nowhere' does not exist"),
             ({"type": "stream", "to": "Denmark", "content": "x"}, "Missing 'topic'"),
             ({"type": "private", "to": '["ghost@example.com"]', "content": "x"}, "Invalid email 'ghost@example.com'"),
+            ({"type": "private", "to": '[{"x": 1}]', "content": "x"}, "is neither an email nor a user id"),
+            ({"type": "private", "to": "[true]", "content": "x"}, "is neither an email nor a user id"),
             ({"type": "stream", "to": "Denmark", "topic": "t"}, "Missing 'content' argument"),
             ({"type": "carrier-pigeon", "to": "Denmark", "content": "x"}, "Invalid 'type' argument"),
             ({"type": "stream", "to": "Denmark", "topic": "t" * 61, "content": "x"}, "Topic is longer than 60"),
@@ -163,6 +165,19 @@ def test_private_message_and_errors(start_server: StartServer, world: Any, sende
             assert msg in body["msg"]
 
     run(scenario)
+
+
+def test_malformed_message_sender_events_go_to_the_error_store(world: Any, event_broker: MemoryBroker,
+                                                               sender_worker: WorkerThreads) -> None:
+    request = {"type": "stream", "to": "Denmark", "topic": "t", "content": "x"}
+    event_broker.publish_many("message_sender", [
+        {"request_id": "r1", "user_id": "1", "return_queue": "nowhere", "request": request},
+        {"request_id": "r2", "user_id": 1.5, "return_queue": "nowhere", "request": request},
+    ])
+    wait_for(lambda: event_broker.error_store.count("message_sender") == 2, what="both events in the error store")
+    errors = [e["error"] for e in event_broker.error_store.read("message_sender")]
+    assert all("needs an integer 'user_id'" in error for error in errors), errors
+    assert [e["tries"] for e in event_broker.error_store.read("message_sender")] == [1, 1]  # not retried
 
 
 def test_a_redelivered_request_is_stored_and_delivered_once(start_server: StartServer, world: Any,

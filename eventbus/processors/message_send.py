@@ -54,7 +54,12 @@ def check_request(store: MessageStore, sender: User, request: dict[str, Any]) ->
         return _stream_draft(store, sender, to, request, content)
     users = []
     for address in to:
-        user = store.users.get_by_email(address) if isinstance(address, str) else store.users.get(address)
+        if isinstance(address, str):
+            user = store.users.get_by_email(address)
+        elif isinstance(address, int) and not isinstance(address, bool):
+            user = store.users.get(address)
+        else:
+            raise MessageError(f"Invalid 'to': {address!r} is neither an email nor a user id")
         if user is None or not user.is_active:
             raise MessageError(f"Invalid email '{address}'")
         users.append(user)

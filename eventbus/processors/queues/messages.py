@@ -27,7 +27,10 @@ class MessageSenderWorker(QueueProcessingWorker):
         request_id, request = event.get("request_id"), event.get("request")
         if not isinstance(request_id, str) or not isinstance(request, dict):
             raise PermanentError("a message_sender event needs a 'request_id' and a 'request' object")
-        sender = self.store.users.get(int(event.get("user_id", 0)))
+        user_id = event.get("user_id")
+        if isinstance(user_id, bool) or not isinstance(user_id, int):
+            raise PermanentError("a message_sender event needs an integer 'user_id'")
+        sender = self.store.users.get(user_id)
         response: dict[str, Any]
         if sender is None or not sender.is_active:
             response = {"result": "error", "msg": "Unknown sender", "code": "BAD_REQUEST"}
