@@ -10,7 +10,13 @@ from typing import Any
 
 from eventbus import codec
 from eventbus.processors.registry import assign_queue
-from eventbus.processors.worker import Event, LoopQueueProcessingWorker, QueueProcessingWorker, Worker
+from eventbus.processors.worker import (
+    Event,
+    LoopQueueProcessingWorker,
+    PermanentError,
+    QueueProcessingWorker,
+    Worker,
+)
 
 
 def record(worker: Worker, name: str, entry: Any) -> None:
@@ -67,3 +73,13 @@ class AsyncRecorder(CrashOnRequest, QueueProcessingWorker):
     async def consume(self, event: Event) -> None:
         await asyncio.sleep(event.get("sleep", 0))
         record(self, "test_async", event)
+
+
+@assign_queue("test_partial", batch_size=10, batch_wait=0.3, retry_delay=0.1, tries=1)
+class PartialBatch(CrashOnRequest, LoopQueueProcessingWorker):
+    """Fails the events with ``"bad": true`` itself, then raises when an event has ``"raise": true``."""
+
+    def consume_batch(self, events: list[Event]) -> None:
+        self.fail([e for e in events if e.get("bad")], PermanentError("a bad event"))
+        if any(e.get("raise") for e in events):
+            raise RuntimeError("the rest of the batch failed")

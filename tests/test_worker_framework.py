@@ -113,6 +113,16 @@ def test_failed_event_is_retried_then_stored_then_replayed(memory: MemoryBroker,
     assert memory.error_store.read("test_flaky") == []
 
 
+def test_events_a_batch_processor_failed_itself_are_not_failed_again(memory: MemoryBroker, running: Any) -> None:
+    running("test_partial")
+    memory.publish_many("test_partial", [{"id": 1, "bad": True}, {"id": 2, "raise": True}])
+    wait_for(lambda: memory.error_store.count("test_partial") >= 2, what="both events in the error store")
+    memory.join("test_partial", 5)
+    stored = {e["event"]["id"]: e["error"] for e in memory.error_store.read("test_partial")}
+    assert stored == {1: "PermanentError: a bad event", 2: "RuntimeError: the rest of the batch failed"}
+    assert memory.error_store.count("test_partial") == 2
+
+
 def test_a_failing_event_does_not_hold_up_the_ones_behind_it(memory: MemoryBroker, running: Any) -> None:
     running("test")
     memory.publish_many("test", [{"id": 0, "raise": True}, {"id": 1}, {"id": 2}])

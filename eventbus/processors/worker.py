@@ -65,6 +65,7 @@ class Worker(ABC):
         self._consumer: Consumer | None = None
         self._stop_requested = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._failed: set[int] = set()  # ids of the events fail() took during the attempt in progress
 
     # -- hooks ----------------------------------------------------------------------
 
@@ -134,6 +135,7 @@ class Worker(ABC):
         limit = None if self.options.timeout is None else self.options.timeout * len(events)
         started = time.monotonic()
         failed = False
+        self._failed.clear()
         try:
             if self._is_async():
                 run_coroutine(self._event_loop(), work(), limit)
@@ -142,7 +144,8 @@ class Worker(ABC):
                     work()
         except (Exception, ProcessingTimeout) as error:
             failed = True
-            self.fail(events, error)
+            # Events the processor already failed on its own are retried or stored once, not again here.
+            self.fail([event for event in events if id(event) not in self._failed], error)
         self.stats.record(len(events), time.monotonic() - started, failed)
 
     @abstractmethod
@@ -164,6 +167,7 @@ class Worker(ABC):
         trace = "".join(traceback.format_exception(error))
         retries: dict[float, list[Event]] = {}
         permanent = isinstance(error, PermanentError)
+        self._failed.update(map(id, events))
         for event in events:
             tries = int(event.get(FAILED_TRIES, 0)) + 1
             if tries >= self.options.tries or permanent:

@@ -36,7 +36,6 @@ from typing import Any
 from eventbus import sqlite
 from eventbus.processors.registry import assign_queue
 from eventbus.processors.worker import (
-    FAILED_TRIES,
     Event,
     LoopQueueProcessingWorker,
     PermanentError,
@@ -177,22 +176,16 @@ class UserActivityWorker(LoopQueueProcessingWorker):
 
     def consume_batch(self, events: list[Event]) -> None:
         counts: ActivityCounts = {}
-        invalid: list[tuple[Event, str]] = []
         for event in events:
             try:
                 key, when = _activity(event)
             except PermanentError as e:
-                invalid.append((event, str(e)))
+                self.fail([event], e)  # not failed again if the write below fails
                 continue
             count, last_visit = counts.get(key, (0, when))
             counts[key] = (count + _count(event), max(last_visit, when))
         if counts:
             self.store.add_activity(counts)
-        # Only once the batch is stored: a failed write retries the batch, and these would be stored twice.
-        for event, error in invalid:
-            original = {k: v for k, v in event.items() if k != FAILED_TRIES}
-            tries = int(event.get(FAILED_TRIES, 0)) + 1
-            self.error_store.record(self.queue_name, original, error=f"PermanentError: {error}", tries=tries)
 
 
 @assign_queue("user_activity_interval")
