@@ -21,7 +21,7 @@ from tornado.ioloop import IOLoop
 from eventbus.errors import BrokerError
 from eventbus.processors.registry import registered_queues
 from eventbus.processors.stats import read_stats
-from eventbus.queue import Broker, get_broker
+from eventbus.queue import Broker
 from eventbus.tornado_events.handlers import ApiError, BaseHandler, is_loopback
 from eventbus.tornado_events.server import EventServer
 
@@ -77,6 +77,11 @@ class Snapshot(Collector):
 class MetricsHandler(BaseHandler):
     """GET /metrics: loopback, or the shared secret as a bearer token."""
 
+    def initialize(self, server: EventServer, auth: str = "none", broker: Broker | None = None) -> None:
+        super().initialize(server, auth)
+        # The server's own broker: the queue depths of where its queues are (metrics_handlers makes it once).
+        self.broker = broker if broker is not None else server.monitoring_broker()
+
     async def get(self) -> None:
         secret = self.server.settings.shared_secret
         given = self.request.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -84,7 +89,7 @@ class MetricsHandler(BaseHandler):
             bool(secret) and hmac.compare_digest(given.encode(), str(secret).encode()))
         if not allowed:
             raise ApiError(401, "UNAUTHORIZED", "Metrics: loopback or the shared secret required")
-        queues = await IOLoop.current().run_in_executor(None, queue_snapshot, get_broker())
+        queues = await IOLoop.current().run_in_executor(None, queue_snapshot, self.broker)
         stats = self.server.statistics()
         registry = CollectorRegistry()
         registry.register(Snapshot(queues, {
@@ -97,4 +102,4 @@ class MetricsHandler(BaseHandler):
 
 
 def metrics_handlers(server: EventServer) -> list[Any]:
-    return [(r"/metrics", MetricsHandler, {"server": server, "auth": "none"})]
+    return [(r"/metrics", MetricsHandler, {"server": server, "auth": "none", "broker": server.monitoring_broker()})]

@@ -13,7 +13,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from eventbus.metrics import metrics_handlers
 from eventbus.processors.stats import QueueStats, stats_path
-from eventbus.queue import set_broker
+from eventbus.queue import MemoryBroker, set_broker
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.settings import Settings
 from tests.eventserver import ServerThread
@@ -84,3 +84,19 @@ def test_metrics_need_loopback_or_the_secret(metrics_server: ServerThread) -> No
     notify = fetch(f"http://{address}:{metrics_server.port}/api/internal/notify_tornado", method="POST",
                    body="secret=metrics-secret&data={}")
     assert notify.code == 401  # the internal endpoint wants loopback even with the secret
+
+
+def test_metrics_read_the_queues_of_the_servers_own_broker(event_settings: Settings,
+                                                           event_broker: MemoryBroker) -> None:
+    # The server is given its broker (as embedded mode does); the process-wide one is another, empty, one.
+    set_broker(MemoryBroker(event_settings))
+    server = ServerThread(event_settings, event_broker, extra_handlers=metrics_handlers).start()
+    try:
+        event_broker.publish_many("noop", [{"n": n} for n in range(4)])
+        response = fetch(server.url("/metrics"))
+    finally:
+        server.stop()
+        set_broker(None)
+    families = {f.name: f for f in text_string_to_metric_families(response.body.decode())}
+    depths = {s.labels["queue"]: s.value for s in families["eventbus_queue_depth"].samples}
+    assert depths["noop"] == 4

@@ -32,7 +32,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from eventbus import __version__
 from eventbus.messages import MessageStore
-from eventbus.queue import Broker, tornado_client_for
+from eventbus.queue import Broker, MemoryTornadoClient, make_broker, tornado_client_for
 from eventbus.settings import Settings
 from eventbus.tornado_events.away import AwayNotifier
 from eventbus.tornado_events.clients import ClientRegistry
@@ -201,6 +201,13 @@ class EventServer:
             logger.warning("request %s got no answer from %s within %.0f s", request_id, MESSAGE_SENDER_QUEUE,
                            self.request_timeout)
             respond(dict(REQUEST_TIMED_OUT))
+
+    def monitoring_broker(self) -> Broker:
+        """A blocking broker for reading queue depths (in an executor): the in-process one this server uses,
+        or one on this server's RabbitMQ."""
+        if isinstance(self.queue_client, MemoryTornadoClient):
+            return self.queue_client.broker
+        return make_broker(self.settings)
 
     def server_settings(self) -> dict[str, Any]:
         """This server's version, as Zulip clients ask for it."""

@@ -4,6 +4,6 @@ Wire them in with ``make_app(server, extra_handlers=web_handlers(server))``.
 """
 
 from eventbus.web.dashboard import QueueDashboard
-from eventbus.web.handlers import STATIC_DIR, monitoring_broker, web_handlers
+from eventbus.web.handlers import STATIC_DIR, web_handlers
 
-__all__ = ["STATIC_DIR", "QueueDashboard", "monitoring_broker", "web_handlers"]
+__all__ = ["STATIC_DIR", "QueueDashboard", "web_handlers"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 from tornado.ioloop import IOLoop
 
-from eventbus.queue import Broker, MemoryTornadoClient, make_broker
+from eventbus.queue import Broker
 from eventbus.tornado_events.handlers import ApiError, BaseHandler
 from eventbus.web.dashboard import QueueDashboard
 
@@ -124,20 +124,13 @@ class QueuesFeedHandler(BaseHandler):
         """A dashboard polling every two seconds is not user activity: nothing is recorded."""
 
 
-def monitoring_broker(server: EventServer) -> Broker:
-    """A blocking broker for reading queue depths: the in-process one the server uses, or RabbitMQ's."""
-    if isinstance(server.queue_client, MemoryTornadoClient):
-        return server.queue_client.broker
-    return make_broker(server.settings)
-
-
 def web_handlers(server: EventServer, broker: Broker | None = None) -> list[Any]:
     """The pages' URL specs, for ``make_app(server, extra_handlers=...)``.
 
-    ``broker`` is where the dashboard reads queue depths (default: ``monitoring_broker(server)``).
+    ``broker`` is where the dashboard reads queue depths (default: ``server.monitoring_broker()``).
     """
     session = {"server": server, "auth": "session"}
-    dashboard = QueueDashboard(server, broker or monitoring_broker(server))
+    dashboard = QueueDashboard(server, broker or server.monitoring_broker())
     handlers: list[Any] = [
         (r"/", PageHandler, {"server": server, "page": "chat.html"}),
         (r"/login", PageHandler, {"server": server, "page": "login.html", "login_required": False}),
