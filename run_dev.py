@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -104,12 +103,6 @@ def amqp_reachable(url: str) -> bool:
         return True
     except (pika.exceptions.AMQPError, OSError):
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- processes -------------------------------------------------------------------------
@@ -218,6 +211,7 @@ def main() -> int:
     parser.add_argument("--memory-broker", action="store_true", help="no RabbitMQ: everything in one process")
     args = parser.parse_args()
     ensure_python_packages()
+    from eventbus.queue.rabbitmq_node import free_port
 
     var = Path(os.environ.get("EVENTBUS_VAR_DIR", ROOT / "var")).resolve()
     ports = {"smtp": free_port(), "push": free_port(), "mirror": free_port()}

@@ -105,7 +105,6 @@ class AmqpClient:
         #: Grows with each new channel; acks for deliveries of an older channel are dropped.
         self.generation = 0
         self.last_error: BaseException | None = None
-        self.connects = 0
         self._parameters = pika.URLParameters(settings.connection_url)
         self._loop = loop
         self._factory = connection_factory
@@ -125,6 +124,11 @@ class AmqpClient:
         self._consumers: dict[str, _Consumer] = {}
 
     # -- public API ---------------------------------------------------------------
+
+    @property
+    def connects(self) -> int:
+        """Channels set up so far (one per connection, and one per channel the broker closed)."""
+        return self.generation
 
     @property
     def ready(self) -> bool:
@@ -282,7 +286,6 @@ class AmqpClient:
             return
         self._ready = True
         self.generation += 1
-        self.connects += 1
         if self._backoff.failures:
             logger.warning("%s: connected to RabbitMQ at %s again after %d failed attempts",
                            self.name, self.url, self._backoff.failures)
@@ -336,7 +339,8 @@ class AmqpClient:
     def _declare(self, queue: str, then: Callable[[], None]) -> None:
         waiting = self._declaring.get(queue)
         if waiting is not None:
-            waiting.append(then)
+            if then not in waiting:  # publishes to a queue being declared all wait on one _send_held
+                waiting.append(then)
             return
         self._declaring[queue] = [then]
         channel = self._channel

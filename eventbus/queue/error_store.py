@@ -70,7 +70,6 @@ class ErrorStore:
         except EventEncodingError:
             entry["event"] = repr(event)
             line = codec.encode(entry) + b"\n"
-        self.dir.mkdir(parents=True, exist_ok=True)
         with self._locked(queue) as fd:
             os.write(fd, line)
         logger.error("queue %s: event moved to the error store %s: %s", queue, self.path(queue), error)

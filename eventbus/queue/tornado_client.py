@@ -188,9 +188,9 @@ class TornadoQueueClient:
         self._store_failure(queue, ack, event=event, error=reason, traceback=tb)
 
     def _store_failure(self, queue: str, ack: Callable[[], None], **entry: Any) -> None:
-        """Log, write the error store off the loop, then ack: the event is kept before it is let go."""
+        """Write the error store (which logs the entry) off the loop, then ack: the event is kept before it is
+        let go."""
         self.failed += 1
-        logger.error("%s: event from %s could not be processed: %s", self.name, queue, entry["error"])
         assert self._ioloop is not None
         done = self._ioloop.run_in_executor(None, partial(self.error_store.record, queue, **entry))
 
@@ -302,7 +302,6 @@ class MemoryTornadoClient:
             self.consumed += 1
         except Exception as e:
             self.failed += 1
-            logger.error("%s: event from %s could not be processed: %s", self.name, queue, e)
             await IOLoop.current().run_in_executor(None, partial(
                 self.error_store.record, queue, event, error=f"{type(e).__name__}: {e}",
                 traceback=traceback.format_exc()))

@@ -53,9 +53,6 @@ class ClientRegistry:
         if reason is not None and client.listener is not None:
             client.listener.drop(client, reason)
 
-    def clients_of(self, user_id: int) -> list[ClientDescriptor]:
-        return list(self._by_user.get(user_id, {}).values())
-
     def has_live_queue(self, user_id: int) -> bool:
         return bool(self._by_user.get(user_id))
 
@@ -78,7 +75,10 @@ class ClientRegistry:
         message_id = event["message"].get("id") if event.get("type") == "message" else None
         for user in users:
             user_id, flags = recipient(user)
-            for client in self.clients_of(user_id):
+            mine = self._by_user.get(user_id)
+            if not mine:
+                continue
+            for client in list(mine.values()):  # a copy: an overflowing queue is removed on the way
                 if not client.accepts(event):
                     continue
                 if isinstance(message_id, int) and not client.first_time(message_id):

@@ -152,10 +152,6 @@ class BaseHandler(tornado.web.RequestHandler):
                 given.encode(), secret.encode()):
             raise ApiError(401, "UNAUTHORIZED", "Internal endpoint: loopback and the shared secret required")
 
-    def check_xsrf_cookie(self) -> None:
-        """Tornado checks this itself only with xsrf_cookies on; we call it where sessions are used."""
-        super().check_xsrf_cookie()
-
     # -- arguments --------------------------------------------------------------
 
     def arg(self, name: str, parse: Callable[[str], Any] = str, default: Any = ..., ) -> Any:
@@ -275,7 +271,7 @@ class EventsHandler(BaseHandler):
         dont_block = self.bool_arg("dont_block", False)
         if last_event_id is not None:
             client.queue.prune(last_event_id)
-        events = client.pending()
+        events = client.queue.events  # read at once, not kept: no copy
         if events or dont_block:
             client.attach(None)  # answered at once; an older held request is answered too
             return self._answer(client, events)
@@ -301,7 +297,7 @@ class EventsHandler(BaseHandler):
 
     def deliver(self, client: ClientDescriptor, events: list[QueuedEvent]) -> None:
         if self._release(client):
-            self._answer(client, client.pending())
+            self._answer(client, client.queue.events)
 
     def drop(self, client: ClientDescriptor, reason: str) -> None:
         if self._release(client):

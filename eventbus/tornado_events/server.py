@@ -52,7 +52,7 @@ from eventbus.tornado_events.handlers import (
 from eventbus.tornado_events.notify import MESSAGE_SENDER_QUEUE, check_notice, notify_queue_name, return_queue_name
 from eventbus.tornado_events.rate_limit import RateLimiter
 from eventbus.tornado_events.websocket import EventSocket
-from eventbus.users import User, UserStore
+from eventbus.users import User
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +83,11 @@ class EventServer:
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
         self.registry = ClientRegistry(settings.max_queue_events)
-        self.users = UserStore(settings.database)
         self.queue_client = tornado_client_for(settings, broker, name=f"tornado {settings.server_id}")
         self.away = AwayNotifier(self.registry, self.queue_client.publish_nowait)
         self.registry.after_last_queue_expired.append(self.away.on_queues_expired)
         self.messages = MessageStore(settings.database)
+        self.users = self.messages.users
         self.error_reports = RateLimiter(REPORTS_PER_MINUTE, 60.0)
         self.queues_file = Path(settings.var_dir) / "event_queues.json"
         self.pending: dict[str, Responder] = {}

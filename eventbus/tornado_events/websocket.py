@@ -34,7 +34,7 @@ from tornado.iostream import StreamClosedError
 from eventbus import codec
 from eventbus.errors import EventEncodingError
 from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
-from eventbus.tornado_events.handlers import ApiError, registration
+from eventbus.tornado_events.handlers import ApiError, bad_queue, bad_request, registration
 from eventbus.users import User
 
 if TYPE_CHECKING:
@@ -87,10 +87,10 @@ class EventSocket(tornado.websocket.WebSocketHandler):
         try:
             frame = codec.decode(message)
             if not isinstance(frame, dict):
-                raise ApiError(400, "BAD_REQUEST", "a frame must be a JSON object")
+                raise bad_request("a frame must be a JSON object")
             handler = getattr(self, f"_on_{frame.get('type')}", None)
             if handler is None:
-                raise ApiError(400, "BAD_REQUEST", f"unknown frame type {frame.get('type')!r}")
+                raise bad_request(f"unknown frame type {frame.get('type')!r}")
             await handler(frame)
         except EventEncodingError:
             self._send({"type": "error", "code": "BAD_REQUEST", "msg": "a frame must be JSON"})
@@ -106,20 +106,20 @@ class EventSocket(tornado.websocket.WebSocketHandler):
         queue_id = str(frame.get("queue_id"))
         client = self.server.registry.get(queue_id, self.user.id)
         if client is None:
-            raise ApiError(400, "BAD_EVENT_QUEUE_ID", f"Bad event queue ID: {queue_id}", queue_id=queue_id)
+            raise bad_queue(queue_id)
         self._prune(client, frame)
         self._send({"type": "attached", "queue_id": client.queue_id})
         self._serve(client)
 
     async def _on_ack(self, frame: dict[str, Any]) -> None:
         if self.client is None:
-            raise ApiError(400, "BAD_REQUEST", "no queue to acknowledge: register or attach first")
+            raise bad_request("no queue to acknowledge: register or attach first")
         self._prune(self.client, frame)
 
     async def _on_request(self, frame: dict[str, Any]) -> None:
         req_id, request = frame.get("req_id"), frame.get("request")
         if req_id is None or not isinstance(request, dict):
-            raise ApiError(400, "BAD_REQUEST", "a request frame needs a 'req_id' and a 'request' object")
+            raise bad_request("a request frame needs a 'req_id' and a 'request' object")
         self._send({"type": "ack", "req_id": req_id})
 
         def respond(response: Any) -> None:
@@ -131,7 +131,7 @@ class EventSocket(tornado.websocket.WebSocketHandler):
     def _prune(self, client: ClientDescriptor, frame: dict[str, Any]) -> None:
         last = frame.get("last_event_id", -1)
         if isinstance(last, bool) or not isinstance(last, int):
-            raise ApiError(400, "BAD_REQUEST", "Invalid 'last_event_id': must be an integer")
+            raise bad_request("Invalid 'last_event_id': must be an integer")
         client.queue.prune(last)
 
     def _serve(self, client: ClientDescriptor) -> None:
