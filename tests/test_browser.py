@@ -414,7 +414,9 @@ def test_pages_on_a_laptop_and_a_phone(pages: NewPage, web: StartWeb, world: Wor
         expect(dashboard.locator(".queue-card[data-queue='message_sender'] [data-field=processed]")).to_have_text(
             str(len(conversation)))
         expect(dashboard.locator("#overall")).to_have_attribute("data-state", "CRITICAL")
-        dashboard.wait_for_timeout(2500)  # a second sample, so the charts have a line to draw
+        first_sample = dashboard.locator("#updated").text_content()
+        # A second sample, so the charts have a line to draw.
+        expect(dashboard.locator("#updated")).not_to_have_text(first_sample or "", timeout=10_000)
         screenshot(dashboard, f"queues-{device_name}")
         assert_fits(dashboard)
 

@@ -9,7 +9,7 @@ call_on_each_event work against the server.
 from __future__ import annotations
 
 import asyncio
-import threading
+import concurrent.futures
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -201,9 +201,9 @@ def test_zulip_client_send_message_and_call_on_each_event(system: dict[str, Any]
         private = sender.send_message({"type": "private", "to": [othello.email], "content": "just you"})
         assert private["result"] == "success", private
 
-    sending = threading.Thread(target=send_when_listening)
-    sending.start()
-    with pytest.raises(Enough):
-        client.call_on_each_event(on_event, event_types=["message"])
-    sending.join(60)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sending = pool.submit(send_when_listening)
+        with pytest.raises(Enough):
+            client.call_on_each_event(on_event, event_types=["message"])
+        sending.result(60)  # the sender's own assertions, raised here
     assert received[0]["message"]["content"] == "from zulip"

@@ -19,24 +19,20 @@ from eventbus.queue import MemoryBroker
 from eventbus.settings import Settings
 from eventbus.tornado_events import send_event
 from eventbus.users import User
-from tests.conftest import EVENT_SECRET, wait_for
+from tests.conftest import EVENT_SECRET, until, wait_for
 from tests.eventserver import Api, ServerThread, StartServer, run
 
 
-def wait_queued(server: ServerThread, queue_id: str, user: User, count: int) -> None:
+async def wait_queued(server: ServerThread, queue_id: str, user: User, count: int) -> None:
     """Wait until ``count`` events sit in the queue (delivery through the broker is asynchronous)."""
-    deadline = time.monotonic() + 10
-    while server.call(lambda: len(server.server.registry.get(queue_id, user.id).queue)) < count:
-        assert time.monotonic() < deadline, f"fewer than {count} events arrived"
-        time.sleep(0.01)
+    await until(lambda: server.call(lambda: len(server.server.registry.get(queue_id, user.id).queue)) >= count,
+                what=f"{count} events in the queue")
 
 
 async def wait_held(server: ServerThread, queue_id: str, user: User) -> None:
     """Wait until the server holds a GET on the queue."""
-    deadline = time.monotonic() + 10
-    while server.call(lambda: server.server.registry.get(queue_id, user.id).listener) is None:
-        assert time.monotonic() < deadline, "the GET was never held"
-        await asyncio.sleep(0.01)
+    await until(lambda: server.call(lambda: server.server.registry.get(queue_id, user.id).listener) is not None,
+                what="the GET to be held")
 
 
 async def hold_a_poll(server: ServerThread, user: User) -> tuple[Api, str, asyncio.Future[tuple[int, Any]]]:
@@ -72,7 +68,7 @@ def test_register_poll_and_ack(start_server: StartServer, users: tuple[User, Use
         assert (await api.events(queue_id, dont_block=True))[1]["events"] == []
         for n in range(3):
             send_event({"type": "custom", "n": n}, [iago.id])
-        await asyncio.to_thread(wait_queued, server, queue_id, iago, 3)
+        await wait_queued(server, queue_id, iago, 3)
         status, body = await api.events(queue_id)
         events = body["events"]
         assert [(e["id"], e["n"]) for e in events] == [(0, 0), (1, 1), (2, 2)]
@@ -246,7 +242,7 @@ def test_a_message_delivered_twice_reaches_each_client_once(start_server: StartS
         send_event(twice, [iago.id])
         send_event(twice, [iago.id])  # a redelivered message_sender event sends it again
         send_event({"type": "custom"}, [iago.id])
-        await asyncio.to_thread(wait_queued, server, queue_id, iago, 2)
+        await wait_queued(server, queue_id, iago, 2)
         events = (await api.events(queue_id))[1]["events"]
         assert [e["type"] for e in events] == ["message", "custom"]
 
@@ -306,7 +302,7 @@ def test_queues_survive_a_restart(start_server: StartServer, users: tuple[User, 
         queue_id = await api.register()
         for n in range(3):
             send_event({"type": "custom", "n": n}, [iago.id])
-        await asyncio.to_thread(wait_queued, first, queue_id, iago, 3)
+        await wait_queued(first, queue_id, iago, 3)
         events = (await api.events(queue_id))[1]["events"]
         assert events[0]["n"] == 0  # the client has event 0, then the server restarts
         return queue_id

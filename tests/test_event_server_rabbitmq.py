@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,11 +79,11 @@ def test_zulip_client_call_on_each_event(server: ServerThread, iago: User) -> No
         for n in range(3):
             send_event({"type": "custom", "n": n}, [iago.id])
 
-    producer = threading.Thread(target=produce)
-    producer.start()
-    with pytest.raises(Enough):
-        client.call_on_each_event(callback, event_types=["custom"])
-    producer.join(10)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        producer = pool.submit(produce)
+        with pytest.raises(Enough):
+            client.call_on_each_event(callback, event_types=["custom"])
+        producer.result(10)
     assert [e["n"] for e in received] == [0, 1, 2]
 
 

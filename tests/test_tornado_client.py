@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -14,24 +13,9 @@ from eventbus.errors import EventEncodingError
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.queue.tornado_client import TornadoQueueClient
 from eventbus.settings import Settings
+from tests.conftest import until
+from tests.eventserver import run
 from tests.forwarder import Forwarder
-
-
-def run(scenario: Callable[[], Awaitable[None]], timeout: float = 60) -> None:
-    """Run a coroutine on a fresh Tornado IOLoop (asyncio underneath)."""
-
-    async def bounded() -> None:
-        await asyncio.wait_for(scenario(), timeout)
-
-    asyncio.run(bounded())
-
-
-async def until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 class LagMeter:

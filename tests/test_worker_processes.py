@@ -35,10 +35,9 @@ def workers(settings: Settings) -> Iterator[Any]:
 
 @pytest.fixture
 def fresh(broker: RabbitMQBroker) -> Iterator[RabbitMQBroker]:
-    """The broker, with the shared test queues emptied before and after (they outlive a test)."""
+    """The broker, with the shared test queues emptied first (they outlive a test)."""
     queues = ["test", "test_batch", "test_slow", "test_async", "test_flaky"]
     for queue in queues:
-        broker.publish_many(queue, [])
         if broker.queue_info(queue).exists:
             broker.purge(queue)
     yield broker
