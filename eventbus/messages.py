@@ -12,7 +12,6 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,15 +89,14 @@ class StoredMessage:
         }
 
 
-class MessageStore:
-    """Streams and messages in SQLite; safe from any thread and process (a connection per call)."""
+class MessageStore(sqlite.Store):
+    """Streams and messages in SQLite; safe from any thread and process."""
+
+    SCHEMA = SCHEMA
 
     def __init__(self, path: Path | str) -> None:
         self.users = UserStore(path)
-        self.path = sqlite.create(path, SCHEMA)
-
-    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
-        return sqlite.connect(self.path)
+        super().__init__(path)
 
     # -- streams ------------------------------------------------------------------
 

@@ -14,8 +14,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 #: Seconds a connection waits for another writer's lock before giving up.
 BUSY_TIMEOUT = 30.0
@@ -72,3 +73,20 @@ def _use_wal(path: Path) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+class Store:
+    """A store in one SQLite file: its ``SCHEMA`` made sure of when it is made, ``_db()`` one transaction.
+
+    Safe from any thread and process (a connection per thread, see the module docstring).
+    """
+
+    SCHEMA: ClassVar[str] = ""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = create(path, self.SCHEMA)
+
+    def _db(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        """This thread's connection in a transaction; ``write`` takes the write lock first (a read-then-write
+        is then atomic)."""
+        return connect(self.path, write=write)

@@ -13,9 +13,7 @@ import re
 import secrets
 import sqlite3
 import time
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 
 from eventbus import sqlite
 
@@ -51,14 +49,10 @@ class User:
         return {"user_id": self.id, "email": self.email, "full_name": self.full_name}
 
 
-class UserStore:
+class UserStore(sqlite.Store):
     """Users in a SQLite file."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = sqlite.create(path, SCHEMA)
-
-    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
-        return sqlite.connect(self.path)
+    SCHEMA = SCHEMA
 
     def create_user(self, email: str, full_name: str | None = None) -> User:
         """Create a user with a new random API key; UserError for a bad or taken email."""

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from eventbus import sqlite
@@ -106,15 +104,10 @@ class Presence:
                 "presence": {self.client: entry}}
 
 
-class AnalyticsStore:
-    """Activity counts, activity intervals and presence; safe from any thread and process (a connection per call)."""
+class AnalyticsStore(sqlite.Store):
+    """Activity counts, activity intervals and presence; safe from any thread and process."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = sqlite.create(path, SCHEMA)
-
-    def _db(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
-        """A connection in a transaction; ``write`` takes the write lock first, so a read-then-write is atomic."""
-        return sqlite.connect(self.path, write=write)
+    SCHEMA = SCHEMA
 
     def add_activity(self, counts: ActivityCounts) -> None:
         """Add the counts and last visits, in one transaction."""

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import logging
 import smtplib
-import sqlite3
 import time
 from collections.abc import Iterable
-from contextlib import AbstractContextManager
-from pathlib import Path
 
 from eventbus import sqlite
 from eventbus.processors.mailer import EMAIL_QUEUE, Email, Mailer, stable_id
@@ -34,14 +31,10 @@ CREATE INDEX IF NOT EXISTS sent_emails_by_time ON sent_emails(sent_at);
 """
 
 
-class SentEmails:
+class SentEmails(sqlite.Store):
     """The ids of the emails sent, in SQLite (the users' database): what makes a redelivered email a no-op."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = sqlite.create(path, SCHEMA)
-
-    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
-        return sqlite.connect(self.path)
+    SCHEMA = SCHEMA
 
     def among(self, email_ids: Iterable[str]) -> set[str]:
         """Those of ``email_ids`` that were sent already."""

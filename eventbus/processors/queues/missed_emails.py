@@ -29,13 +29,10 @@ from __future__ import annotations
 
 import html
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 
 from eventbus import sqlite
 from eventbus.messages import MessageStore, StoredMessage
@@ -72,14 +69,10 @@ class Missed:
     trigger: str
 
 
-class PendingMissed:
+class PendingMissed(sqlite.Store):
     """The missed messages waiting for their email, in SQLite (the users' database)."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = sqlite.create(path, SCHEMA)
-
-    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
-        return sqlite.connect(self.path)
+    SCHEMA = SCHEMA
 
     def without_unclaimed(self, user_ids: Iterable[int]) -> list[int]:
         """Those of the users with no unclaimed row: no flush is on its way for them."""

@@ -33,11 +33,9 @@ from __future__ import annotations
 import http.client
 import logging
 import re
-import sqlite3
 import time
 import urllib.parse
-from contextlib import AbstractContextManager, closing
-from pathlib import Path
+from contextlib import closing
 from typing import Any
 
 from eventbus import codec, sqlite
@@ -72,14 +70,10 @@ class GatewayUnavailable(Exception):
     """The gateway could not be reached or answered "try later" (5xx, 408, 429): the event is retried."""
 
 
-class SentNotifications:
-    """The (user, message) pairs already pushed; safe from any thread and process (a connection per call)."""
+class SentNotifications(sqlite.Store):
+    """The (user, message) pairs already pushed; safe from any thread and process."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = sqlite.create(path, SCHEMA)
-
-    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
-        return sqlite.connect(self.path)
+    SCHEMA = SCHEMA
 
     def was_sent(self, user_id: int, message_id: int) -> bool:
         with self._db() as db:
