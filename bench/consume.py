@@ -53,6 +53,7 @@ import pika
 import pika.adapters.blocking_connection
 
 from bench import register
+from bench._processes import ROOT, environment
 from bench.harness import BenchError, Context, Figure, Outcome, Result, in_rounds
 from bench.publish import Event, make_event
 from eventbus.processors.stats import read_stats, stats_path
@@ -78,8 +79,6 @@ POLL = 0.005
 END_POLL = 0.01
 #: Longest a consumer may take to start, to drain the queue, or to exit, before the case fails.
 TIMEOUT = 120.0
-#: The project root: ``python -m bench._raw_consumer`` runs from there.
-ROOT = Path(__file__).resolve().parent.parent
 #: Units of the CPU times in /proc/<pid>/stat.
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -90,9 +89,8 @@ class ConsumerProcess(ABC):
     def __init__(self, argv: list[str], settings: Settings, log: Path) -> None:
         self.argv = argv
         self.log = log
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTBUS_")}
-        env.update(EVENTBUS_BROKER="amqp", EVENTBUS_AMQP_URL=settings.connection_url,
-                   EVENTBUS_VAR_DIR=str(settings.var_dir), EVENTBUS_PREFETCH=str(PREFETCH))
+        env = environment(EVENTBUS_BROKER="amqp", EVENTBUS_AMQP_URL=settings.connection_url,
+                          EVENTBUS_VAR_DIR=str(settings.var_dir), EVENTBUS_PREFETCH=str(PREFETCH))
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as output:
             self.process = subprocess.Popen([sys.executable, *argv], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
