@@ -38,9 +38,11 @@ DEV_USERS = [("iago@example.com", "Iago"), ("othello@example.com", "Othello"),
              ("desdemona@example.com", "Desdemona"), ("cordelia@example.com", "Cordelia")]
 DEV_STREAMS = ["general", "Denmark", "Verona"]
 #: Where a code change restarts which processes (the longest matching folder wins).
-RELOAD_GROUPS = {"eventbus/tornado_events": {"tornado"}, "eventbus/web": {"tornado"},
-                 "eventbus/metrics.py": {"tornado"}, "eventbus/processors": {"workers"},
-                 "eventbus/devtools": {"devtools"}}
+TORNADO, WORKERS, DEVTOOLS = frozenset({"tornado"}), frozenset({"workers"}), frozenset({"devtools"})
+ALL_GROUPS = TORNADO | WORKERS | DEVTOOLS
+RELOAD_GROUPS = {"eventbus/tornado_events": TORNADO, "eventbus/web": TORNADO, "eventbus/metrics.py": TORNADO,
+                 "eventbus/processors": WORKERS, "eventbus/devtools": DEVTOOLS,
+                 "eventbus/devtools/pages.py": TORNADO}  # the pages are served by the Tornado server
 
 say_lock = threading.Lock()
 
@@ -111,8 +113,9 @@ def amqp_reachable(url: str) -> bool:
 class Child:
     """One process of the system, its output prefixed with its name."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], group: str, colour: str) -> None:
-        self.name, self.argv, self.env, self.group, self.colour = name, argv, env, group, colour
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], groups: frozenset[str], colour: str) -> None:
+        """``groups``: the code it runs (RELOAD_GROUPS); a change there restarts it."""
+        self.name, self.argv, self.env, self.groups, self.colour = name, argv, env, groups, colour
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -151,7 +154,7 @@ def groups_for(changed: list[str]) -> set[str]:
     groups: set[str] = set()
     for path in changed:
         matches = [prefix for prefix in RELOAD_GROUPS if path.startswith(prefix)]
-        groups |= RELOAD_GROUPS[max(matches, key=len)] if matches else {"tornado", "workers", "devtools"}
+        groups |= RELOAD_GROUPS[max(matches, key=len)] if matches else ALL_GROUPS
     return groups
 
 
@@ -183,24 +186,24 @@ def plan(args: argparse.Namespace, env: dict[str, str], memory: bool, ports: dic
     colours = iter(COLOURS * 8)
     if memory:
         return [Child("eventbus", [python, "-m", "eventbus.devtools.embedded", "--port", str(args.port),
-                                   "--push-port", str(ports["push"])], env, "tornado", next(colours))]
+                                   "--push-port", str(ports["push"])], env, ALL_GROUPS, next(colours))]
     children = [
-        Child("tornado", [python, "-m", "eventbus", "runtornado", "--port", str(args.port)], env, "tornado",
+        Child("tornado", [python, "-m", "eventbus", "runtornado", "--port", str(args.port)], env, TORNADO,
               next(colours)),
         Child("devtools", [python, "-m", "eventbus.devtools", "--smtp-port", str(ports["smtp"]),
-                           "--push-port", str(ports["push"])], env, "devtools", next(colours)),
+                           "--push-port", str(ports["push"])], env, DEVTOOLS, next(colours)),
         Child("email-mirror", [python, "-m", "eventbus", "email_mirror_server", "--port", str(ports["mirror"])],
-              env, "workers", next(colours)),
+              env, WORKERS, next(colours)),
     ]
     if args.streamlined:
         return children
     if args.all_in_one:
-        return [*children, Child("workers", [python, "-m", "eventbus", "process_queue", "--all"], env, "workers",
+        return [*children, Child("workers", [python, "-m", "eventbus", "process_queue", "--all"], env, WORKERS,
                                  next(colours))]
     from eventbus.processors.registry import registered_queues
 
     return [*children, *(Child(queue, [python, "-m", "eventbus", "process_queue", f"--queue={queue}"], env,
-                               "workers", next(colours)) for queue in registered_queues())]
+                               WORKERS, next(colours)) for queue in registered_queues())]
 
 
 def main() -> int:
@@ -280,7 +283,7 @@ def watch(children: list[Child], stopping: threading.Event) -> None:
             groups = groups_for(changed)
             say("run_dev", f"{', '.join(changed[:3])} changed: restarting {', '.join(sorted(groups))}")
             for child in children:
-                if child.group in groups:
+                if child.groups & groups:
                     child.restart()
                     reported.discard(child.name)
         for child in children:

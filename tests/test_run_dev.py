@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
+import importlib.util
 import json
 import os
 import signal
@@ -108,3 +110,18 @@ def test_run_dev_help(flag: str) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "run_dev.py"), flag], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0 and "--memory-broker" in result.stdout
+
+
+def test_a_code_change_restarts_the_processes_that_run_that_code() -> None:
+    spec = importlib.util.spec_from_file_location("run_dev", ROOT / "run_dev.py")
+    assert spec is not None and spec.loader is not None
+    run_dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_dev)
+    assert run_dev.groups_for(["eventbus/processors/queues/email.py"]) == {"workers"}
+    assert run_dev.groups_for(["eventbus/devtools/smtp_sink.py"]) == {"devtools"}
+    assert run_dev.groups_for(["eventbus/devtools/pages.py"]) == {"tornado"}  # Tornado serves the pages
+    assert run_dev.groups_for(["eventbus/codec.py"]) == {"tornado", "workers", "devtools"}
+    # Without RabbitMQ one process runs everything: any change restarts it.
+    args = argparse.Namespace(port=9991, all_in_one=False, streamlined=False)
+    [embedded] = run_dev.plan(args, {}, True, {"push": 1, "smtp": 2, "mirror": 3})
+    assert embedded.groups == {"tornado", "workers", "devtools"}
