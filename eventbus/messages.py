@@ -123,10 +123,6 @@ class MessageStore(sqlite.Store):
             row = db.execute("SELECT * FROM streams WHERE email_token = ?", (token,)).fetchone()
         return _stream(row) if row else None
 
-    def streams(self) -> list[Stream]:
-        with self._db() as db:
-            return [_stream(row) for row in db.execute("SELECT * FROM streams ORDER BY name")]
-
     def subscribers(self, stream_id: int) -> list[int]:
         with self._db() as db:
             rows = db.execute("SELECT user_id FROM subscriptions WHERE stream_id = ? ORDER BY user_id", (stream_id,))

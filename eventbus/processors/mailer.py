@@ -113,13 +113,6 @@ def _without_retry_count(payload: Any) -> Any:
     return payload
 
 
-@dataclass(frozen=True)
-class MailerStatistics:
-    connections_opened: int
-    emails_sent: int
-    connected: bool
-
-
 class Mailer:
     """One SMTP connection, opened on first use and reused for every email after.
 
@@ -133,8 +126,6 @@ class Mailer:
         self.settings = settings
         self.timeout = timeout
         self._smtp: smtplib.SMTP | None = None
-        self._opened = 0
-        self._sent = 0
 
     def send(self, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
         """Send one message; returns the recipients the server refused (when it accepted some).
@@ -150,7 +141,6 @@ class Mailer:
         except (smtplib.SMTPException, OSError):
             self.close()
             raise
-        self._sent += 1
         return refused
 
     def check(self) -> None:
@@ -181,8 +171,6 @@ class Mailer:
         except (smtplib.SMTPException, OSError):
             smtp.close()
 
-    def statistics(self) -> MailerStatistics:
-        return MailerStatistics(self._opened, self._sent, self._smtp is not None)
 
     def _connection(self) -> smtplib.SMTP:
         # smtplib closes the socket itself on some replies (421: the server is going away).
@@ -208,7 +196,6 @@ class Mailer:
         except BaseException:
             smtp.close()
             raise
-        self._opened += 1
         logger.debug("SMTP connection to %s:%d (%s) opened in %.3f s", s.smtp_host, s.smtp_port, s.smtp_tls,
                      time.monotonic() - started)
         return smtp

@@ -5,7 +5,7 @@ callback with the list of events, in the caller's thread. After the callback
 returns, the batch is acked (one ack, ``multiple``); if it raises anything,
 BaseException included, the batch is nacked with requeue and the exception
 propagates out of ``run()``. A body that is not JSON never reaches the
-callback: it goes to the error store (or to ``on_undecodable``) and is acked.
+callback: it goes to the error store and is acked.
 
 Batching: a batch holds at most ``batch_size`` events. With ``timeout=None``
 a batch is what is there already (at least one event, no waiting); with a
@@ -30,8 +30,6 @@ logger = logging.getLogger(__name__)
 IDLE_AFTER = 0.05
 #: The callback gets a list of decoded events (one, for batch_size=1).
 BatchCallback = Callable[[list[Any]], None]
-#: Called with the raw body and the decoding error of a body that is not JSON.
-UndecodableCallback = Callable[[bytes, EventEncodingError], None]
 
 
 class Delivery(NamedTuple):
@@ -53,8 +51,7 @@ class Consumer(ABC):
         *,
         batch_size: int = 1,
         timeout: float | None = None,
-        error_store: ErrorStore | None = None,
-        on_undecodable: UndecodableCallback | None = None,
+        error_store: ErrorStore,
         on_idle: Callable[[], None] | None = None,
     ) -> None:
         if batch_size < 1:
@@ -64,7 +61,6 @@ class Consumer(ABC):
         self.batch_size = batch_size
         self.timeout = timeout
         self.error_store = error_store
-        self.on_undecodable = on_undecodable
         self.on_idle = on_idle
         self._stopping = False
 
@@ -131,12 +127,7 @@ class Consumer(ABC):
         self._settle(last, ack=True, multiple=True)
 
     def _undecodable(self, delivery: Delivery, error: EventEncodingError) -> None:
-        if self.on_undecodable is not None:
-            self.on_undecodable(delivery.body, error)
-        elif self.error_store is not None:
-            self.error_store.record(self.queue, raw=delivery.body, error=str(error), tries=0)
-        else:
-            logger.error("queue %s: dropped a body that is not JSON (%s): %r", self.queue, error, delivery.body[:200])
+        self.error_store.record(self.queue, raw=delivery.body, error=str(error), tries=0)
         self._settle(delivery, ack=True, multiple=False)
 
     @abstractmethod

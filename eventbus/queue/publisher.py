@@ -17,7 +17,7 @@ from functools import partial
 from pika.adapters.select_connection import IOLoop
 
 from eventbus.errors import BrokerUnreachable, PublishTimeout
-from eventbus.queue.client import AmqpClient, Publish
+from eventbus.queue.client import AmqpClient
 from eventbus.queue.frames import FastSelectConnection
 from eventbus.settings import Settings
 
@@ -99,12 +99,4 @@ class BlockingPublisher:
         self._run_until(lambda: self._client.closed, timeout=2.0)
         self._ioloop.close()
 
-    def statistics(self) -> dict[str, object]:
-        return self._client.statistics()
-
-    @property
-    def client(self) -> AmqpClient:
-        return self._client
-
-
-__all__ = ["BlockingPublisher", "Publish"]
+__all__ = ["BlockingPublisher"]
