@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from eventbus import sqlite
 from eventbus.messages import MessageStore, StoredMessage
 from eventbus.processors.message_send import check_request, send
-from eventbus.processors.queues.push import PushNotificationWorker
+from eventbus.processors.queues.push import PushNotificationWorker, SentNotifications
 from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import MemoryBroker
 from eventbus.settings import Settings
@@ -237,3 +239,14 @@ def test_without_a_push_url_events_are_logged_and_acked(
         f"to user {users[1].id}",
     ]
     assert gateway.requests == []
+
+
+def test_pushes_sent_long_ago_are_forgotten_when_the_worker_starts(event_settings: Settings,
+                                                                   event_broker: MemoryBroker) -> None:
+    sent = SentNotifications(event_settings.database)
+    sent.record(1, 10)
+    sent.record(1, 11)
+    with sqlite.connect(sent.path) as db:
+        db.execute("UPDATE push_notifications_sent SET sent_at = ? WHERE message_id = 10", (time.time() - 40 * 86400,))
+    PushNotificationWorker(event_broker).before_start()
+    assert (sent.was_sent(1, 10), sent.was_sent(1, 11)) == (False, True)

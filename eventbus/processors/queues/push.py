@@ -63,7 +63,10 @@ CREATE TABLE IF NOT EXISTS push_notifications_sent (
     sent_at REAL NOT NULL,
     PRIMARY KEY (user_id, message_id)
 );
+CREATE INDEX IF NOT EXISTS push_notifications_sent_by_time ON push_notifications_sent(sent_at);
 """
+#: How long a push is remembered as sent: far longer than a notification can be redelivered.
+KEEP_SENT_SECONDS = 30 * 24 * 3600.0
 
 
 class GatewayUnavailable(Exception):
@@ -85,6 +88,11 @@ class SentNotifications(sqlite.Store):
         with self._db() as db:
             db.execute("INSERT OR IGNORE INTO push_notifications_sent (user_id, message_id, sent_at) VALUES (?, ?, ?)",
                        (user_id, message_id, time.time()))
+
+    def forget_before(self, when: float) -> int:
+        """Forget the pushes sent before ``when``; how many there were."""
+        with self._db() as db:
+            return db.execute("DELETE FROM push_notifications_sent WHERE sent_at < ?", (when,)).rowcount
 
 
 class PushGateway:
@@ -153,6 +161,7 @@ class PushNotificationWorker(QueueProcessingWorker):
         settings = self.broker.settings
         self.store = MessageStore(settings.database)
         self.sent = SentNotifications(settings.database)
+        self.sent.forget_before(time.time() - KEEP_SENT_SECONDS)  # the table would grow with every push otherwise
         self.gateway = PushGateway(settings.push_url, settings.push_api_key) if settings.push_url else None
         if self.gateway is None:
             logger.info("EVENTBUS_PUSH_URL is not set: mobile push notifications are switched off")
