@@ -144,7 +144,7 @@ class MessageStore(sqlite.Store):
             if request_id is not None:
                 row = db.execute("SELECT id FROM messages WHERE request_id = ?", (request_id,)).fetchone()
                 if row is not None:
-                    return self._load(db, row["id"])
+                    return self._stored(db, row["id"])
             cursor = db.execute(
                 "INSERT INTO messages (request_id, sender_id, type, stream_id, display_recipient, subject, content,"
                 " rendered_content, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -154,7 +154,7 @@ class MessageStore(sqlite.Store):
             message_id = cursor.lastrowid
             db.executemany("INSERT INTO user_messages (user_id, message_id, flags) VALUES (?, ?, ?)",
                            [(uid, message_id, codec.encode(f).decode()) for uid, f in flags.items()])
-            return self._load(db, message_id)
+            return self._stored(db, message_id)
 
     def mark_delivered(self, message_id: int) -> None:
         with self._db() as db:
@@ -162,30 +162,50 @@ class MessageStore(sqlite.Store):
 
     def get(self, message_id: int) -> StoredMessage | None:
         with self._db() as db:
-            exists = db.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone()
-            return self._load(db, message_id) if exists else None
+            return self._load(db, message_id)
 
     def recent(self, user_id: int, num_before: int = 50) -> list[dict[str, Any]]:
-        """The user's latest ``num_before`` messages, oldest first, as the messages API shows them."""
-        with self._db() as db:
-            ids = [row[0] for row in db.execute(
-                "SELECT message_id FROM user_messages WHERE user_id = ? ORDER BY message_id DESC LIMIT ?",
-                (user_id, num_before))]
-            messages = [self._load(db, message_id) for message_id in reversed(ids)]
-        return [{**m.event_message(), "flags": m.flags.get(user_id, [])} for m in messages]
+        """The user's latest ``num_before`` messages, oldest first, as the messages API shows them.
 
-    def _load(self, db: sqlite3.Connection, message_id: int | None) -> StoredMessage:
-        row = db.execute("SELECT m.*, u.email, u.full_name FROM messages m JOIN users u ON u.id = m.sender_id "
-                         "WHERE m.id = ?", (message_id,)).fetchone()
+        One query, with the user's own flags only: loading each message with every recipient's flags cost
+        two queries a message and a thousand flag rows for a message to a stream of a thousand.
+        """
+        with self._db() as db:
+            rows = db.execute(
+                f"SELECT {_MESSAGE_COLUMNS}, um.flags AS own_flags FROM user_messages um"
+                " JOIN messages m ON m.id = um.message_id JOIN users u ON u.id = m.sender_id"
+                " WHERE um.user_id = ? ORDER BY um.message_id DESC LIMIT ?", (user_id, num_before)).fetchall()
+        return [{**_message(row, {}).event_message(), "flags": codec.decode(row["own_flags"])}
+                for row in reversed(rows)]
+
+    def _stored(self, db: sqlite3.Connection, message_id: int | None) -> StoredMessage:
+        """A message this transaction has just found or written."""
+        message = self._load(db, message_id)
+        assert message is not None, message_id
+        return message
+
+    def _load(self, db: sqlite3.Connection, message_id: int | None) -> StoredMessage | None:
+        row = db.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id"
+                         " WHERE m.id = ?", (message_id,)).fetchone()
+        if row is None:
+            return None
         flags = {r["user_id"]: codec.decode(r["flags"]) for r in db.execute(
             "SELECT user_id, flags FROM user_messages WHERE message_id = ?", (message_id,))}
-        return StoredMessage(
-            id=row["id"], request_id=row["request_id"], sender_id=row["sender_id"], sender_email=row["email"],
-            sender_full_name=row["full_name"], type=row["type"],
-            display_recipient=codec.decode(row["display_recipient"]),
-            subject=row["subject"], content=row["content"], rendered_content=row["rendered_content"],
-            timestamp=row["timestamp"], delivered=bool(row["delivered"]), flags=flags,
-        )
+        return _message(row, flags)
+
+
+#: A message's columns and its sender's, for ``_message``.
+_MESSAGE_COLUMNS = "m.*, u.email, u.full_name"
+
+
+def _message(row: sqlite3.Row, flags: Mapping[int, list[str]]) -> StoredMessage:
+    return StoredMessage(
+        id=row["id"], request_id=row["request_id"], sender_id=row["sender_id"], sender_email=row["email"],
+        sender_full_name=row["full_name"], type=row["type"],
+        display_recipient=codec.decode(row["display_recipient"]),
+        subject=row["subject"], content=row["content"], rendered_content=row["rendered_content"],
+        timestamp=row["timestamp"], delivered=bool(row["delivered"]), flags=flags,
+    )
 
 
 def _stream(row: sqlite3.Row) -> Stream:
