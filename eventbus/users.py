@@ -89,6 +89,12 @@ class UserStore(sqlite.Store):
         with self._db() as db:
             return [_user(row) for row in db.execute("SELECT * FROM users ORDER BY id")]
 
+    def active_ids(self, *, besides: int | None = None) -> list[int]:
+        """The ids of the active users (but ``besides``), ascending."""
+        with self._db() as db:
+            return [row[0] for row in db.execute("SELECT id FROM users WHERE is_active AND id IS NOT ? ORDER BY id",
+                                                 (besides,))]
+
     def authenticate(self, email: str, api_key: str) -> User | None:
         """The active user whose email and API key these are, else None (the key compared in constant time)."""
         user = self.get_by_email(email)

@@ -217,7 +217,7 @@ class UserPresenceWorker(QueueProcessingWorker):
         latest = self.store.set_presence(user_id, status, client, when)
         # Compared with what was announced, not with the previous row: a broadcast that failed is made on retry.
         if latest.status != latest.announced_status:
-            peers = [u.id for u in self.users.all() if u.is_active and u.id != user_id]
+            peers = self.users.active_ids(besides=user_id)
             if peers:
                 send_event(latest.event(user.email), peers)
             self.store.mark_announced(user_id, latest.status)
