@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 from eventbus.errors import BrokerError
 from eventbus.processors.registry import get_worker_class
@@ -45,9 +46,11 @@ class QueueReport:
     errors: int  # events in the error store
     state: State
     reason: str
+    #: The worker's stats file as read for this report (not part of the report itself).
+    stats: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, object]:
-        return {**self.__dict__, "state": self.state.name}
+        return {**{k: v for k, v in self.__dict__.items() if k != "stats"}, "state": self.state.name}
 
 
 def queue_reports(broker: Broker, queues: Sequence[str]) -> list[QueueReport]:
@@ -73,7 +76,7 @@ def _report(broker: Broker, info: QueueInfo, now: float) -> QueueReport:
     elif backlog is not None and backlog >= options.backlog_warning:
         state, reason = State.WARNING, f"{queue} backlog {backlog:.0f} s"
     return QueueReport(queue, info.depth, info.consumers, average, backlog, age,
-                       broker.error_store.count(queue), state, reason)
+                       broker.error_store.count(queue), state, reason, stats)
 
 
 def check_queue(broker: Broker, queues: Sequence[str]) -> tuple[State, str]:

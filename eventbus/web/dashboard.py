@@ -27,7 +27,7 @@ from tornado.ioloop import IOLoop
 from eventbus.errors import BrokerError
 from eventbus.processors.monitoring import QueueReport, State, queue_reports
 from eventbus.processors.registry import registered_queues
-from eventbus.processors.stats import WRITE_INTERVAL, read_stats
+from eventbus.processors.stats import WRITE_INTERVAL
 from eventbus.queue import Broker, QueueInfo
 from eventbus.tornado_events.notify import notify_queue_name, return_queue_name
 
@@ -94,14 +94,13 @@ class QueueDashboard:
 
     async def _sample(self) -> dict[str, Any]:
         now = time.time()
-        reports, tornado_queues, stats, broker_error = await IOLoop.current().run_in_executor(None, self._read)
-        queues = sorted((self._queue(report, stats.get(report.name) or {}, now) for report in reports),
-                        key=_urgency)
+        reports, tornado_queues, broker_error = await IOLoop.current().run_in_executor(None, self._read)
+        queues = sorted((self._queue(report, now) for report in reports), key=_urgency)
         return {"time": now, "queues": queues, "tornado": self._tornado(tornado_queues, now),
                 "broker_error": broker_error}
 
-    def _read(self) -> tuple[list[QueueReport], list[QueueInfo], dict[str, dict[str, Any]], str | None]:
-        """Everything blocking, in one executor call: reports, Tornado's own queues, worker stats."""
+    def _read(self) -> tuple[list[QueueReport], list[QueueInfo], str | None]:
+        """Everything blocking, in one executor call: the reports (with the worker stats), Tornado's own queues."""
         names = list(self.queues())
         server_id = self.server.settings.server_id
         try:
@@ -109,18 +108,18 @@ class QueueDashboard:
             tornado_queues = self.broker.queue_infos([notify_queue_name(server_id), return_queue_name(server_id)])
         except BrokerError as e:
             logger.warning("queue dashboard: cannot read the queues: %s", e)
-            return [], [], {}, str(e)
-        stats = {name: read_stats(self.broker.settings.var_dir, name) or {} for name in names}
-        return reports, tornado_queues, stats, None
+            return [], [], str(e)
+        return reports, tornado_queues, None
 
-    def _queue(self, report: QueueReport, stats: dict[str, Any], now: float) -> dict[str, Any]:
+    def _queue(self, report: QueueReport, now: float) -> dict[str, Any]:
+        stats = report.stats
         processed, failed = int(stats.get("processed", 0)), int(stats.get("failed", 0))
         rate = None
         if "update_time" in stats:
             consumed, at = processed + failed, stats["update_time"]
             counter = self._consumed.setdefault(report.name, _Counter(consumed, at, now))
             rate = counter.update(consumed, at, now)
-            if now - stats["update_time"] > IDLE_AFTER:
+            if report.stats_age is not None and report.stats_age > IDLE_AFTER:
                 rate = 0.0
         history = self._history.setdefault(report.name, deque(maxlen=HISTORY))
         history.append([round(now, 3), report.depth, rate])
