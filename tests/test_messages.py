@@ -259,7 +259,6 @@ def test_unread_mentions_left_in_expired_queues_notify(start_server: StartServer
     wait_for(lambda: event_broker.queue_info("missedmessage_emails").depth == 1, what="the email notification")
 
 
-
 def test_rendering_does_not_leak_memory() -> None:
     def resident_kib() -> int:
         return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])

@@ -131,8 +131,16 @@ class TornadoQueueClient:
         return future
 
     def publish_nowait(self, queue: str, event: Any) -> None:
-        """Publish without waiting for the confirm; a failure is logged (and counted), not raised."""
-        _log_failure(self.publish(queue, event), self, queue)
+        """Publish without waiting for the confirm; a failure is logged (and counted), not raised.
+
+        No future: thousands go out at once (the user_activity flush), and the confirm needs only a look.
+        """
+        self.client.publish(check_queue_name(queue), codec.encode(event), partial(self._published, queue))
+
+    def _published(self, queue: str, error: BaseException | None) -> None:
+        if error is not None:
+            self.publish_failures += 1
+            logger.error("%s: an event for %s was not published: %s", self.name, queue, error)
 
     def consume(self, queue: str, callback: EventCallback) -> None:
         """Call ``callback(event)`` for every event of ``queue``, on this and every later connection."""
@@ -271,7 +279,7 @@ class MemoryTornadoClient:
         return future
 
     def publish_nowait(self, queue: str, event: Any) -> None:
-        _log_failure(self.publish(queue, event), self, queue)
+        self.broker.publish(queue, event)  # in memory: nothing can fail later
 
     def consume(self, queue: str, callback: EventCallback) -> None:
         self._consumers[check_queue_name(queue)] = callback
@@ -318,15 +326,6 @@ class MemoryTornadoClient:
     def statistics(self) -> dict[str, Any]:
         return {"ready": self.ready, "consumers": sorted(self._consumers), "consumed": self.consumed,
                 "failed": self.failed, "publish_failures": self.publish_failures}
-
-
-def _log_failure(future: asyncio.Future[None], client: TornadoQueueClient | MemoryTornadoClient, queue: str) -> None:
-    def check(done: asyncio.Future[None]) -> None:
-        if not done.cancelled() and done.exception() is not None:
-            client.publish_failures += 1
-            logger.error("%s: an event for %s was not published: %s", client.name, queue, done.exception())
-
-    future.add_done_callback(check)
 
 
 def tornado_client_for(settings: Settings, broker: Broker | None = None, *,
