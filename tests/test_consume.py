@@ -30,6 +30,13 @@ def run_in_thread(consumer: RabbitMQConsumer) -> tuple[threading.Thread, list[Ba
     return thread, raised
 
 
+def stop(consumer: RabbitMQConsumer, thread: threading.Thread) -> None:
+    """Stop a consumer run by ``run_in_thread``; it must end."""
+    consumer.stop()
+    thread.join(10)
+    assert not thread.is_alive(), "the consumer did not stop within 10 s"
+
+
 def publish_raw(settings: Settings, queue: str, bodies: list[bytes]) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
     try:
@@ -47,8 +54,7 @@ def test_batches_are_bounded_and_everything_is_acked(broker: RabbitMQBroker, que
     consumer = broker.consumer(queue_name, batches.append, batch_size=100, timeout=0.5)
     thread, raised = run_in_thread(consumer)
     wait_for(lambda: sum(map(len, batches)) == 250, what="250 events")
-    consumer.stop()
-    thread.join(10)
+    stop(consumer, thread)
     assert not raised
     assert all(1 <= len(b) <= 100 for b in batches)
     assert [e["n"] for b in batches for e in b] == list(range(250))
@@ -70,8 +76,7 @@ def test_failing_callback_nacks_its_batch_and_raises(broker: RabbitMQBroker, que
     consumer = broker.consumer(queue_name, got.extend, batch_size=5, timeout=1)
     thread, _ = run_in_thread(consumer)
     wait_for(lambda: len(got) == 5, what="redelivery")
-    consumer.stop()
-    thread.join(10)
+    stop(consumer, thread)
     assert [e["n"] for e in got] == list(range(5))
 
 
@@ -93,8 +98,7 @@ def test_body_that_is_not_json_goes_to_the_error_store(settings: Settings, broke
     consumer = broker.consumer(queue_name, got.extend)
     thread, raised = run_in_thread(consumer)
     wait_for(lambda: len(got) == 2, what="the two good events")
-    consumer.stop()
-    thread.join(10)
+    stop(consumer, thread)
     assert not raised
     assert got == [{"n": 1}, {"n": 2}]
     [entry] = broker.error_store.read(queue_name)
@@ -141,8 +145,7 @@ def test_long_callback_keeps_heartbeats_flowing(settings: Settings, queue_name: 
     wait_for(lambda: len(done) == 2, timeout=20, what="both events")
     assert isinstance(consumer, RabbitMQConsumer)
     assert consumer.client.connects == 1, consumer.client.statistics()
-    consumer.stop()
-    thread.join(10)
+    stop(consumer, thread)
     assert not raised
     assert [e["n"] for e in done] == [1, 2]
     assert broker.queue_info(queue_name).depth == 0
@@ -159,8 +162,7 @@ def test_consumer_reconnects_after_a_cut_and_loses_nothing(settings: Settings, b
     forwarder.cut()
     broker.publish_many(queue_name, [{"n": n} for n in range(500, 1000)])
     wait_for(lambda: set(seen) == set(range(1000)), timeout=30, what="every event after the cut")
-    consumer.stop()
-    thread.join(10)
+    stop(consumer, thread)
     assert not raised
     assert consumer.client.connects >= 2
     assert broker.queue_info(queue_name).depth == 0
@@ -174,8 +176,7 @@ def test_a_batch_ending_in_a_body_that_is_not_json_is_acked_once(settings: Setti
     thread, raised = run_in_thread(consumer)
     wait_for(lambda: len(got) == 2 and broker.error_store.count(queue_name) == 2, what="all four handled")
     wait_for(lambda: broker.queue_info(queue_name).depth == 0, what="all acked")
-    consumer.stop()
-    thread.join(10)
+    stop(consumer, thread)
     assert not raised
     assert isinstance(consumer, RabbitMQConsumer)
     # Acking a delivery twice makes RabbitMQ close the channel; a second channel would show here.
@@ -194,8 +195,7 @@ def test_events_larger_than_a_frame_arrive_whole_among_small_ones(broker: Rabbit
     consumer = broker.consumer(queue_name, got.extend, batch_size=10, timeout=0.2)
     thread, raised = run_in_thread(consumer)
     wait_for(lambda: len(got) == 5, what="five events")
-    consumer.stop()
-    thread.join(10)
+    stop(consumer, thread)
     assert not raised
     assert got == events
     assert broker.queue_info(queue_name).depth == 0

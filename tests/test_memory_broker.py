@@ -24,6 +24,13 @@ def start(memory: MemoryBroker, queue: str, callback: Any, **options: Any) -> tu
     return consumer, thread
 
 
+def stop(consumer: Any, thread: threading.Thread) -> None:
+    """Stop a consumer run by ``start``; it must end."""
+    consumer.stop()
+    thread.join(5)
+    assert not thread.is_alive(), "the consumer did not stop within 5 s"
+
+
 def test_selected_by_eventbus_broker_memory(tmp_path: Path) -> None:
     set_settings(Settings.from_env({"EVENTBUS_BROKER": "memory", "EVENTBUS_VAR_DIR": str(tmp_path)}))
     set_broker(None)
@@ -43,8 +50,7 @@ def test_round_trip_and_join(memory: MemoryBroker) -> None:
     memory.publish_many("q", [{"n": n} for n in range(35)])
     memory.join("q", timeout=5)
     assert [e["n"] for e in got] == list(range(35))
-    consumer.stop()
-    thread.join(5)
+    stop(consumer, thread)
     assert memory.queue_info("q").consumers == 0
 
 
@@ -65,8 +71,7 @@ def test_failing_callback_requeues_in_order_and_raises(memory: MemoryBroker) -> 
     got: list[Any] = []
     consumer, thread = start(memory, "q", got.extend)
     memory.join("q", timeout=5)
-    consumer.stop()
-    thread.join(5)
+    stop(consumer, thread)
     assert [e["n"] for e in got] == [0, 1, 2]
 
 
@@ -85,6 +90,7 @@ def test_unacked_events_return_when_the_consumer_stops(memory: MemoryBroker) -> 
     consumer.stop()
     release.set()
     thread.join(5)
+    assert not thread.is_alive()
     assert [e["n"] for e in done] == [0, 1]
     assert memory.queue_info("q").depth == 3
 
@@ -102,8 +108,7 @@ def test_undecodable_body_goes_to_the_error_store(memory: MemoryBroker) -> None:
     got: list[Any] = []
     consumer, thread = start(memory, "q", got.extend)
     memory.join("q", timeout=5)
-    consumer.stop()
-    thread.join(5)
+    stop(consumer, thread)
     assert got == [{"n": 1}]
     [entry] = memory.error_store.read("q")
     assert "not valid JSON" in entry["error"]
