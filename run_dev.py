@@ -19,6 +19,7 @@ RabbitMQ node too, within a few seconds.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import secrets
 import shutil
@@ -59,18 +60,16 @@ def say(name: str, line: str, colour: str = "") -> None:
 
 
 def ensure_python_packages() -> None:
-    missing = []
-    for module in REQUIRED:
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
+    """Run inside an interpreter that has the dependencies: this one if it has them, else the project's
+    virtual environment (made and kept up to date by bootstrap.py; never an install into this interpreter)."""
+    missing = [module for module in REQUIRED if importlib.util.find_spec(module) is None]
     if not missing:
         return
-    say("run_dev", f"installing the Python dependencies ({', '.join(missing)} missing): pip install -e .")
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                           "--root-user-action=ignore", "-e", str(ROOT)])
-    os.execv(sys.executable, [sys.executable, *sys.argv])  # start again with them importable
+    import bootstrap
+
+    say("run_dev", f"{', '.join(missing)} missing from {sys.executable}: using the project's virtual environment")
+    python = str(bootstrap.ensure([]))
+    os.execv(python, [python, str(ROOT / "run_dev.py"), *sys.argv[1:]])
 
 
 def ensure_rabbitmq() -> bool:
