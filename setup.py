@@ -12,9 +12,12 @@ setup(
     packages=find_packages(include=["eventbus", "eventbus.*"]),
     package_data={"eventbus.web": ["static/*", "static/**/*"]},
     install_requires=[
-        "tornado>=6.2,<7",
+        # Pinned to the minor releases the fast paths were written for: eventbus/tornado_events/websocket.py
+        # writes to the websocket's stream, eventbus/queue/frames.py replaces two methods of pika's Connection
+        # (tests/test_library_internals.py says what changed when a newer release breaks them).
+        "tornado>=6.4,<6.7",
         # pika 2.0 deprecates TornadoConnection and BlockingConnection.
-        "pika>=1.3,<2",
+        "pika>=1.3.2,<1.5",
         "ujson>=5",
         "prometheus-client>=0.17",
         # Markdown rendering: GitHub's cmark-gfm, in C.
