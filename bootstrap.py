@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -85,7 +86,7 @@ def _declarations_hash() -> str:
     return digest.hexdigest()
 
 
-def _read_stamp() -> dict[str, object]:
+def _read_stamp() -> dict[str, Any]:
     try:
         stamp = json.loads(STAMP.read_text())
     except (OSError, ValueError):

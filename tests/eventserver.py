@@ -42,7 +42,7 @@ class ServerThread:
         self.address = address
         self.extra_handlers = extra_handlers
         self.loop = asyncio.new_event_loop()
-        self.server: EventServer | None = None
+        self._server: EventServer | None = None
         self._http: HTTPServer | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, name="event server", daemon=True)
         self.port = 0
@@ -52,8 +52,14 @@ class ServerThread:
         self.call(self._start)
         return self
 
+    @property
+    def server(self) -> EventServer:
+        """The event server (once started)."""
+        assert self._server is not None, "the server is not started"
+        return self._server
+
     async def _start(self) -> None:
-        self.server = EventServer(self.settings, self.broker)
+        self._server = EventServer(self.settings, self.broker)
         self.server.start()
         sock, self.port = bind_unused_port(address=self.address)
         extra = self.extra_handlers(self.server) if self.extra_handlers else None
@@ -75,7 +81,7 @@ class ServerThread:
             return
 
         async def shutdown() -> None:
-            assert self._http is not None and self.server is not None
+            assert self._http is not None
             self._http.stop()
             await self._http.close_all_connections()
             await self.server.shutdown()

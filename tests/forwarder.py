@@ -112,7 +112,7 @@ class Forwarder:
         with self._lock:
             if self._listener is not None:
                 self._listener.close()
-                self._listener = None
+                self._listener = None  # type: ignore[assignment]
         self.cut()
 
     def blackhole(self) -> None:

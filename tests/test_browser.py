@@ -64,14 +64,14 @@ class WebServer(ServerThread):
         self.port = port
 
     async def _start(self) -> None:
-        self.server = EventServer(self.settings, self.broker)
+        self._server = EventServer(self.settings, self.broker)
         self.server.start()
         self._http = HTTPServer(make_app(self.server, extra_handlers=web_handlers(self.server)))
         self._http.listen(self.port, address="127.0.0.1")
 
     def stop(self) -> None:
         """As a process exit would: websockets close too (an upgraded socket is no longer the HTTP server's)."""
-        if self.server is not None and self._thread.is_alive():
+        if self._server is not None and self._thread.is_alive():
             self.call(self._close_sockets)
         super().stop()
 

@@ -47,6 +47,11 @@ def test_events_follow_commits_only(settings: Settings, broker: RabbitMQBroker, 
     assert broker.queue_info("order_events").depth == 1
     assert broker.queue_info("notify_tornado").depth == 1
     got: list[object] = []
-    consumer = broker.consumer("order_events", lambda events: (got.extend(events), consumer.stop()))
+
+    def collect(events: list[object]) -> None:
+        got.extend(events)
+        consumer.stop()
+
+    consumer = broker.consumer("order_events", collect)
     consumer.run()
     assert got == [{"order_id": 1, "item": "book"}]

@@ -18,20 +18,28 @@ from eventbus import codec
 from eventbus.queue import MemoryBroker
 from eventbus.settings import Settings
 from eventbus.tornado_events import send_event
+from eventbus.tornado_events.event_queue import ClientDescriptor
 from eventbus.users import User
 from tests.conftest import EVENT_SECRET, until, wait_for
 from tests.eventserver import Api, ServerThread, StartServer, run
 
 
+def client_of(server: ServerThread, queue_id: str, user: User) -> ClientDescriptor:
+    """The registered client of ``queue_id`` (call in the server's loop); it must exist."""
+    client = server.server.registry.get(queue_id, user.id)
+    assert client is not None, f"no queue {queue_id} of user {user.id}"
+    return client
+
+
 async def wait_queued(server: ServerThread, queue_id: str, user: User, count: int) -> None:
     """Wait until ``count`` events sit in the queue (delivery through the broker is asynchronous)."""
-    await until(lambda: server.call(lambda: len(server.server.registry.get(queue_id, user.id).queue)) >= count,
+    await until(lambda: server.call(lambda: len(client_of(server, queue_id, user).queue)) >= count,
                 what=f"{count} events in the queue")
 
 
 async def wait_held(server: ServerThread, queue_id: str, user: User) -> None:
     """Wait until the server holds a GET on the queue."""
-    await until(lambda: server.call(lambda: server.server.registry.get(queue_id, user.id).listener) is not None,
+    await until(lambda: server.call(lambda: client_of(server, queue_id, user).listener) is not None,
                 what="the GET to be held")
 
 
@@ -265,7 +273,7 @@ def test_idle_queue_expires_and_the_hook_fires(start_server: StartServer, users:
         assert server.call(lambda: [c.queue_id for c in registry.collect_garbage(soon)]) == [short]
         assert expired_users == []  # iago still has a queue
         assert (await api.events(short, dont_block=True))[0] == 400
-        assert server.call(lambda: registry.get(week, iago.id).lifespan) == 7 * 24 * 3600
+        assert server.call(lambda: client_of(server, week, iago).lifespan) == 7 * 24 * 3600
         later = time.monotonic() + 7 * 24 * 3600 + 1
         assert server.call(lambda: [c.queue_id for c in registry.collect_garbage(later)]) == [week]
         assert expired_users == [iago.id]
@@ -330,7 +338,7 @@ def test_bad_requests_get_json_errors_naming_the_problem(start_server: StartServ
     async def scenario() -> None:
         api = Api(server, users[0])
         queue_id = await api.register()
-        cases = [
+        cases: list[tuple[tuple[str, str], dict[str, Any], str]] = [
             (("GET", "/events"), {}, "Missing 'queue_id' argument"),
             (("GET", "/events"), {"queue_id": queue_id, "last_event_id": "many"}, "Invalid 'last_event_id' argument"),
             (("GET", "/events"), {"queue_id": queue_id, "dont_block": "maybe"}, "Invalid 'dont_block' argument"),

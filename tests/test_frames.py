@@ -61,7 +61,7 @@ class PikaSide:
         self.seen.append(("pika", type(frame_value).__name__, getattr(frame_value, "fragment", None)))
 
 
-class Connection(FastDeliveries, PikaSide):  # type: ignore[misc]
+class Connection(FastDeliveries, PikaSide):
     def __init__(self) -> None:
         super().__init__()
         self.add_fast_consumer(CHANNEL, TAG, lambda tag, body: self.seen.append(("fast", tag, body)))

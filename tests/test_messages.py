@@ -7,6 +7,7 @@ import html.parser
 import json
 import time
 import urllib.parse
+from functools import partial
 from typing import Any
 
 import pytest
@@ -42,6 +43,11 @@ ALLOWED_TAGS = {"p", "a", "img", "strong", "em", "code", "pre", "span", "br", "d
                 "h1", "h2", "h3", "h4", "h5", "h6", "hr", "table", "thead", "tbody", "tr", "th", "td"}
 ALLOWED_ATTRS = {"href", "src", "alt", "title", "class", "data-user-id", "data-stream-id", "target", "rel", "lang",
                  "align"}
+
+
+def queued(broker: MemoryBroker, queue: str, depth: int) -> bool:
+    """Whether ``queue`` holds ``depth`` events."""
+    return broker.queue_info(queue).depth == depth
 
 
 class Audit(html.parser.HTMLParser):
@@ -149,7 +155,7 @@ def test_private_message_and_errors(start_server: StartServer, world: Any, sende
         assert status == 200, body
         stored = store.get(body["id"])
         assert stored is not None and sorted(stored.flags) == sorted([iago.id, desdemona.id])
-        errors = [
+        errors: list[tuple[dict[str, Any], str]] = [
             ({"type": "stream", "to": "Nowhere", "topic": "t", "content": "x"}, "Stream 'Nowhere' does not exist"),
             ({"type": "stream", "to": "Denmark", "content": "x"}, "Missing 'topic'"),
             ({"type": "private", "to": '["ghost@example.com"]', "content": "x"}, "Invalid email 'ghost@example.com'"),
@@ -212,15 +218,16 @@ def test_away_users_are_notified_once_per_mention(start_server: StartServer, wor
     async def scenario() -> None:
         api = Api(server, iago)
         await api.register()  # iago is here; othello (mentioned) and desdemona (private) are away
-        for params in ({"type": "stream", "to": "Denmark", "topic": "t", "content": "hi @**Othello**"},
-                       {"type": "stream", "to": "Denmark", "topic": "t", "content": "no mention"},
-                       {"type": "private", "to": "desdemona@example.com", "content": "psst"}):
+        valid: list[dict[str, Any]] = [{"type": "stream", "to": "Denmark", "topic": "t", "content": "hi @**Othello**"},
+                                        {"type": "stream", "to": "Denmark", "topic": "t", "content": "no mention"},
+                                        {"type": "private", "to": "desdemona@example.com", "content": "psst"}]
+        for params in valid:
             status, body = await api.call("POST", "/messages", **params)
             assert status == 200, body
 
     run(scenario)
     for queue in ("missedmessage_mobile_notifications", "missedmessage_emails"):
-        wait_for(lambda q=queue: event_broker.queue_info(q).depth == 2, what=f"two {queue} events")
+        wait_for(partial(queued, event_broker, queue, 2), what=f"two {queue} events")
     assert server.call(lambda: server.server.away.sent) == 2
 
 
@@ -238,7 +245,7 @@ def test_a_message_posted_to_the_internal_endpoint_notifies_away_users_too(
 
     run(scenario)
     for queue in ("missedmessage_mobile_notifications", "missedmessage_emails"):
-        wait_for(lambda q=queue: event_broker.queue_info(q).depth == 1, what=f"the {queue} event")
+        wait_for(partial(queued, event_broker, queue, 1), what=f"the {queue} event")
 
 
 def test_unread_mentions_left_in_expired_queues_notify(start_server: StartServer, world: Any,

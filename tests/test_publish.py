@@ -10,7 +10,7 @@ import pika
 import pytest
 
 from eventbus.errors import BrokerUnreachable, EventEncodingError, UnroutableError
-from eventbus.queue import queue_json_publish, queue_json_publish_many, set_broker
+from eventbus.queue import Consumer, queue_json_publish, queue_json_publish_many, set_broker
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.settings import Settings
 from tests.forwarder import Forwarder
@@ -20,11 +20,12 @@ def drain(settings: Settings, queue: str, expected: int, timeout: float = 20.0) 
     """Consume ``expected`` events from ``queue`` (acking them) and return them in order."""
     broker = RabbitMQBroker(settings)
     got: list[Any] = []
-    consumer = None
+    consumer: Consumer | None = None
 
     def collect(events: list[Any]) -> None:
         got.extend(events)
         if len(got) >= expected:
+            assert consumer is not None
             consumer.stop()
 
     consumer = broker.consumer(queue, collect, batch_size=100)

@@ -155,8 +155,8 @@ def test_a_private_message_payload_has_no_stream_and_a_short_text(
     message = send(store, check_request(store, iago, request), "private-1")
     pusher.publish(QUEUE, notice(othello, message, "private_message"))
     pusher.join(QUEUE, timeout=10)
-    [request] = gateway.requests
-    payload = request["json"]
+    [sent] = gateway.requests
+    payload = sent["json"]
     assert payload["recipient_type"] == "private" and payload["trigger"] == "private_message"
     assert "stream" not in payload and "topic" not in payload
     assert len(payload["content"]) == 200 and payload["content"].endswith("word…")

@@ -9,6 +9,7 @@ Everything they keep is under ``<var>/dev/``, one JSON object per line.
 """
 
 from pathlib import Path
+from typing import Any
 
 from eventbus import codec
 
@@ -25,7 +26,7 @@ def append(path: Path, record: dict[str, object]) -> None:
         f.write(codec.encode(record) + b"\n")
 
 
-def read(path: Path, last: int = 200) -> list[dict[str, object]]:
+def read(path: Path, last: int = 200) -> list[dict[str, Any]]:
     """The last ``last`` records of a JSON lines file, newest first."""
     if not path.exists():
         return []
