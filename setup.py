@@ -1,12 +1,14 @@
 """Installs the eventbus package and its `eventbus` command line."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="eventbus",
     version="0.1.0",
     description="A Tornado-integrated event bus on RabbitMQ, after Zulip's queue system",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["eventbus", "eventbus.*"]),
