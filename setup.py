@@ -33,6 +33,7 @@ setup(
         "test": [
             "pytest>=7",
             "pytest-timeout>=2",
+            "hypothesis>=6",
             "kombu>=5.3",
             "ruff>=0.5",
             "mypy>=1.8",

@@ -58,6 +58,9 @@ class Settings:
     max_queue_events: int = 10_000
     #: A websocket with more unsent bytes than this is closed as a slow consumer.
     websocket_buffer_bytes: int = 1_000_000
+    #: The largest request body (and websocket message) the server reads; a larger one is answered 413 unread.
+    #: The largest legitimate request is about 120 KB (a message of 10,000 characters, form-encoded).
+    max_body_bytes: int = 2 * 1024 * 1024
     #: Development mode: log in as any user without a key (run_dev.py turns it on). Never in production.
     development: bool = False
     #: Where links in emails and notifications point.
@@ -109,6 +112,7 @@ class Settings:
             queue_lifespan_seconds=_number(env, "EVENTBUS_QUEUE_LIFESPAN_SECONDS", cls.queue_lifespan_seconds),
             max_queue_events=int(_number(env, "EVENTBUS_MAX_QUEUE_EVENTS", cls.max_queue_events)),
             websocket_buffer_bytes=int(_number(env, "EVENTBUS_WEBSOCKET_BUFFER_BYTES", cls.websocket_buffer_bytes)),
+            max_body_bytes=int(_number(env, "EVENTBUS_MAX_BODY_BYTES", cls.max_body_bytes)),
             development=env.get("EVENTBUS_DEVELOPMENT", "").strip().lower() in ("1", "true", "yes"),
             site_url=env.get("EVENTBUS_SITE_URL", cls.site_url),
             smtp_host=env.get("EVENTBUS_SMTP_HOST", cls.smtp_host),
@@ -149,6 +153,7 @@ class Settings:
             "EVENTBUS_QUEUE_LIFESPAN_SECONDS": self.queue_lifespan_seconds,
             "EVENTBUS_MAX_QUEUE_EVENTS": self.max_queue_events,
             "EVENTBUS_WEBSOCKET_BUFFER_BYTES": self.websocket_buffer_bytes,
+            "EVENTBUS_MAX_BODY_BYTES": self.max_body_bytes,
         }
         for name, value in positive.items():
             if not value > 0:

@@ -97,11 +97,13 @@ class UserStore(sqlite.Store):
 
     def authenticate(self, email: str, api_key: str) -> User | None:
         """The active user whose email and API key these are, else None (the key compared in constant time)."""
+        # Bytes, not strings: compare_digest refuses non-ASCII strings (a TypeError, a 500, for any such key).
+        given = api_key.encode("utf-8", "surrogatepass")
         user = self.get_by_email(email)
         if user is None or not user.is_active:
-            hmac.compare_digest(api_key, api_key)  # the same work whether or not the email exists
+            hmac.compare_digest(given, given)  # the same work whether or not the email exists
             return None
-        return user if hmac.compare_digest(user.api_key.encode(), api_key.encode()) else None
+        return user if hmac.compare_digest(user.api_key.encode(), given) else None
 
     def _one(self, sql: str, args: tuple[object, ...]) -> User | None:
         with self._db() as db:

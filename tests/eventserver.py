@@ -16,7 +16,7 @@ from tornado.testing import bind_unused_port
 from eventbus import codec
 from eventbus.queue import Broker
 from eventbus.settings import Settings
-from eventbus.tornado_events.server import EventServer, make_app
+from eventbus.tornado_events.server import EventServer, http_server, make_app
 from eventbus.users import User
 
 #: The start_server fixture: starts an event server, settings overridden by keyword.
@@ -63,7 +63,7 @@ class ServerThread:
         self.server.start()
         sock, self.port = bind_unused_port(address=self.address)
         extra = self.extra_handlers(self.server) if self.extra_handlers else None
-        self._http = HTTPServer(make_app(self.server, extra))
+        self._http = http_server(make_app(self.server, extra), self.settings)
         self._http.add_sockets([sock])
 
     def call(self, fn: Callable[[], Any] | Callable[[], Coroutine[Any, Any, Any]], timeout: float = 30) -> Any:

@@ -154,7 +154,7 @@ def test_bad_frames_get_error_frames(start_server: StartServer, users: tuple[Use
         cookie, _ = await login(server, users[0])
         ws = await connect(server, cookie)
         await ws.write_message("not json")
-        assert (await receive(ws, "error"))["msg"] == "a frame must be JSON"
+        assert (await receive(ws, "error"))["msg"].startswith("a frame must be JSON")
         await send(ws, {"type": "dance"})
         assert "unknown frame type 'dance'" in (await receive(ws, "error"))["msg"]
         await send(ws, {"type": "ack", "last_event_id": 3})

@@ -16,6 +16,7 @@ from eventbus.messages import MessageStore, StoredMessage, Stream
 from eventbus.processors.markdown import render
 from eventbus.tornado_events import send_event
 from eventbus.users import User
+from eventbus.validation import excerpt, is_id
 
 #: Zulip's limits.
 MAX_TOPIC = 60
@@ -56,12 +57,12 @@ def check_request(store: MessageStore, sender: User, request: dict[str, Any]) ->
     for address in to:
         if isinstance(address, str):
             user = store.users.get_by_email(address)
-        elif isinstance(address, int) and not isinstance(address, bool):
+        elif is_id(address):  # checked first: a larger integer cannot even be looked up in SQLite
             user = store.users.get(address)
         else:
-            raise MessageError(f"Invalid 'to': {address!r} is neither an email nor a user id")
+            raise MessageError(f"Invalid 'to': {excerpt(address)} is neither an email nor a user id")
         if user is None or not user.is_active:
-            raise MessageError(f"Invalid email '{address}'")
+            raise MessageError(f"Invalid email '{excerpt(address)}'")
         users.append(user)
     if not users:
         raise MessageError("Missing 'to': a private message needs recipients")
@@ -74,7 +75,7 @@ def _stream_draft(store: MessageStore, sender: User, to: list[Any], request: dic
         raise MessageError("Missing 'to': a stream message needs one stream name")
     stream = store.get_stream(to[0])
     if stream is None:
-        raise MessageError(f"Stream '{to[0]}' does not exist")
+        raise MessageError(f"Stream '{excerpt(to[0])}' does not exist")
     topic = request.get("topic", request.get("subject"))
     if not isinstance(topic, str) or not topic.strip():
         raise MessageError("Missing 'topic': a stream message needs a topic")
@@ -92,8 +93,8 @@ def _recipients(to: Any) -> list[Any]:
     if to.lstrip().startswith("["):
         try:
             decoded = codec.decode(to)
-        except EventEncodingError:
-            raise MessageError("Invalid 'to': not a JSON list") from None
+        except EventEncodingError as e:
+            raise MessageError(f"Invalid 'to': {e}") from None
         return decoded if isinstance(decoded, list) else [decoded]
     return [part.strip() for part in to.split(",")] if "@" in to else [to.strip()]
 

@@ -28,6 +28,7 @@ from eventbus import codec
 from eventbus.errors import EventEncodingError
 from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
 from eventbus.users import User
+from eventbus.validation import MAX_ID, excerpt
 
 if TYPE_CHECKING:
     from eventbus.tornado_events.server import EventServer
@@ -61,7 +62,15 @@ def bad_request(msg: str) -> ApiError:
 
 
 def bad_queue(queue_id: str) -> ApiError:
+    queue_id = excerpt(queue_id)
     return ApiError(400, "BAD_EVENT_QUEUE_ID", f"Bad event queue ID: {queue_id}", queue_id=queue_id)
+
+
+def check_last_event_id(value: Any) -> int:
+    """A client's ``last_event_id``: an integer from -1 (nothing yet) to the largest event id."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= MAX_ID:
+        raise bad_request(f"Invalid 'last_event_id' argument: must be an integer from -1 to {MAX_ID}")
+    return value
 
 
 def registration(values: dict[str, Any], server: EventServer, user: User) -> ClientDescriptor:
@@ -76,19 +85,20 @@ def registration(values: dict[str, Any], server: EventServer, user: User) -> Cli
         raise bad_request("Invalid 'narrow' argument: must be a list of [operator, operand] pairs")
     for operator, _ in narrow:
         if operator not in NARROW_OPERATORS:
-            raise bad_request(f"Invalid 'narrow' argument: unknown operator {operator!r}")
+            raise bad_request(f"Invalid 'narrow' argument: unknown operator {excerpt(operator)!r}")
     apply_markdown = values.get("apply_markdown", False)
-    lifespan = values.get("queue_lifespan_secs") or server.settings.queue_lifespan_seconds
+    lifespan = values.get("queue_lifespan_secs") or server.settings.queue_lifespan_seconds  # 0: the default
     if not isinstance(apply_markdown, bool):
         raise bad_request("Invalid 'apply_markdown' argument: must be true or false")
-    if isinstance(lifespan, bool) or not isinstance(lifespan, int | float) or lifespan < 0:
-        raise bad_request("Invalid 'queue_lifespan_secs' argument: must be a number of seconds")
+    # Written so that NaN fails too; a larger lifespan is capped below, compared before any float conversion.
+    if isinstance(lifespan, bool) or not isinstance(lifespan, int | float) or not lifespan > 0:
+        raise bad_request("Invalid 'queue_lifespan_secs' argument: must be a positive number of seconds")
     return ClientDescriptor(
         user_id=user.id,
         event_types=frozenset(event_types) if event_types is not None else None,
         narrow=tuple((op, arg) for op, arg in narrow),
         apply_markdown=apply_markdown,
-        lifespan=min(float(lifespan), server.settings.max_queue_lifespan_seconds),
+        lifespan=float(min(lifespan, server.settings.max_queue_lifespan_seconds)),
     )
 
 
@@ -98,7 +108,32 @@ def events_body(client: ClientDescriptor, events: list[QueuedEvent]) -> bytes:
             + b'],"queue_id":' + codec.encode(client.queue_id) + b"}")
 
 
-class BaseHandler(tornado.web.RequestHandler):
+class JsonErrors(tornado.web.RequestHandler):
+    """Errors answered in JSON, as Zulip does, instead of Tornado's HTML pages (a base of any handler)."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        error = exc_info[1] if exc_info else None
+        if isinstance(error, ApiError):
+            body = {"result": "error", "msg": error.msg, "code": error.code, **error.extra}
+        elif status_code == 404:
+            body = {"result": "error", "msg": "Endpoint not found", "code": "NOT_FOUND"}
+        elif status_code == 405:
+            body = {"result": "error", "msg": f"Method {excerpt(self.request.method)} not allowed",
+                    "code": "BAD_REQUEST"}
+        elif status_code < 500:
+            body = {"result": "error", "msg": self._reason, "code": "BAD_REQUEST"}
+        else:
+            body = {"result": "error", "msg": "Internal server error", "code": "INTERNAL_SERVER_ERROR"}
+            self.report_error(exc_info)
+        self.set_header("Content-Type", "application/json")
+        self.finish(codec.encode(body))
+
+    def report_error(self, exc_info: Any) -> None:
+        """Invoked for a server error (Tornado has logged it already); a handler may report it further."""
+
+
+class BaseHandler(JsonErrors):
     """Authentication, arguments and JSON answers for every endpoint."""
 
     server: EventServer
@@ -163,8 +198,18 @@ class BaseHandler(tornado.web.RequestHandler):
             return default
         try:
             return parse(raw)
-        except (ValueError, TypeError, EventEncodingError):
+        except EventEncodingError as e:  # says what is wrong without quoting the input
+            raise bad_request(f"Invalid '{name}' argument: {e}") from None
+        except (ValueError, TypeError):
             raise bad_request(f"Invalid '{name}' argument") from None
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """Invoked by Tornado for every argument and path part: one that is not UTF-8 is a 400 naming it
+        (Tornado's own error would name neither it nor the reason)."""
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_request(f"Invalid '{name}' argument: not UTF-8" if name else "Invalid path: not UTF-8") from None
 
     def json_arg(self, name: str, default: Any = None) -> Any:
         return self.arg(name, codec.decode, default)
@@ -195,23 +240,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(codec.encode(data))
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        error = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(error, ApiError):
-            body = {"result": "error", "msg": error.msg, "code": error.code, **error.extra}
-        elif status_code == 404:
-            body = {"result": "error", "msg": "Endpoint not found", "code": "NOT_FOUND"}
-        elif status_code == 405:
-            body = {"result": "error", "msg": f"Method {self.request.method} not allowed", "code": "BAD_REQUEST"}
-        elif status_code < 500:
-            body = {"result": "error", "msg": self._reason, "code": "BAD_REQUEST"}
-        else:
-            body = {"result": "error", "msg": "Internal server error", "code": "INTERNAL_SERVER_ERROR"}
-            self._report(kwargs.get("exc_info"))
-        self.set_header("Content-Type", "application/json")
-        self.finish(codec.encode(body))
-
-    def _report(self, exc_info: Any) -> None:
+    def report_error(self, exc_info: Any) -> None:
         """A server error goes to the administrators through error_reports (it is logged by Tornado too)."""
         user = getattr(self, "user", None)
         stacktrace = "".join(traceback.format_exception(*exc_info)) if exc_info and exc_info[0] else ""
@@ -270,7 +299,7 @@ class EventsHandler(BaseHandler):
         last_event_id = self.arg("last_event_id", int, None)
         dont_block = self.bool_arg("dont_block", False)
         if last_event_id is not None:
-            client.queue.prune(last_event_id)
+            client.queue.prune(check_last_event_id(last_event_id))
         events = client.queue.events  # read at once, not kept: no copy
         if events or dont_block:
             client.attach(None)  # answered at once; an older held request is answered too
@@ -399,7 +428,7 @@ class NotifyHandler(BaseHandler):
         try:
             delivered = self.server.notify(codec.decode(self.get_body_argument("data", "")))
         except (ValueError, EventEncodingError) as e:
-            raise bad_request(f"Invalid 'data' argument: {e}") from None
+            raise bad_request(f"Invalid 'data' argument: {excerpt(str(e))}") from None
         self.success(delivered=delivered)
 
 

@@ -35,6 +35,7 @@ from eventbus.messages import MessageStore
 from eventbus.queue import Broker, MemoryTornadoClient, make_broker, tornado_client_for
 from eventbus.settings import Settings
 from eventbus.tornado_events.away import AwayNotifier
+from eventbus.tornado_events.body_limit import BodyLimit
 from eventbus.tornado_events.clients import ClientRegistry
 from eventbus.tornado_events.handlers import (
     SESSION_COOKIE,
@@ -67,6 +68,10 @@ SERVICE_RESTART = 1012
 REPORTS_PER_MINUTE = 10
 #: Websocket keepalive: a ping this often, and the socket is dropped without a pong in time.
 PING_INTERVAL = 25.0
+#: A request's body must arrive within this long: a sender trickling bytes holds a connection and a buffer.
+BODY_TIMEOUT_SECONDS = 60.0
+#: Room in the read buffer beyond the largest body, for the request's headers (Tornado's own header limit).
+HEADER_BYTES = 64 * 1024
 
 #: How long a submitted request waits for the message_sender processor's answer.
 REQUEST_TIMEOUT_SECONDS = 30.0
@@ -342,8 +347,16 @@ def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> to
         default_handler_args={"server": server, "auth": "none"},
         websocket_ping_interval=PING_INTERVAL,
         websocket_ping_timeout=PING_INTERVAL,
-        websocket_max_message_size=1 << 20,
+        websocket_max_message_size=server.settings.max_body_bytes,  # a frame is a request like any other
     )
+
+
+def http_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
+    """The HTTP server of ``app``: bodies over ``EVENTBUS_MAX_BODY_BYTES`` answered 413 unread, and bounded
+    in time, instead of Tornado's 100 MB buffered before any authentication."""
+    return HTTPServer(BodyLimit(app, settings.max_body_bytes), xheaders=False,
+                      max_body_size=settings.max_body_bytes, max_buffer_size=settings.max_body_bytes + HEADER_BYTES,
+                      body_timeout=BODY_TIMEOUT_SECONDS)
 
 
 #: Makes more URL specs for a server (the metrics, the web pages), so the layers above plug in.
@@ -355,7 +368,7 @@ async def serve(settings: Settings, port: int, host: str = "127.0.0.1", broker: 
     """Run the event server until SIGTERM or SIGINT, then save the queues and return."""
     server = EventServer(settings, broker)
     server.start()
-    http = HTTPServer(make_app(server, extra_handlers(server) if extra_handlers else None), xheaders=False)
+    http = http_server(make_app(server, extra_handlers(server) if extra_handlers else None), settings)
     http.listen(port, address=host)
     logger.info("event server %s listening on http://%s:%d", settings.server_id, host, port)
     stopping = asyncio.Event()

@@ -34,8 +34,9 @@ from tornado.iostream import StreamClosedError
 from eventbus import codec
 from eventbus.errors import EventEncodingError
 from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
-from eventbus.tornado_events.handlers import ApiError, bad_queue, bad_request, registration
+from eventbus.tornado_events.handlers import ApiError, bad_queue, bad_request, check_last_event_id, registration
 from eventbus.users import User
+from eventbus.validation import EXCERPT_CHARS, MAX_ID, excerpt
 
 if TYPE_CHECKING:
     from eventbus.tornado_events.server import EventServer
@@ -90,10 +91,10 @@ class EventSocket(tornado.websocket.WebSocketHandler):
                 raise bad_request("a frame must be a JSON object")
             handler = getattr(self, f"_on_{frame.get('type')}", None)
             if handler is None:
-                raise bad_request(f"unknown frame type {frame.get('type')!r}")
+                raise bad_request(f"unknown frame type {excerpt(frame.get('type'))!r}")
             await handler(frame)
-        except EventEncodingError:
-            self._send({"type": "error", "code": "BAD_REQUEST", "msg": "a frame must be JSON"})
+        except EventEncodingError as e:
+            self._send({"type": "error", "code": "BAD_REQUEST", "msg": f"a frame must be JSON: {e}"})
         except ApiError as e:
             self._send({"type": "error", "code": e.code, "msg": e.msg, **e.extra})
 
@@ -118,8 +119,9 @@ class EventSocket(tornado.websocket.WebSocketHandler):
 
     async def _on_request(self, frame: dict[str, Any]) -> None:
         req_id, request = frame.get("req_id"), frame.get("request")
-        if req_id is None or not isinstance(request, dict):
-            raise bad_request("a request frame needs a 'req_id' and a 'request' object")
+        if not _is_req_id(req_id) or not isinstance(request, dict):
+            raise bad_request(f"a request frame needs a 'req_id' (an integer, or a string of at most {EXCERPT_CHARS} "
+                              "characters) and a 'request' object")
         self._send({"type": "ack", "req_id": req_id})
 
         def respond(response: Any) -> None:
@@ -129,10 +131,7 @@ class EventSocket(tornado.websocket.WebSocketHandler):
         await self.server.submit(self.user, request, respond, socket_id=self.socket_id, req_id=req_id)
 
     def _prune(self, client: ClientDescriptor, frame: dict[str, Any]) -> None:
-        last = frame.get("last_event_id", -1)
-        if isinstance(last, bool) or not isinstance(last, int):
-            raise bad_request("Invalid 'last_event_id': must be an integer")
-        client.queue.prune(last)
+        client.queue.prune(check_last_event_id(frame.get("last_event_id", -1)))
 
     def _serve(self, client: ClientDescriptor) -> None:
         if self.client is not None and self.client is not client:
@@ -194,6 +193,13 @@ class EventSocket(tornado.websocket.WebSocketHandler):
 
     def _written(self, size: int) -> None:
         self.unsent -= size
+
+
+def _is_req_id(req_id: Any) -> bool:
+    """Whether a request frame's ``req_id`` is one the answers may echo: short, never the client's input whole."""
+    if isinstance(req_id, str):
+        return len(req_id) <= EXCERPT_CHARS
+    return isinstance(req_id, int) and not isinstance(req_id, bool) and abs(req_id) <= MAX_ID
 
 
 def text_frame_header(size: int) -> bytes:

@@ -13,7 +13,9 @@ inserted as HTML, and the policy is the second wall behind its sanitizer.
 
 from __future__ import annotations
 
+import contextlib
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +23,7 @@ import tornado.web
 from tornado.ioloop import IOLoop
 
 from eventbus.queue import Broker
-from eventbus.tornado_events.handlers import ApiError, BaseHandler
+from eventbus.tornado_events.handlers import ApiError, BaseHandler, JsonErrors
 from eventbus.web.dashboard import QueueDashboard
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ def content_security_policy(host: str) -> str:
     ])
 
 
-class PageHandler(tornado.web.RequestHandler):
+class PageHandler(JsonErrors):
     """GET one HTML page of ``static/``; with ``login_required``, a visitor without a session goes to /login."""
 
     def initialize(self, server: EventServer, page: str, login_required: bool = True) -> None:
@@ -60,12 +62,42 @@ class PageHandler(tornado.web.RequestHandler):
         self.finish(body)
 
 
-class StaticHandler(tornado.web.StaticFileHandler):
-    """The pages' scripts and styles; revalidated on each load, so an edited file shows at once."""
+class StaticHandler(JsonErrors, tornado.web.StaticFileHandler):
+    """The pages' scripts and styles; revalidated on each load, so an edited file shows at once.
 
-    def set_extra_headers(self, path: str) -> None:
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Cache-Control", "no-cache")
+    A path that names no file of ``static/`` is a 404, whatever it holds: a NUL byte (which the
+    file system calls refuse with ValueError: a 500 in Tornado's own handler), bytes that are not
+    UTF-8, a way out of the folder, a folder.
+    """
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise tornado.web.HTTPError(404) from None
+
+    @classmethod
+    def get_absolute_path(cls, root: str, path: str) -> str:
+        with _unservable_is_404():
+            return super().get_absolute_path(root, path)
+
+    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
+        with _unservable_is_404():
+            return super().validate_absolute_path(root, absolute_path)
+
+
+@contextlib.contextmanager
+def _unservable_is_404() -> Iterator[None]:
+    """Tornado's refusals of a static path (403: outside the folder, not a file) and the file system's
+    (ValueError for a NUL byte, OSError) as a 404: nothing here to serve."""
+    try:
+        yield
+    except tornado.web.HTTPError as e:
+        if e.status_code != 403:
+            raise
+        raise tornado.web.HTTPError(404) from None
+    except (OSError, ValueError):
+        raise tornado.web.HTTPError(404) from None
 
 
 class MeHandler(BaseHandler):

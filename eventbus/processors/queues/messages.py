@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from eventbus.messages import MessageStore
 from eventbus.processors.message_send import MessageError, check_request, send
 from eventbus.processors.registry import assign_queue
 from eventbus.processors.worker import Event, PermanentError, QueueProcessingWorker
+from eventbus.validation import excerpt
 
 logger = logging.getLogger(__name__)
+
+#: Errors the database raises for what a request holds (a number out of SQLite's range, a value of a type it
+#: cannot store, a constraint the data breaks): trying again cannot help, so the sender is answered at once.
+#: Other database errors (a locked or full database) are retried like any failure.
+REQUEST_DATA_ERRORS = (OverflowError, sqlite3.DataError, sqlite3.InterfaceError, sqlite3.IntegrityError)
 
 
 @assign_queue("message_sender", tries=5, retry_delay=0.5)
@@ -40,6 +47,11 @@ class MessageSenderWorker(QueueProcessingWorker):
                 response = {"result": "success", "msg": "", "id": message.id}
             except MessageError as e:
                 response = {"result": "error", "msg": str(e), "code": "BAD_REQUEST"}
+            except REQUEST_DATA_ERRORS as e:
+                logger.warning("request %s of user %d cannot be stored: %s: %s", request_id, user_id,
+                               type(e).__name__, excerpt(str(e)))
+                response = {"result": "error", "msg": "The message cannot be stored: a value in it is out of range",
+                            "code": "BAD_REQUEST"}
         return_queue = event.get("return_queue")
         if return_queue:
             tags = {k: event[k] for k in ("server_id", "socket_id", "req_id") if k in event}
