@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import math
 import os
 import threading
 import urllib.parse
@@ -58,6 +59,8 @@ class Settings:
     max_queue_events: int = 10_000
     #: A websocket with more unsent bytes than this is closed as a slow consumer.
     websocket_buffer_bytes: int = 1_000_000
+    #: A user's presence changes reach their peers at most once per this many seconds (the last one always).
+    presence_coalesce_seconds: float = 5.0
     #: Development mode: log in as any user without a key (run_dev.py turns it on). Never in production.
     development: bool = False
     #: Where links in emails and notifications point.
@@ -109,6 +112,8 @@ class Settings:
             queue_lifespan_seconds=_number(env, "EVENTBUS_QUEUE_LIFESPAN_SECONDS", cls.queue_lifespan_seconds),
             max_queue_events=int(_number(env, "EVENTBUS_MAX_QUEUE_EVENTS", cls.max_queue_events)),
             websocket_buffer_bytes=int(_number(env, "EVENTBUS_WEBSOCKET_BUFFER_BYTES", cls.websocket_buffer_bytes)),
+            presence_coalesce_seconds=_number(env, "EVENTBUS_PRESENCE_COALESCE_SECONDS",
+                                              cls.presence_coalesce_seconds),
             development=env.get("EVENTBUS_DEVELOPMENT", "").strip().lower() in ("1", "true", "yes"),
             site_url=env.get("EVENTBUS_SITE_URL", cls.site_url),
             smtp_host=env.get("EVENTBUS_SMTP_HOST", cls.smtp_host),
@@ -153,6 +158,9 @@ class Settings:
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigurationError(f"{name} must be positive, not {value!r}")
+        if not 0 <= self.presence_coalesce_seconds < math.inf:
+            raise ConfigurationError("EVENTBUS_PRESENCE_COALESCE_SECONDS must be 0 or more, "
+                                     f"not {self.presence_coalesce_seconds!r}")
         if self.smtp_tls not in ("none", "starttls", "ssl"):
             raise ConfigurationError(f"EVENTBUS_SMTP_TLS must be none, starttls or ssl, not {self.smtp_tls!r}")
         if not 0 < self.port < 65536:
