@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import math
 import os
 import threading
 import urllib.parse
@@ -61,6 +62,15 @@ class Settings:
     #: The largest request body (and websocket message) the server reads; a larger one is answered 413 unread.
     #: The largest legitimate request is about 120 KB (a message of 10,000 characters, form-encoded).
     max_body_bytes: int = 2 * 1024 * 1024
+    #: Per-user rate limits as (requests, seconds), bursts of up to ``requests`` (see tornado_events.rate_limit):
+    #: every authenticated request not limited otherwise, registrations of event queues, presence updates.
+    rate_limit_api: tuple[int, float] = (1200, 60.0)
+    rate_limit_register: tuple[int, float] = (100, 60.0)
+    rate_limit_presence: tuple[int, float] = (60, 60.0)
+    #: Event queues one user may hold at once; one more registration drops their oldest idle queue.
+    max_queues_per_user: int = 100
+    #: A user's presence changes reach their peers at most once per this many seconds (the last one always).
+    presence_coalesce_seconds: float = 5.0
     #: Development mode: log in as any user without a key (run_dev.py turns it on). Never in production.
     development: bool = False
     #: Where links in emails and notifications point.
@@ -113,6 +123,12 @@ class Settings:
             max_queue_events=int(_number(env, "EVENTBUS_MAX_QUEUE_EVENTS", cls.max_queue_events)),
             websocket_buffer_bytes=int(_number(env, "EVENTBUS_WEBSOCKET_BUFFER_BYTES", cls.websocket_buffer_bytes)),
             max_body_bytes=int(_number(env, "EVENTBUS_MAX_BODY_BYTES", cls.max_body_bytes)),
+            rate_limit_api=_rate(env, "EVENTBUS_RATE_LIMIT_API", cls.rate_limit_api),
+            rate_limit_register=_rate(env, "EVENTBUS_RATE_LIMIT_REGISTER", cls.rate_limit_register),
+            rate_limit_presence=_rate(env, "EVENTBUS_RATE_LIMIT_PRESENCE", cls.rate_limit_presence),
+            max_queues_per_user=int(_number(env, "EVENTBUS_MAX_QUEUES_PER_USER", cls.max_queues_per_user)),
+            presence_coalesce_seconds=_number(env, "EVENTBUS_PRESENCE_COALESCE_SECONDS",
+                                              cls.presence_coalesce_seconds),
             development=env.get("EVENTBUS_DEVELOPMENT", "").strip().lower() in ("1", "true", "yes"),
             site_url=env.get("EVENTBUS_SITE_URL", cls.site_url),
             smtp_host=env.get("EVENTBUS_SMTP_HOST", cls.smtp_host),
@@ -154,10 +170,20 @@ class Settings:
             "EVENTBUS_MAX_QUEUE_EVENTS": self.max_queue_events,
             "EVENTBUS_WEBSOCKET_BUFFER_BYTES": self.websocket_buffer_bytes,
             "EVENTBUS_MAX_BODY_BYTES": self.max_body_bytes,
+            "EVENTBUS_MAX_QUEUES_PER_USER": self.max_queues_per_user,
         }
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigurationError(f"{name} must be positive, not {value!r}")
+        rates = {"EVENTBUS_RATE_LIMIT_API": self.rate_limit_api,
+                 "EVENTBUS_RATE_LIMIT_REGISTER": self.rate_limit_register,
+                 "EVENTBUS_RATE_LIMIT_PRESENCE": self.rate_limit_presence}
+        for name, (count, seconds) in rates.items():
+            if not (count >= 1 and 0 < seconds < math.inf):
+                raise ConfigurationError(f"{name} must be REQUESTS/SECONDS, both positive, not {count}/{seconds}")
+        if not 0 <= self.presence_coalesce_seconds < math.inf:
+            raise ConfigurationError("EVENTBUS_PRESENCE_COALESCE_SECONDS must be 0 or more, "
+                                     f"not {self.presence_coalesce_seconds!r}")
         if self.smtp_tls not in ("none", "starttls", "ssl"):
             raise ConfigurationError(f"EVENTBUS_SMTP_TLS must be none, starttls or ssl, not {self.smtp_tls!r}")
         if not 0 < self.port < 65536:
@@ -217,6 +243,20 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigurationError(f"{name} must be a number, not {raw!r}") from None
+
+
+def _rate(env: Mapping[str, str], name: str, default: tuple[int, float]) -> tuple[int, float]:
+    """A rate limit written ``REQUESTS/SECONDS`` (``1200/60``: 1,200 requests a minute)."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    count, slash, seconds = raw.partition("/")
+    try:
+        if slash and count.strip().isdigit():
+            return int(count), float(seconds)
+    except ValueError:
+        pass
+    raise ConfigurationError(f"{name} must be REQUESTS/SECONDS (such as 1200/60), not {raw!r}")
 
 
 def _read_secrets(path: Path) -> dict[str, str]:

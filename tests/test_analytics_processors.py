@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,6 +42,12 @@ def start(event_broker: MemoryBroker, users: tuple[User, User]) -> Iterator[Star
 def short_batch_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches as in production, without waiting seconds for one to fill."""
     monkeypatch.setattr(UserActivityWorker, "options", dataclasses.replace(UserActivityWorker.options, batch_wait=0.1))
+
+
+@pytest.fixture
+def event_settings(event_settings: Settings) -> Settings:
+    """Presence broadcasts coalesced over a short window, so that a deferred one comes within the test."""
+    return event_settings.replace(presence_coalesce_seconds=1.0)
 
 
 @pytest.fixture
@@ -188,6 +197,29 @@ def test_only_the_latest_presence_counts(event_broker: MemoryBroker, start: Star
     assert [n["event"]["presence"]["website"]["status"] for n in take_notices(event_broker)] == ["active", "idle"]
     stored = store.presence(iago.id)
     assert stored is not None and (stored.status, stored.time) == ("idle", 1200.0)
+
+
+def test_a_burst_of_changes_reaches_peers_as_its_first_and_its_last(
+        event_broker: MemoryBroker, start: Start, store: AnalyticsStore, users: tuple[User, User]) -> None:
+    iago = users[0]
+    start("user_presence")
+    # Given iago's status changes 20 times within the coalescing window,
+    event_broker.publish_many("user_presence", [presence(iago, ("active", "idle")[n % 2], 1000.0 + n)
+                                                for n in range(20)])
+    event_broker.join("user_presence", timeout=10)  # the one deferred broadcast included
+    # then the peers hear of the first change at once and of the last one after the window, and of nothing else.
+    assert [n["event"]["presence"]["website"]["status"] for n in take_notices(event_broker)] == ["active", "idle"]
+    stored = store.presence(iago.id)
+    assert stored is not None and (stored.status, stored.announced_status) == ("idle", "idle")
+
+
+def test_a_presence_table_of_an_older_database_gets_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "older.sqlite3"
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE user_presence (user_id INTEGER PRIMARY KEY, status TEXT NOT NULL, "
+                   "client TEXT NOT NULL, time REAL NOT NULL, announced_status TEXT NOT NULL DEFAULT 'offline')")
+        db.execute("INSERT INTO user_presence VALUES (1, 'active', 'website', 1000.0, 'active')")
+    assert AnalyticsStore(path).presence(1) == analytics.Presence(1, "active", "website", 1000.0, "active", 0.0, 0.0)
 
 
 def test_bad_presence_events_go_to_the_error_store(event_broker: MemoryBroker, start: Start,

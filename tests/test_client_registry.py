@@ -39,7 +39,7 @@ def held_clients(registry: ClientRegistry, count: int, *, wants_heartbeats: bool
 
 
 def test_heartbeats_go_between_0_9_and_1_1_intervals_spread_over_the_clients() -> None:
-    registry = ClientRegistry()
+    registry = ClientRegistry(max_queues_per_user=200)  # one user's, all held
     listeners = held_clients(registry, 200)
     assert registry.send_heartbeats(INTERVAL, now=1000 + 0.89 * INTERVAL) == 0
     early = registry.send_heartbeats(INTERVAL, now=1000 + 0.95 * INTERVAL)

@@ -20,11 +20,16 @@ logger = logging.getLogger(__name__)
 ExpiryHook = Callable[[int, list[ClientDescriptor]], None]
 
 
+class TooManyQueues(Exception):
+    """A user at their cap of queues registers one more, and none of theirs is idle to make room."""
+
+
 class ClientRegistry:
     """The clients of this process, by queue id and by user."""
 
-    def __init__(self, max_queue_events: int = 10_000) -> None:
+    def __init__(self, max_queue_events: int = 10_000, max_queues_per_user: int = 100) -> None:
         self.max_queue_events = max_queue_events
+        self.max_queues_per_user = max_queues_per_user
         self._clients: dict[str, ClientDescriptor] = {}
         self._by_user: defaultdict[int, dict[str, ClientDescriptor]] = defaultdict(dict)
         self.after_last_queue_expired: list[ExpiryHook] = []
@@ -33,6 +38,18 @@ class ClientRegistry:
     # -- clients ----------------------------------------------------------------
 
     def add(self, client: ClientDescriptor) -> ClientDescriptor:
+        """Register ``client``. A user at ``max_queues_per_user`` loses their queue idle the longest to make
+        room (its client gets BAD_EVENT_QUEUE_ID at its next poll, and re-registers, as Zulip clients do);
+        TooManyQueues if every one of their queues is being served."""
+        mine = self._by_user.get(client.user_id)
+        if mine is not None and len(mine) >= self.max_queues_per_user:
+            idle = [c for c in mine.values() if c.idle]
+            if not idle:
+                raise TooManyQueues(f"Too many event queues: {len(mine)} of this user's are in use; close one")
+            oldest = min(idle, key=lambda c: c.last_connection_time)
+            logger.info("user %d registers more than %d queues: dropping queue %s, idle the longest",
+                        client.user_id, self.max_queues_per_user, oldest.queue_id)
+            self.remove(oldest, "the user registered too many queues")
         self._clients[client.queue_id] = client
         self._by_user[client.user_id][client.queue_id] = client
         return client

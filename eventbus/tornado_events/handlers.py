@@ -2,11 +2,13 @@
 
 Every answer is JSON, errors included: ``{"result": "error", "msg": ...,
 "code": ...}`` with status 400 (``BAD_REQUEST``, ``BAD_EVENT_QUEUE_ID``), 401
-(``UNAUTHORIZED``) or 404, never an HTML page. Handlers get the server
-through ``initialize`` and say how they authenticate: ``api`` (HTTP Basic
-``email:api_key``), ``session`` (the signed session cookie, plus the CSRF
-token for anything but GET), ``internal`` (loopback and the shared secret) or
-``none``.
+(``UNAUTHORIZED``), 404 or 429 (``RATE_LIMIT_HIT``, with ``retry-after``
+seconds and a ``Retry-After`` header), never an HTML page. Handlers get the
+server through ``initialize`` and say how they authenticate: ``api`` (HTTP
+Basic ``email:api_key``), ``session`` (the signed session cookie, plus the
+CSRF token for anything but GET), ``internal`` (loopback and the shared
+secret) or ``none``; and which per-user rate limit an authenticated request
+counts against (``rate_limit_category``, a category of ``rate_limit.RateLimits``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import math
 import time
 import traceback
 import urllib.parse
@@ -26,6 +29,8 @@ from tornado.ioloop import IOLoop
 
 from eventbus import codec
 from eventbus.errors import EventEncodingError
+from eventbus.tornado_events import rate_limit
+from eventbus.tornado_events.clients import TooManyQueues
 from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
 from eventbus.users import User
 from eventbus.validation import MAX_ID, excerpt
@@ -37,6 +42,12 @@ logger = logging.getLogger(__name__)
 
 SESSION_COOKIE = "eventbus_session"
 NARROW_OPERATORS = frozenset({"stream", "topic"})
+#: Filter sizes a registration may ask for: more than any real client needs, little enough that matching
+#: every event against every queue's filters stays cheap and a saved queue stays small.
+MAX_NARROW_TERMS = 20
+MAX_NARROW_OPERAND_CHARS = 200
+MAX_EVENT_TYPES = 100
+MAX_EVENT_TYPE_CHARS = 100
 
 
 def is_loopback(address: str | None) -> bool:
@@ -73,6 +84,46 @@ def check_last_event_id(value: Any) -> int:
     return value
 
 
+def rate_limit_hit(retry_after: float, **extra: Any) -> ApiError:
+    """The answer to a request over its user's rate limit, as Zulip gives it (``write_error`` adds the header)."""
+    # To the millisecond, rounded up: a client that waits as long as it is told is never refused again.
+    return ApiError(429, "RATE_LIMIT_HIT", "API usage exceeded rate limit",
+                    **{"retry-after": math.ceil(retry_after * 1000) / 1000}, **extra)
+
+
+def api_error_body(handler: tornado.web.RequestHandler, error: ApiError) -> dict[str, Any]:
+    """The JSON answer to ``error``; for a rate limit hit, ``handler``'s answer gets a Retry-After header too."""
+    if "retry-after" in error.extra:  # the header takes whole seconds: rounded up, never too early
+        handler.set_header("Retry-After", str(math.ceil(error.extra["retry-after"])))
+    return {"result": "error", "msg": error.msg, "code": error.code, **error.extra}
+
+
+def check_rate_limit(server: EventServer, category: str, user: User, **extra: Any) -> None:
+    """Count a request of ``category`` against ``user``'s limit; RATE_LIMIT_HIT (with ``extra``) when over."""
+    wait = server.rate_limits.acquire(category, user.id)
+    if wait:
+        raise rate_limit_hit(wait, **extra)
+
+
+def register_client(values: dict[str, Any], server: EventServer, user: User) -> ClientDescriptor:
+    """A new client from register parameters, added to the server's registry; ApiError if it cannot be."""
+    try:
+        return server.registry.add(registration(values, server, user))
+    except TooManyQueues as e:
+        raise bad_request(str(e)) from None
+
+
+def check_filter_sizes(event_types: list[str] | None, narrow: list[list[str]]) -> None:
+    """BAD_REQUEST naming ``event_types`` or ``narrow`` if either is larger than ``MAX_*`` allow."""
+    if event_types is not None and (len(event_types) > MAX_EVENT_TYPES
+                                    or any(len(t) > MAX_EVENT_TYPE_CHARS for t in event_types)):
+        raise bad_request(f"Invalid 'event_types' argument: at most {MAX_EVENT_TYPES} types "
+                          f"of at most {MAX_EVENT_TYPE_CHARS} characters each")
+    if len(narrow) > MAX_NARROW_TERMS or any(len(operand) > MAX_NARROW_OPERAND_CHARS for _, operand in narrow):
+        raise bad_request(f"Invalid 'narrow' argument: at most {MAX_NARROW_TERMS} terms "
+                          f"with operands of at most {MAX_NARROW_OPERAND_CHARS} characters each")
+
+
 def registration(values: dict[str, Any], server: EventServer, user: User) -> ClientDescriptor:
     """A new client from register parameters (already decoded from JSON); ApiError naming a bad one."""
     event_types = values.get("event_types")
@@ -86,6 +137,7 @@ def registration(values: dict[str, Any], server: EventServer, user: User) -> Cli
     for operator, _ in narrow:
         if operator not in NARROW_OPERATORS:
             raise bad_request(f"Invalid 'narrow' argument: unknown operator {excerpt(operator)!r}")
+    check_filter_sizes(event_types, narrow)
     apply_markdown = values.get("apply_markdown", False)
     lifespan = values.get("queue_lifespan_secs") or server.settings.queue_lifespan_seconds  # 0: the default
     if not isinstance(apply_markdown, bool):
@@ -115,7 +167,7 @@ class JsonErrors(tornado.web.RequestHandler):
         exc_info = kwargs.get("exc_info")
         error = exc_info[1] if exc_info else None
         if isinstance(error, ApiError):
-            body = {"result": "error", "msg": error.msg, "code": error.code, **error.extra}
+            body = api_error_body(self, error)
         elif status_code == 404:
             body = {"result": "error", "msg": "Endpoint not found", "code": "NOT_FOUND"}
         elif status_code == 405:
@@ -139,6 +191,8 @@ class BaseHandler(JsonErrors):
     server: EventServer
     auth: str
     user: User
+    #: The per-user limit an authenticated request here counts against (a category of ``RateLimits``).
+    rate_limit_category = rate_limit.API
 
     def initialize(self, server: EventServer, auth: str = "api") -> None:
         self.server = server
@@ -159,6 +213,12 @@ class BaseHandler(JsonErrors):
         if user is None:
             raise ApiError(401, "UNAUTHORIZED", "Not logged in: API authentication or user session required")
         self.user = user
+        if self.counts_against_rate_limit():
+            check_rate_limit(self.server, self.rate_limit_category, user)
+
+    def counts_against_rate_limit(self) -> bool:
+        """Whether this authenticated request counts against its user's rate limit (all do, unless told)."""
+        return True
 
     #: Held long-polls are slow by design: they are not reported as slow requests.
     slow_requests_reported = True
@@ -269,10 +329,12 @@ class NotFoundHandler(BaseHandler):
 class RegisterHandler(BaseHandler):
     """POST /api/v1/register, /json/register: a new event queue for the caller."""
 
+    rate_limit_category = rate_limit.REGISTER
+
     async def post(self) -> None:
         values = {name: self.json_arg(name) for name in ("event_types", "narrow", "apply_markdown",
                                                           "queue_lifespan_secs") if self.get_argument(name, None)}
-        client = self.server.registry.add(registration(values, self.server, self.user))
+        client = register_client(values, self.server, self.user)
         self.success(queue_id=client.queue_id, last_event_id=-1, **self.server.initial_state(self.user))
 
 
@@ -293,6 +355,15 @@ class EventsHandler(BaseHandler):
 
     _held: ClientDescriptor | None = None
     _released: asyncio.Future[None] | None = None
+
+    def counts_against_rate_limit(self) -> bool:
+        """A long-poll of a queue nobody is polling (its last poll was answered) is free: a client that keeps
+        up polls again as soon as it is answered, and must never be told to wait. A ``dont_block`` poll, one
+        that takes a held poll's place, a poll of an unknown queue and a DELETE count."""
+        if self.request.method != "GET" or self.bool_arg("dont_block", False):
+            return True
+        client = self.server.registry.get(self.get_argument("queue_id", ""), self.user.id)
+        return client is None or client.listener is not None
 
     async def get(self) -> None:
         client = self.client()
@@ -398,9 +469,9 @@ class MessagesHandler(BaseHandler):
 class ReportErrorHandler(BaseHandler):
     """POST /json/report/error: a browser traceback, rate-limited per user, queued to error_reports."""
 
+    rate_limit_category = rate_limit.ERROR_REPORTS
+
     async def post(self) -> None:
-        if not self.server.error_reports.allow(self.user.id):
-            raise ApiError(429, "RATE_LIMIT_HIT", "Too many error reports; try again in a minute")
         report = {"type": "browser", "user_id": self.user.id, "user_email": self.user.email,
                   "message": self.arg("message")[:2000], "stacktrace": self.arg("stacktrace", str, "")[:20000],
                   "href": self.arg("href", str, "")[:500], "user_agent": self.request.headers.get("User-Agent", "")}
@@ -409,7 +480,13 @@ class ReportErrorHandler(BaseHandler):
 
 
 class PresenceHandler(BaseHandler):
-    """POST /json/users/me/presence (status: active or idle): queued to user_presence."""
+    """POST /json/users/me/presence (status: active or idle): queued to user_presence.
+
+    Rate-limited on its own (``EVENTBUS_RATE_LIMIT_PRESENCE``): every change reaches every other user,
+    so the processor also coalesces a user's changes (``EVENTBUS_PRESENCE_COALESCE_SECONDS``).
+    """
+
+    rate_limit_category = rate_limit.PRESENCE
 
     async def post(self) -> None:
         status = self.arg("status")

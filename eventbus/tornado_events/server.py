@@ -51,7 +51,7 @@ from eventbus.tornado_events.handlers import (
     ServerSettingsHandler,
 )
 from eventbus.tornado_events.notify import MESSAGE_SENDER_QUEUE, check_notice, notify_queue_name, return_queue_name
-from eventbus.tornado_events.rate_limit import RateLimiter
+from eventbus.tornado_events.rate_limit import RateLimits
 from eventbus.tornado_events.websocket import EventSocket
 from eventbus.users import User
 
@@ -64,8 +64,6 @@ ACTIVITY_FLUSH_SECONDS = 5.0
 ACTIVITY_SLICE = 100
 #: Websocket close code: the server restarts (RFC 6455's registry).
 SERVICE_RESTART = 1012
-#: Browser error reports a user may send per minute.
-REPORTS_PER_MINUTE = 10
 #: Websocket keepalive: a ping this often, and the socket is dropped without a pong in time.
 PING_INTERVAL = 25.0
 #: A request's body must arrive within this long: a sender trickling bytes holds a connection and a buffer.
@@ -87,13 +85,13 @@ class EventServer:
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
-        self.registry = ClientRegistry(settings.max_queue_events)
+        self.registry = ClientRegistry(settings.max_queue_events, settings.max_queues_per_user)
         self.queue_client = tornado_client_for(settings, broker, name=f"tornado {settings.server_id}")
         self.away = AwayNotifier(self.registry, self.queue_client.publish_nowait)
         self.registry.after_last_queue_expired.append(self.away.on_queues_expired)
         self.messages = MessageStore(settings.database)
         self.users = self.messages.users
-        self.error_reports = RateLimiter(REPORTS_PER_MINUTE, 60.0)
+        self.rate_limits = RateLimits.from_settings(settings)
         self.queues_file = Path(settings.var_dir) / "event_queues.json"
         self.pending: dict[str, Responder] = {}
         self.request_timeout = REQUEST_TIMEOUT_SECONDS
@@ -136,6 +134,7 @@ class EventServer:
 
     def _collect_garbage(self) -> None:
         self.registry.collect_garbage()
+        self.rate_limits.forget_refilled()
         now = time.monotonic()
         self._auth_cache = {key: entry for key, entry in self._auth_cache.items() if entry[1] > now}
         self._users_by_id = {key: entry for key, entry in self._users_by_id.items() if entry[1] > now}

@@ -16,6 +16,12 @@ server to client
   ``{"type": "detached", "queue_id": Q}``  another connection took over the queue
   ``{"type": "error", "code": C, "msg": M}``
 
+Opening a socket, register frames and request frames count against their
+user's rate limits, as the HTTP endpoints do: over a limit, the opening is
+answered 429 and a frame an error frame with code ``RATE_LIMIT_HIT`` and
+``retry-after`` seconds (and the request's ``req_id``). Attach and ack frames
+are free, as long-poll re-polls are.
+
 A socket with more than ``EVENTBUS_WEBSOCKET_BUFFER_BYTES`` unsent is closed
 with code 4008; its queue stays, so the client reconnects and resumes.
 """
@@ -33,8 +39,17 @@ from tornado.iostream import StreamClosedError
 
 from eventbus import codec
 from eventbus.errors import EventEncodingError
+from eventbus.tornado_events import rate_limit
 from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
-from eventbus.tornado_events.handlers import ApiError, bad_queue, bad_request, check_last_event_id, registration
+from eventbus.tornado_events.handlers import (
+    ApiError,
+    api_error_body,
+    bad_queue,
+    bad_request,
+    check_last_event_id,
+    check_rate_limit,
+    register_client,
+)
 from eventbus.users import User
 from eventbus.validation import EXCERPT_CHARS, MAX_ID, excerpt
 
@@ -45,6 +60,8 @@ logger = logging.getLogger(__name__)
 
 #: Close code for a client that does not read fast enough (4000-4999 are the application's).
 SLOW_CONSUMER = 4008
+#: The per-user rate limit each frame type counts against; the others are free.
+FRAME_RATE_LIMITS = {"register": rate_limit.REGISTER, "request": rate_limit.API}
 
 
 class EventSocket(tornado.websocket.WebSocketHandler):
@@ -66,10 +83,14 @@ class EventSocket(tornado.websocket.WebSocketHandler):
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         user = await self.server.session_user(self)
-        if user is None:
-            self.set_status(401)
+        try:
+            if user is None:
+                raise ApiError(401, "UNAUTHORIZED", "Not logged in")
+            check_rate_limit(self.server, rate_limit.API, user)  # opening a socket is a request as any other
+        except ApiError as error:
+            self.set_status(error.status_code)
             self.set_header("Content-Type", "application/json")
-            self.finish(codec.encode({"result": "error", "msg": "Not logged in", "code": "UNAUTHORIZED"}))
+            self.finish(codec.encode(api_error_body(self, error)))
             return
         self.user = user
         await super().get(*args, **kwargs)
@@ -92,14 +113,21 @@ class EventSocket(tornado.websocket.WebSocketHandler):
             handler = getattr(self, f"_on_{frame.get('type')}", None)
             if handler is None:
                 raise bad_request(f"unknown frame type {excerpt(frame.get('type'))!r}")
+            self._check_rate_limit(frame)
             await handler(frame)
         except EventEncodingError as e:
             self._send({"type": "error", "code": "BAD_REQUEST", "msg": f"a frame must be JSON: {e}"})
         except ApiError as e:
             self._send({"type": "error", "code": e.code, "msg": e.msg, **e.extra})
 
+    def _check_rate_limit(self, frame: dict[str, Any]) -> None:
+        category = FRAME_RATE_LIMITS.get(frame["type"])
+        if category is not None:
+            check_rate_limit(self.server, category, self.user,
+                             **({"req_id": frame.get("req_id")} if frame["type"] == "request" else {}))
+
     async def _on_register(self, frame: dict[str, Any]) -> None:
-        client = self.server.registry.add(registration(frame, self.server, self.user))
+        client = register_client(frame, self.server, self.user)
         self._send({"type": "registered", "queue_id": client.queue_id, "last_event_id": -1})
         self._serve(client)
 

@@ -21,7 +21,13 @@ through ``AnalyticsStore``:
   through ``send_event`` (a user with no presence yet counts as offline); an
   unchanged status is stored, not broadcast. Peers are every other active
   user: there is one organisation, and in it everyone sees everyone's
-  presence (as in a Zulip realm).
+  presence (as in a Zulip realm). Broadcasts are coalesced: peers hear of a
+  user at most once per ``EVENTBUS_PRESENCE_COALESCE_SECONDS``. A change
+  within that time of the last broadcast is stored, and the user's latest
+  presence is published again to ``user_presence``, delayed by that time
+  (once per window: the row says when it is due); when it comes back, peers
+  hear of whatever the status is then. A user toggling fast costs their peers
+  two events per window at most, and the last status they set always arrives.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from eventbus import sqlite
@@ -67,9 +74,13 @@ CREATE TABLE IF NOT EXISTS user_presence (
     status TEXT NOT NULL,
     client TEXT NOT NULL,
     time REAL NOT NULL,
-    announced_status TEXT NOT NULL DEFAULT 'offline'
+    announced_status TEXT NOT NULL DEFAULT 'offline',
+    announced_at REAL NOT NULL DEFAULT 0,
+    recheck_due REAL NOT NULL DEFAULT 0
 );
 """
+#: Columns added to user_presence since it was first made: a table of an older database gets them.
+PRESENCE_COLUMNS_ADDED = {"announced_at": "REAL NOT NULL DEFAULT 0", "recheck_due": "REAL NOT NULL DEFAULT 0"}
 
 #: count += n, last_visit = the later of the two.
 UPSERT_ACTIVITY = """
@@ -96,6 +107,12 @@ class Presence:
     client: str
     time: float
     announced_status: str  # the status the user's peers last heard of
+    announced_at: float  # when they heard of it (Unix time; 0: never)
+    recheck_due: float  # when the latest presence published again comes back (0: none pending)
+
+    def update(self) -> dict[str, Any]:
+        """This presence as a ``user_presence`` event (published again when its broadcast must wait)."""
+        return {"user_id": self.user_id, "status": self.status, "client": self.client, "time": self.time}
 
     def event(self, email: str) -> dict[str, Any]:
         """The ``presence`` event for the user's peers (Zulip's shape: one entry per client)."""
@@ -108,6 +125,17 @@ class AnalyticsStore(sqlite.Store):
     """Activity counts, activity intervals and presence; safe from any thread and process."""
 
     SCHEMA = SCHEMA
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(path)
+        with self._db() as db:
+            present = {row["name"] for row in db.execute("PRAGMA table_info(user_presence)")}
+        missing = {name: kind for name, kind in PRESENCE_COLUMNS_ADDED.items() if name not in present}
+        if missing:
+            with self._db(write=True) as db:
+                present = {row["name"] for row in db.execute("PRAGMA table_info(user_presence)")}
+                for name in missing.keys() - present:  # another process may have added it meanwhile
+                    db.execute(f"ALTER TABLE user_presence ADD COLUMN {name} {missing[name]}")
 
     def add_activity(self, counts: ActivityCounts) -> None:
         """Add the counts and last visits, in one transaction."""
@@ -150,14 +178,21 @@ class AnalyticsStore(sqlite.Store):
             row = db.execute("SELECT * FROM user_presence WHERE user_id = ?", (user_id,)).fetchone()
         return _presence(row) if row else None
 
-    def mark_announced(self, user_id: int, status: str) -> None:
-        """The user's peers have heard of ``status``."""
+    def mark_announced(self, user_id: int, status: str, when: float) -> None:
+        """The user's peers have heard of ``status`` at ``when``."""
         with self._db() as db:
-            db.execute("UPDATE user_presence SET announced_status = ? WHERE user_id = ?", (status, user_id))
+            db.execute("UPDATE user_presence SET announced_status = ?, announced_at = ? WHERE user_id = ?",
+                       (status, when, user_id))
+
+    def mark_recheck(self, user_id: int, due: float) -> None:
+        """The user's latest presence was published again, to come back at ``due``."""
+        with self._db() as db:
+            db.execute("UPDATE user_presence SET recheck_due = ? WHERE user_id = ?", (due, user_id))
 
 
 def _presence(row: sqlite3.Row) -> Presence:
-    return Presence(row["user_id"], row["status"], row["client"], row["time"], row["announced_status"])
+    return Presence(row["user_id"], row["status"], row["client"], row["time"], row["announced_status"],
+                    row["announced_at"], row["recheck_due"])
 
 
 @assign_queue("user_activity", batch_size=500, batch_wait=2.0)
@@ -214,13 +249,24 @@ class UserPresenceWorker(QueueProcessingWorker):
         if user is None:
             raise PermanentError(f"no user {user_id}")
         when = _number(event, "time") if "time" in event else time.time()
-        latest = self.store.set_presence(user_id, status, client, when)
+        self._announce(self.store.set_presence(user_id, status, client, when), user.email)
+
+    def _announce(self, latest: Presence, email: str) -> None:
+        """Tell the user's peers of ``latest`` if they have not heard of it: now, or once the window is over."""
         # Compared with what was announced, not with the previous row: a broadcast that failed is made on retry.
-        if latest.status != latest.announced_status:
-            peers = self.users.active_ids(besides=user_id)
-            if peers:
-                send_event(latest.event(user.email), peers)
-            self.store.mark_announced(user_id, latest.status)
+        if latest.status == latest.announced_status:
+            return
+        now, window = time.time(), self.broker.settings.presence_coalesce_seconds
+        if now < latest.announced_at + window:
+            if latest.recheck_due <= now:  # none pending yet: one comes back after the window, whatever changes
+                # Always the whole window, never the rest of it: each delay is a RabbitMQ queue of its own.
+                self.broker.publish_later(self.queue_name, [latest.update()], window)
+                self.store.mark_recheck(latest.user_id, now + window)
+            return
+        peers = self.users.active_ids(besides=latest.user_id)
+        if peers:
+            send_event(latest.event(email), peers)
+        self.store.mark_announced(latest.user_id, latest.status, now)
 
 
 def _count(event: Event) -> int:
