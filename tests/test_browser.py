@@ -442,10 +442,12 @@ class Client:
         self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), self._NoRedirect)
 
-    def call(self, method: str, path: str, **params: str) -> tuple[int, dict[str, str], Any]:
-        """(status, headers, decoded JSON body or the text); the CSRF cookie goes along as X-CSRFToken."""
+    def call(self, method: str, path: str, headers: dict[str, str] | None = None,
+             **params: str) -> tuple[int, dict[str, str], Any]:
+        """(status, headers, decoded JSON body or the text); the CSRF cookie goes along as X-CSRFToken, as the
+        pages' scripts send it (``headers`` add to or replace what goes)."""
         body = urllib.parse.urlencode(params).encode() if method != "GET" else None
-        headers = {"X-CSRFToken": self.cookie("_xsrf") or ""}
+        headers = {"X-CSRFToken": self.cookie("csrftoken") or "", **(headers or {})}
         request = urllib.request.Request(self.server.url(path), data=body, method=method, headers=headers)
         try:
             with self.opener.open(request, timeout=10) as response:
@@ -476,7 +478,6 @@ def test_pages_and_json_need_a_session(web: StartWeb, world: World) -> None:
 def test_development_login_only_in_development_mode(web: StartWeb, world: World) -> None:
     server = web(development=False)
     client = Client(server)
-    client.call("GET", "/login")  # sets the CSRF cookie
     assert client.call("GET", "/accounts/login/dev")[0] == 404
     assert client.call("POST", "/accounts/login/dev", email=world.iago.email)[0] == 404
     # The API key form works in any mode.
@@ -491,9 +492,10 @@ def test_development_login_and_the_json_endpoints(web: StartWeb, world: World) -
     status, _, body = client.call("GET", "/accounts/login/dev")
     assert status == 200
     assert [u["email"] for u in body["users"]] == [world.iago.email, world.othello.email, world.desdemona.email]
-    # Without the login page's CSRF cookie, nobody is logged in.
-    assert client.call("POST", "/accounts/login/dev", email=world.othello.email)[0] == 401
-    client.call("GET", "/login")
+    # From another site's page, nobody is logged in.
+    evil = {"Origin": "https://evil.example"}
+    assert client.call("POST", "/accounts/login/dev", headers=evil, email=world.othello.email)[0] == 403
+    assert client.cookie("eventbus_session") is None
     assert client.call("POST", "/accounts/login/dev", email="nobody@example.com")[0] == 401
     status, _, body = client.call("POST", "/accounts/login/dev", email=world.othello.email)
     assert status == 200 and body["user_id"] == world.othello.id

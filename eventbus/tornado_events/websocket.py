@@ -17,7 +17,9 @@ server to client
   ``{"type": "error", "code": C, "msg": M}``
 
 A socket with more than ``EVENTBUS_WEBSOCKET_BUFFER_BYTES`` unsent is closed
-with code 4008; its queue stays, so the client reconnects and resumes.
+with code 4008; its queue stays, so the client reconnects and resumes. A
+socket whose session ends (logout, deactivation) is closed with code 4401:
+the user must log in again.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from tornado.iostream import StreamClosedError
 
 from eventbus import codec
 from eventbus.errors import EventEncodingError
+from eventbus.sessions import session_key
 from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
-from eventbus.tornado_events.handlers import ApiError, bad_queue, bad_request, registration
+from eventbus.tornado_events.handlers import SESSION_COOKIE, ApiError, bad_queue, bad_request, registration
 from eventbus.users import User
 
 if TYPE_CHECKING:
@@ -44,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 #: Close code for a client that does not read fast enough (4000-4999 are the application's).
 SLOW_CONSUMER = 4008
+#: Close code: the session this socket was opened with ended (4000 + HTTP's 401).
+SESSION_ENDED = 4401
 
 
 class EventSocket(tornado.websocket.WebSocketHandler):
@@ -51,6 +56,7 @@ class EventSocket(tornado.websocket.WebSocketHandler):
 
     server: EventServer
     user: User
+    session_key = ""  # of the session it was opened with: logout closes it
     wants_heartbeats = False  # pings keep a socket alive
 
     def initialize(self, server: EventServer) -> None:
@@ -71,6 +77,7 @@ class EventSocket(tornado.websocket.WebSocketHandler):
             self.finish(codec.encode({"result": "error", "msg": "Not logged in", "code": "UNAUTHORIZED"}))
             return
         self.user = user
+        self.session_key = session_key(self.get_cookie(SESSION_COOKIE, ""))
         await super().get(*args, **kwargs)
 
     def open(self, *args: str, **kwargs: str) -> None:

@@ -2,10 +2,11 @@
 
 The pages are static files of ``static/``: HTML, CSS and JavaScript modules,
 no build step. A page handler only checks the session (sending a visitor
-without one to ``/login``), sets the CSRF cookie the scripts send back as
-``X-CSRFToken``, and serves the file with a Content-Security-Policy that lets
-no inline script run: message HTML from the server's Markdown renderer is
-inserted as HTML, and the policy is the second wall behind its sanitizer.
+without one to ``/login``), sets the session's CSRF token as the
+``csrftoken`` cookie the scripts send back as ``X-CSRFToken``, and serves
+the file with a Content-Security-Policy that lets no inline script run:
+message HTML from the server's Markdown renderer is inserted as HTML, and
+the policy is the second wall behind its sanitizer.
 
 ``/accounts/login/dev`` (log in as anyone, no API key) exists only with
 ``EVENTBUS_DEVELOPMENT=1``.
@@ -48,10 +49,12 @@ class PageHandler(tornado.web.RequestHandler):
         self.login_required = login_required
 
     async def get(self) -> None:
-        if self.login_required and await self.server.session_user(self) is None:
+        user = await self.server.session_user(self)
+        if user is None and self.login_required:
             self.redirect("/login?" + urllib.parse.urlencode({"next": self.request.uri}))
             return
-        self.xsrf_token  # noqa: B018 -- reading it sets the _xsrf cookie the page's scripts send back
+        if user is not None:
+            self.server.set_csrf_cookie(self)
         body = await IOLoop.current().run_in_executor(None, self.page.read_bytes)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.set_header("Content-Security-Policy", content_security_policy(self.request.host))
@@ -99,12 +102,12 @@ class DevLoginHandler(BaseHandler):
         self.success(users=[user.public() for user in users if user.is_active])
 
     async def post(self) -> None:
-        self.check_csrf()  # the login page's own cookie: another site cannot log a visitor in as someone else
+        self.check_same_origin("Login")  # another site cannot log a visitor in as someone else
         user = await IOLoop.current().run_in_executor(None, self.server.users.get_by_email, self.arg("email"))
         if user is None or not user.is_active:
             raise ApiError(401, "UNAUTHORIZED", "No such user")
-        self.server.start_session(self, user)
-        self.success(**user.public(), csrf_token=self.xsrf_token.decode())
+        csrf_token = await self.server.start_session(self, user)
+        self.success(**user.public(), csrf_token=csrf_token)
 
 
 class QueuesFeedHandler(BaseHandler):

@@ -9,9 +9,9 @@ export class ApiError extends Error {
   }
 }
 
-/** The CSRF token Tornado set as the _xsrf cookie; sent back as X-CSRFToken on every POST. */
+/** The session's CSRF token, which the server sets as the csrftoken cookie; sent back as X-CSRFToken. */
 export function csrfToken() {
-  const match = document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/);
+  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]*)/);
   return match ? decodeURIComponent(match[1]) : "";
 }
 
