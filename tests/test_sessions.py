@@ -1,5 +1,5 @@
 """Server-side sessions and CSRF: logout ends a session for every copy of its cookie, the CSRF token is bound
-to the session, logout cannot come from another site, the cookies' flags."""
+to the session, logout cannot come from another site, the cookies' flags; and what production does not serve."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -14,6 +15,8 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from eventbus import codec
+from eventbus.app import extra_handlers
+from eventbus.queue import MemoryBroker
 from eventbus.settings import Settings
 from eventbus.users import User
 from tests.eventserver import ServerThread, StartServer, run
@@ -157,5 +160,56 @@ def test_cookie_flags(start_server: StartServer, users: tuple[User, User], site_
         assert "httponly" in session and "samesite=lax" in session
         assert "httponly" not in csrf  # the pages' scripts read it
         assert ("secure" in session, "secure" in csrf) == (secure, secure)
+
+    run(scenario)
+
+
+# -- what production serves ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def production(event_settings: Settings, event_broker: MemoryBroker, users: tuple[User, User]) -> Iterator[Any]:
+    """``start(**settings)``: the server with every page (as ``eventbus runtornado``), not in development mode."""
+    servers: list[ServerThread] = []
+
+    def start(**overrides: Any) -> ServerThread:
+        settings = event_settings.replace(development=False, **overrides)
+        server = ServerThread(settings, event_broker, extra_handlers=extra_handlers).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_the_queue_dashboard_is_for_administrators(production: Any, users: tuple[User, User]) -> None:
+    iago, othello = users
+    server = production(admin_emails=("IAGO@example.com",))
+
+    async def scenario() -> None:
+        admin, _ = await login(server, iago)
+        other, _ = await login(server, othello)
+        for path in ("/devtools/queues", "/devtools/queues.json"):
+            assert (await get(server, path, other)).code == 403, path
+            assert (await get(server, path, admin)).code == 200, path
+        refused = await get(server, "/devtools/queues.json", other)
+        assert codec.decode(refused.body)["code"] == "UNAUTHORIZED"
+
+    run(scenario)
+
+
+def test_without_administrators_production_has_no_dashboard_no_devtools_and_no_password_less_login(
+        production: Any, users: tuple[User, User]) -> None:
+    server = production()
+
+    async def scenario() -> None:
+        cookie, _ = await login(server, users[0])
+        for path in ("/devtools/queues", "/devtools/queues.json", "/devtools/emails", "/devtools/pushes",
+                     "/accounts/login/dev"):
+            assert (await get(server, path, cookie)).code == 404, path
+        dev_login = await post(server, "/accounts/login/dev", "", None, body=f"email={users[0].email}")
+        assert dev_login.code == 404
+        assert (await get(server, "/", cookie)).code == 200  # the chat page is served
 
     run(scenario)

@@ -9,7 +9,9 @@ message HTML from the server's Markdown renderer is inserted as HTML, and
 the policy is the second wall behind its sanitizer.
 
 ``/accounts/login/dev`` (log in as anyone, no API key) exists only with
-``EVENTBUS_DEVELOPMENT=1``.
+``EVENTBUS_DEVELOPMENT=1``. The queue dashboard is open to every logged-in
+user in development mode; otherwise to ``EVENTBUS_ADMIN_EMAILS`` only, and
+without administrators it is not served at all.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tornado.ioloop import IOLoop
 
 from eventbus.queue import Broker
 from eventbus.tornado_events.handlers import ApiError, BaseHandler
-from eventbus.web.dashboard import QueueDashboard
+from eventbus.web.dashboard import QueueDashboard, may_watch_queues
 
 if TYPE_CHECKING:
     from eventbus.tornado_events.server import EventServer
@@ -41,12 +43,15 @@ def content_security_policy(host: str) -> str:
 
 
 class PageHandler(tornado.web.RequestHandler):
-    """GET one HTML page of ``static/``; with ``login_required``, a visitor without a session goes to /login."""
+    """GET one HTML page of ``static/``; with ``login_required``, a visitor without a session goes to /login;
+    with ``admin_only``, a user who may not watch the queues gets a 403."""
 
-    def initialize(self, server: EventServer, page: str, login_required: bool = True) -> None:
+    def initialize(self, server: EventServer, page: str, login_required: bool = True,
+                   admin_only: bool = False) -> None:
         self.server = server
         self.page = STATIC_DIR / page
         self.login_required = login_required
+        self.admin_only = admin_only
 
     async def get(self) -> None:
         user = await self.server.session_user(self)
@@ -54,6 +59,8 @@ class PageHandler(tornado.web.RequestHandler):
             self.redirect("/login?" + urllib.parse.urlencode({"next": self.request.uri}))
             return
         if user is not None:
+            if self.admin_only and not may_watch_queues(self.server.settings, user):
+                raise tornado.web.HTTPError(403)
             self.server.set_csrf_cookie(self)
         body = await IOLoop.current().run_in_executor(None, self.page.read_bytes)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
@@ -121,6 +128,8 @@ class QueuesFeedHandler(BaseHandler):
             self.dashboard = dashboard
 
     async def get(self) -> None:
+        if not may_watch_queues(self.server.settings, self.user):
+            raise ApiError(403, "UNAUTHORIZED", "The queue dashboard is for the administrators")
         self.success(**await self.dashboard.snapshot())
 
     def on_finish(self) -> None:
@@ -133,17 +142,21 @@ def web_handlers(server: EventServer, broker: Broker | None = None) -> list[Any]
     ``broker`` is where the dashboard reads queue depths (default: ``server.monitoring_broker()``).
     """
     session = {"server": server, "auth": "session"}
-    dashboard = QueueDashboard(server, broker or server.monitoring_broker())
     handlers: list[Any] = [
         (r"/", PageHandler, {"server": server, "page": "chat.html"}),
         (r"/login", PageHandler, {"server": server, "page": "login.html", "login_required": False}),
-        (r"/devtools/queues", PageHandler, {"server": server, "page": "queues.html"}),
-        (r"/devtools/queues\.json", QueuesFeedHandler, {**session, "dashboard": dashboard}),
         (r"/json/users", UsersHandler, session),
         (r"/json/users/me", MeHandler, session),
         (r"/json/streams", StreamsHandler, session),
         (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
     ]
-    if server.settings.development:
+    settings = server.settings
+    if settings.development or settings.admin_emails:
+        dashboard = QueueDashboard(server, broker or server.monitoring_broker())
+        handlers += [
+            (r"/devtools/queues", PageHandler, {"server": server, "page": "queues.html", "admin_only": True}),
+            (r"/devtools/queues\.json", QueuesFeedHandler, {**session, "dashboard": dashboard}),
+        ]
+    if settings.development:
         handlers.append((r"/accounts/login/dev", DevLoginHandler, {"server": server, "auth": "none"}))
     return handlers
