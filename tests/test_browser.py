@@ -300,6 +300,24 @@ def test_two_people_chat_live_across_a_server_restart(pages: NewPage, web: Start
     expect(dashboard.locator("#t-queues")).to_have_text("2")
 
 
+def test_log_out_ends_the_session_for_a_copied_cookie_too(pages: NewPage, web: StartWeb, world: World) -> None:
+    server = web(development=False)
+    # Given Iago logged in with his API key, and his session cookie copied into another browser,
+    iago = key_login(pages(), server, world.iago, "/")
+    cookie = next(c for c in iago.context.cookies() if c["name"] == "eventbus_session")
+    thief = pages()
+    thief.context.add_cookies([cookie])
+    thief.goto(server.url("/"))
+    expect(thief.locator("#status")).to_have_attribute("data-state", "live")
+    # when Iago logs out (the page sends its CSRF token: the logout is not refused),
+    iago.locator(".logout").first.click()
+    iago.wait_for_url(server.url("/login"))
+    # then the copy's live connection is closed and its page goes to the login page, for good.
+    thief.wait_for_url(re.compile(r"/login\?next="))
+    thief.goto(server.url("/"))
+    thief.wait_for_url(re.compile(r"/login\?next="))
+
+
 def test_a_lost_queue_is_replaced_and_recent_messages_reloaded(pages: NewPage, web: StartWeb,
                                                                world: World, sender_worker: WorkerThreads) -> None:
     server = web()

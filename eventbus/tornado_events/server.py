@@ -22,9 +22,9 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tornado.web
 from tornado.httpserver import HTTPServer
@@ -79,6 +79,7 @@ REQUEST_TIMED_OUT = {"result": "error", "code": "REQUEST_TIMEOUT",
                      "msg": "The message was queued but not processed in time"}
 
 Responder = Callable[[Any], None]
+T = TypeVar("T")
 
 
 class EventServer:
@@ -292,13 +293,28 @@ class EventServer:
             email, sep, api_key = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return None
-        epoch = self._auth_epoch
-        user = await self.authenticate(email, api_key) if sep else None
+        if not sep:
+            return None
+        user, cacheable = await self._fresh(lambda: self.authenticate(email, api_key))
         if user is not None:
             user = without_secret(user)
-            if epoch == self._auth_epoch:
+            if cacheable:
                 self._auth_cache[header] = (user, time.monotonic() + AUTH_CACHE_SECONDS)
         return user
+
+    async def _fresh(self, lookup: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """The answer of ``lookup`` (a store read in the executor), and whether it may be cached.
+
+        A read that overlapped a withdrawal of trust (logout, deactivation) may
+        have seen the store before it changed: it is asked again, and its
+        answer is cached only if no other withdrawal overlapped that one.
+        """
+        epoch = self._auth_epoch
+        found = await lookup()
+        if epoch != self._auth_epoch:
+            epoch = self._auth_epoch
+            found = await lookup()
+        return found, epoch == self._auth_epoch
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -334,12 +350,12 @@ class EventServer:
         cached = self._session_cache.get(key)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        epoch = self._auth_epoch
-        found = await IOLoop.current().run_in_executor(None, self._session_user, session_id)
+        found, cacheable = await self._fresh(
+            lambda: IOLoop.current().run_in_executor(None, self._session_user, session_id))
         if found is None:
             return None
         user, expires = found
-        if epoch == self._auth_epoch:  # cached no longer than the session lives
+        if cacheable:  # and no longer than the session lives
             self._session_cache[key] = (user, time.monotonic() + min(AUTH_CACHE_SECONDS, expires - time.time()))
         return user
 

@@ -70,8 +70,13 @@ export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** Set while the page leaves on purpose (logging out): toLogin() then leaves the leaving to it. */
+export const page = { leaving: false };
+
 /** A visitor whose session is gone goes to the login page, and comes back here afterwards. */
 export function toLogin() {
+  if (page.leaving) return;
+  page.leaving = true;
   const next = location.pathname + location.search;
   location.assign("/login?" + new URLSearchParams({ next }));
 }
