@@ -16,6 +16,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from eventbus import codec
 from eventbus.app import extra_handlers
+from eventbus.errors import ConfigurationError
 from eventbus.queue import MemoryBroker
 from eventbus.settings import Settings
 from eventbus.users import User
@@ -213,3 +214,10 @@ def test_without_administrators_production_has_no_dashboard_no_devtools_and_no_p
         assert (await get(server, "/", cookie)).code == 200  # the chat page is served
 
     run(scenario)
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "nan", "inf", str(400 * 24 * 3600)])
+def test_a_session_lifetime_that_cannot_work_is_refused(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match="EVENTBUS_SESSION_LIFETIME_SECONDS"):
+        Settings.from_env({"EVENTBUS_SESSION_LIFETIME_SECONDS": raw, "EVENTBUS_SECRETS_FILE": "/nonexistent"})
+    assert Settings.from_env({"EVENTBUS_SECRETS_FILE": "/nonexistent"}).session_lifetime_seconds == 14 * 24 * 3600
