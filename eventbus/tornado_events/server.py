@@ -103,7 +103,7 @@ class EventServer:
         self.sessions = SessionStore(settings.database)
         self._auth_cache: dict[str, tuple[User, float]] = {}  # by Authorization header
         self._session_cache: dict[str, tuple[User, float]] = {}  # by session key (the id's hash)
-        # Bumped whenever trust is withdrawn: a lookup that was under way then does not cache its answer.
+        # Bumped whenever trust is withdrawn: a lookup under way then is asked again (see _fresh).
         self._auth_epoch = 0
         self._gc: PeriodicCallback | None = None
         self._heartbeats: PeriodicCallback | None = None
