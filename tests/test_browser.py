@@ -304,9 +304,9 @@ def test_log_out_ends_the_session_for_a_copied_cookie_too(pages: NewPage, web: S
     server = web(development=False)
     # Given Iago logged in with his API key, and his session cookie copied into another browser,
     iago = key_login(pages(), server, world.iago, "/")
-    cookie = next(c for c in iago.context.cookies() if c["name"] == "eventbus_session")
+    session = next(c["value"] for c in iago.context.cookies() if c["name"] == "eventbus_session")
     thief = pages()
-    thief.context.add_cookies([cookie])
+    thief.context.add_cookies([{"name": "eventbus_session", "value": session, "url": server.url("/")}])
     thief.goto(server.url("/"))
     expect(thief.locator("#status")).to_have_attribute("data-state", "live")
     # when Iago logs out (the page sends its CSRF token: the logout is not refused),
