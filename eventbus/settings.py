@@ -28,6 +28,8 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 #: Where production keeps secrets, as Zulip keeps zulip-secrets.conf.
 DEFAULT_SECRETS_FILE = "/etc/eventbus/secrets.conf"
 BROKERS = ("amqp", "memory")
+#: A session cookie meant to outlive a year is a credential nobody remembers handing out.
+MAX_SESSION_LIFETIME_SECONDS = 366 * 24 * 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +83,10 @@ class Settings:
     smtp_tls: str = "none"
     smtp_user: str | None = None
     email_from: str = "eventbus <noreply@eventbus.localhost>"
-    #: Who gets the error reports.
+    #: Who gets the error reports, and who may see the queue dashboard outside development mode.
     admin_emails: tuple[str, ...] = ()
+    #: A browser session ends this long after login (a fixed lifetime, not renewed by use), or at logout.
+    session_lifetime_seconds: float = 14 * 24 * 3600.0
     #: The push notification gateway (a bouncer in production); None: mobile pushes are not sent.
     push_url: str | None = None
     #: A user's missed messages wait this long, then go out in one email.
@@ -137,6 +141,7 @@ class Settings:
             smtp_user=env.get("EVENTBUS_SMTP_USER") or None,
             email_from=env.get("EVENTBUS_EMAIL_FROM", cls.email_from),
             admin_emails=tuple(e.strip() for e in env.get("EVENTBUS_ADMIN_EMAILS", "").split(",") if e.strip()),
+            session_lifetime_seconds=_number(env, "EVENTBUS_SESSION_LIFETIME_SECONDS", cls.session_lifetime_seconds),
             push_url=env.get("EVENTBUS_PUSH_URL") or None,
             missed_email_window_seconds=_number(env, "EVENTBUS_MISSED_EMAIL_WINDOW", cls.missed_email_window_seconds),
             email_gateway_domain=env.get("EVENTBUS_EMAIL_GATEWAY_DOMAIN", cls.email_gateway_domain),
@@ -171,6 +176,7 @@ class Settings:
             "EVENTBUS_WEBSOCKET_BUFFER_BYTES": self.websocket_buffer_bytes,
             "EVENTBUS_MAX_BODY_BYTES": self.max_body_bytes,
             "EVENTBUS_MAX_QUEUES_PER_USER": self.max_queues_per_user,
+            "EVENTBUS_SESSION_LIFETIME_SECONDS": self.session_lifetime_seconds,
         }
         for name, value in positive.items():
             if not value > 0:
@@ -184,6 +190,9 @@ class Settings:
         if not 0 <= self.presence_coalesce_seconds < math.inf:
             raise ConfigurationError("EVENTBUS_PRESENCE_COALESCE_SECONDS must be 0 or more, "
                                      f"not {self.presence_coalesce_seconds!r}")
+        if not self.session_lifetime_seconds <= MAX_SESSION_LIFETIME_SECONDS:
+            raise ConfigurationError("EVENTBUS_SESSION_LIFETIME_SECONDS must be at most a year "
+                                     f"({MAX_SESSION_LIFETIME_SECONDS:.0f}), not {self.session_lifetime_seconds!r}")
         if self.smtp_tls not in ("none", "starttls", "ssl"):
             raise ConfigurationError(f"EVENTBUS_SMTP_TLS must be none, starttls or ssl, not {self.smtp_tls!r}")
         if not 0 < self.port < 65536:
@@ -199,6 +208,15 @@ class Settings:
         password = urllib.parse.quote(self.rabbitmq_password, safe="")
         host = parts.netloc.rpartition("@")[2]
         return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+    def is_admin(self, email: str) -> bool:
+        """Whether ``email`` is one of ``EVENTBUS_ADMIN_EMAILS`` (emails compare without case, as the user store's)."""
+        return email.strip().lower() in (admin.lower() for admin in self.admin_emails)
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies go over https only when the site is served over https."""
+        return urllib.parse.urlsplit(self.site_url).scheme == "https"
 
     @property
     def database(self) -> Path:

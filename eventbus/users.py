@@ -105,6 +105,14 @@ class UserStore(sqlite.Store):
             return None
         return user if hmac.compare_digest(user.api_key.encode(), given) else None
 
+    def deactivate(self, user_id: int) -> bool:
+        """Mark the user inactive (their API key stops working, their data stays); whether the user exists.
+
+        Ending their sessions and connections is ``accounts.deactivate_user``'s: call that, not this alone.
+        """
+        with self._db(write=True) as db:
+            return db.execute("UPDATE users SET is_active = 0 WHERE id = ?", (user_id,)).rowcount > 0
+
     def _one(self, sql: str, args: tuple[object, ...]) -> User | None:
         with self._db() as db:
             row = db.execute(sql, args).fetchone()

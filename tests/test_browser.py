@@ -300,6 +300,24 @@ def test_two_people_chat_live_across_a_server_restart(pages: NewPage, web: Start
     expect(dashboard.locator("#t-queues")).to_have_text("2")
 
 
+def test_log_out_ends_the_session_for_a_copied_cookie_too(pages: NewPage, web: StartWeb, world: World) -> None:
+    server = web(development=False)
+    # Given Iago logged in with his API key, and his session cookie copied into another browser,
+    iago = key_login(pages(), server, world.iago, "/")
+    session = next(c["value"] for c in iago.context.cookies() if c["name"] == "eventbus_session")
+    thief = pages()
+    thief.context.add_cookies([{"name": "eventbus_session", "value": session, "url": server.url("/")}])
+    thief.goto(server.url("/"))
+    expect(thief.locator("#status")).to_have_attribute("data-state", "live")
+    # when Iago logs out (the page sends its CSRF token: the logout is not refused),
+    iago.locator(".logout").first.click()
+    iago.wait_for_url(server.url("/login"))
+    # then the copy's live connection is closed and its page goes to the login page, for good.
+    thief.wait_for_url(re.compile(r"/login\?next="))
+    thief.goto(server.url("/"))
+    thief.wait_for_url(re.compile(r"/login\?next="))
+
+
 def test_a_lost_queue_is_replaced_and_recent_messages_reloaded(pages: NewPage, web: StartWeb,
                                                                world: World, sender_worker: WorkerThreads) -> None:
     server = web()
@@ -442,10 +460,12 @@ class Client:
         self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), self._NoRedirect)
 
-    def call(self, method: str, path: str, **params: str) -> tuple[int, dict[str, str], Any]:
-        """(status, headers, decoded JSON body or the text); the CSRF cookie goes along as X-CSRFToken."""
+    def call(self, method: str, path: str, headers: dict[str, str] | None = None,
+             **params: str) -> tuple[int, dict[str, str], Any]:
+        """(status, headers, decoded JSON body or the text); the CSRF cookie goes along as X-CSRFToken, as the
+        pages' scripts send it (``headers`` add to or replace what goes)."""
         body = urllib.parse.urlencode(params).encode() if method != "GET" else None
-        headers = {"X-CSRFToken": self.cookie("_xsrf") or ""}
+        headers = {"X-CSRFToken": self.cookie("csrftoken") or "", **(headers or {})}
         request = urllib.request.Request(self.server.url(path), data=body, method=method, headers=headers)
         try:
             with self.opener.open(request, timeout=10) as response:
@@ -476,7 +496,6 @@ def test_pages_and_json_need_a_session(web: StartWeb, world: World) -> None:
 def test_development_login_only_in_development_mode(web: StartWeb, world: World) -> None:
     server = web(development=False)
     client = Client(server)
-    client.call("GET", "/login")  # sets the CSRF cookie
     assert client.call("GET", "/accounts/login/dev")[0] == 404
     assert client.call("POST", "/accounts/login/dev", email=world.iago.email)[0] == 404
     # The API key form works in any mode.
@@ -491,9 +510,10 @@ def test_development_login_and_the_json_endpoints(web: StartWeb, world: World) -
     status, _, body = client.call("GET", "/accounts/login/dev")
     assert status == 200
     assert [u["email"] for u in body["users"]] == [world.iago.email, world.othello.email, world.desdemona.email]
-    # Without the login page's CSRF cookie, nobody is logged in.
-    assert client.call("POST", "/accounts/login/dev", email=world.othello.email)[0] == 401
-    client.call("GET", "/login")
+    # From another site's page, nobody is logged in.
+    evil = {"Origin": "https://evil.example"}
+    assert client.call("POST", "/accounts/login/dev", headers=evil, email=world.othello.email)[0] == 403
+    assert client.cookie("eventbus_session") is None
     assert client.call("POST", "/accounts/login/dev", email="nobody@example.com")[0] == 401
     status, _, body = client.call("POST", "/accounts/login/dev", email=world.othello.email)
     assert status == 200 and body["user_id"] == world.othello.id

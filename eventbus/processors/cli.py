@@ -150,6 +150,22 @@ def cmd_create_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deactivate_user(args: argparse.Namespace) -> int:
+    from eventbus.accounts import deactivate_user
+    from eventbus.sessions import SessionStore
+    from eventbus.settings import get_settings
+    from eventbus.tornado_events import send_event
+    from eventbus.users import UserError, UserStore
+
+    database = get_settings().database
+    try:
+        done = deactivate_user(UserStore(database), SessionStore(database), args.email, send_event)
+    except UserError as e:
+        raise UsageError(str(e)) from None
+    print(json.dumps({"user_id": done.user.id, "email": done.user.email, "sessions_ended": done.sessions_ended}))
+    return 0
+
+
 def cmd_create_stream(args: argparse.Namespace) -> int:
     from eventbus.messages import MessageStore
     from eventbus.settings import get_settings
@@ -227,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     user = command("create_user", "create a user and print its API key as JSON")
     user.add_argument("email")
     user.add_argument("--full-name", default=None, help="the user's name (default: the email's local part)")
+
+    deactivate = command("deactivate_user", "deactivate a user: sessions, websockets, queues and API key end")
+    deactivate.add_argument("email")
 
     stream = command("create_stream", "create a stream (or add subscribers to it) and print it as JSON")
     stream.add_argument("name")

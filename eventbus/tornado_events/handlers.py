@@ -5,10 +5,11 @@ Every answer is JSON, errors included: ``{"result": "error", "msg": ...,
 (``UNAUTHORIZED``), 404 or 429 (``RATE_LIMIT_HIT``, with ``retry-after``
 seconds and a ``Retry-After`` header), never an HTML page. Handlers get the
 server through ``initialize`` and say how they authenticate: ``api`` (HTTP
-Basic ``email:api_key``), ``session`` (the signed session cookie, plus the
-CSRF token for anything but GET), ``internal`` (loopback and the shared
-secret) or ``none``; and which per-user rate limit an authenticated request
-counts against (``rate_limit_category``, a category of ``rate_limit.RateLimits``).
+Basic ``email:api_key``), ``session`` (the session cookie, plus the session's
+CSRF token in ``X-CSRFToken`` for anything but GET; see ``eventbus.sessions``),
+``internal`` (loopback and the shared secret) or ``none``; and which per-user
+rate limit an authenticated request counts against (``rate_limit_category``, a
+category of ``rate_limit.RateLimits``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: The session id (HttpOnly), and the session's CSRF token for the pages' scripts (readable; Django's name).
 SESSION_COOKIE = "eventbus_session"
+CSRF_COOKIE = "csrftoken"
 NARROW_OPERATORS = frozenset({"stream", "topic"})
 #: Filter sizes a registration may ask for: more than any real client needs, little enough that matching
 #: every event against every queue's filters stays cheap and a saved queue stays small.
@@ -235,10 +238,14 @@ class BaseHandler(JsonErrors):
                 "status": self.get_status(), "user_email": user.email if user else None, "time": time.time()})
 
     def check_csrf(self) -> None:
-        try:
-            self.check_xsrf_cookie()
-        except tornado.web.HTTPError:
-            raise ApiError(401, "UNAUTHORIZED", "CSRF token missing or incorrect") from None
+        if not self.server.csrf_ok(self):
+            raise ApiError(401, "UNAUTHORIZED", "CSRF token missing or incorrect")
+
+    def check_same_origin(self, action: str) -> None:
+        """Refuse a request a page of another site made (browsers name the page's origin in POSTs)."""
+        origin = self.request.headers.get("Origin")
+        if origin and urllib.parse.urlsplit(origin).netloc != self.request.host:
+            raise ApiError(403, "UNAUTHORIZED", f"{action} from another site's page is refused")
 
     def check_internal(self) -> None:
         secret = self.server.settings.shared_secret
@@ -513,17 +520,13 @@ class LoginHandler(BaseHandler):
     """POST /accounts/login with email and api_key: a session cookie and a CSRF token for /json."""
 
     async def post(self) -> None:
-        origin = self.request.headers.get("Origin")
-        if origin and urllib.parse.urlsplit(origin).netloc != self.request.host:
-            # Another site's form must not log a visitor in as someone else (login CSRF).
-            raise ApiError(403, "UNAUTHORIZED", "Login from another site's page is refused")
+        self.check_same_origin("Login")  # another site's form must not log a visitor in as someone else
         email, api_key = self.arg("email"), self.arg("api_key")
         user = await self.server.authenticate(email, api_key)
         if user is None:
             raise ApiError(401, "UNAUTHORIZED", "Wrong email or API key")
-        self.server.start_session(self, user)
-        self.success(user_id=user.id, email=user.email, full_name=user.full_name,
-                     csrf_token=self.xsrf_token.decode())
+        csrf_token = await self.server.start_session(self, user)
+        self.success(user_id=user.id, email=user.email, full_name=user.full_name, csrf_token=csrf_token)
 
 
 class ServerSettingsHandler(BaseHandler):
@@ -534,6 +537,9 @@ class ServerSettingsHandler(BaseHandler):
 
 
 class LogoutHandler(BaseHandler):
-    def post(self) -> None:
-        self.clear_cookie(SESSION_COOKIE)
+    """POST /accounts/logout (a session and its CSRF token, from this site's pages): the session ends everywhere."""
+
+    async def post(self) -> None:
+        self.check_same_origin("Logout")
+        await self.server.end_session(self)
         self.success()

@@ -22,22 +22,25 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from eventbus import __version__
+from eventbus.accounts import deactivated_user
 from eventbus.messages import MessageStore
 from eventbus.queue import Broker, MemoryTornadoClient, make_broker, tornado_client_for
+from eventbus.sessions import CsrfTokens, SessionStore, session_key
 from eventbus.settings import Settings
 from eventbus.tornado_events.away import AwayNotifier
 from eventbus.tornado_events.body_limit import BodyLimit
 from eventbus.tornado_events.clients import ClientRegistry
 from eventbus.tornado_events.handlers import (
+    CSRF_COOKIE,
     SESSION_COOKIE,
     EventsHandler,
     LoginHandler,
@@ -52,12 +55,13 @@ from eventbus.tornado_events.handlers import (
 )
 from eventbus.tornado_events.notify import MESSAGE_SENDER_QUEUE, check_notice, notify_queue_name, return_queue_name
 from eventbus.tornado_events.rate_limit import RateLimits
-from eventbus.tornado_events.websocket import EventSocket
+from eventbus.tornado_events.websocket import SESSION_ENDED, EventSocket
 from eventbus.users import User
 
 logger = logging.getLogger(__name__)
 
-#: How long an authenticated user is trusted before the store is asked again.
+#: How long an authenticated user is trusted before the store is asked again. Logout and deactivation
+#: end the trust at once (``end_session``, ``forget_user``); this bounds what a missed notice could leave.
 AUTH_CACHE_SECONDS = 60.0
 #: How often the counted API requests go to user_activity, and how many events per loop iteration.
 ACTIVITY_FLUSH_SECONDS = 5.0
@@ -78,6 +82,7 @@ REQUEST_TIMED_OUT = {"result": "error", "code": "REQUEST_TIMEOUT",
                      "msg": "The message was queued but not processed in time"}
 
 Responder = Callable[[Any], None]
+T = TypeVar("T")
 
 
 class EventServer:
@@ -98,8 +103,11 @@ class EventServer:
         self.sockets: dict[str, EventSocket] = {}
         self.started = time.time()
         self.slow_consumers_closed = 0
+        self.sessions = SessionStore(settings.database)
         self._auth_cache: dict[str, tuple[User, float]] = {}  # by Authorization header
-        self._users_by_id: dict[int, tuple[User, float]] = {}
+        self._session_cache: dict[str, tuple[User, float]] = {}  # by session key (the id's hash)
+        # Bumped whenever trust is withdrawn: a lookup under way then is asked again (see _fresh).
+        self._auth_epoch = 0
         self._gc: PeriodicCallback | None = None
         self._heartbeats: PeriodicCallback | None = None
         self._activity: dict[tuple[int, str, str], tuple[int, float]] = {}
@@ -108,9 +116,10 @@ class EventServer:
             secret = settings.shared_secret.encode()
             self.cookie_secret = hmac.new(secret, b"session cookies", hashlib.sha256).hexdigest()
         else:
-            logger.warning("no shared_secret in %s: sessions last until restart, /api/internal is closed",
-                           settings.secrets_file)
+            logger.warning("no shared_secret in %s: CSRF tokens change at each restart (open pages must be "
+                           "reloaded), /api/internal is closed", settings.secrets_file)
             self.cookie_secret = secrets.token_hex(32)
+        self.csrf = CsrfTokens(self.cookie_secret.encode())
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -137,7 +146,7 @@ class EventServer:
         self.rate_limits.forget_refilled()
         now = time.monotonic()
         self._auth_cache = {key: entry for key, entry in self._auth_cache.items() if entry[1] > now}
-        self._users_by_id = {key: entry for key, entry in self._users_by_id.items() if entry[1] > now}
+        self._session_cache = {key: entry for key, entry in self._session_cache.items() if entry[1] > now}
 
     async def shutdown(self) -> None:
         """Save every queue, close the websockets (1012: come back soon), then close the queue client."""
@@ -164,6 +173,9 @@ class EventServer:
         """A notice, from notify_tornado or POSTed: queue its event for every client that wants it, and
         notify its away recipients. How many clients got it; ValueError for a bad notice."""
         event, users = check_notice(notice)
+        deactivated = deactivated_user(event)
+        if deactivated is not None:
+            self.forget_user(deactivated)
         delivered = self.registry.deliver(event, users)
         self.away.on_message(event, users)
         return delivered
@@ -285,32 +297,109 @@ class EventServer:
             email, sep, api_key = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return None
-        user = await self.authenticate(email, api_key) if sep else None
+        if not sep:
+            return None
+        user, cacheable = await self._fresh(lambda: self.authenticate(email, api_key))
         if user is not None:
             user = without_secret(user)
-            self._auth_cache[header] = (user, time.monotonic() + AUTH_CACHE_SECONDS)
+            if cacheable:
+                self._auth_cache[header] = (user, time.monotonic() + AUTH_CACHE_SECONDS)
         return user
 
-    def start_session(self, handler: tornado.web.RequestHandler, user: User) -> None:
-        handler.set_signed_cookie(SESSION_COOKIE, str(user.id), httponly=True, samesite="Lax")
+    async def _fresh(self, lookup: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """The answer of ``lookup`` (a store read in the executor), and whether it may be cached.
+
+        A read that overlapped a withdrawal of trust (logout, deactivation) may
+        have seen the store before it changed: it is asked again, and its
+        answer is cached only if no other withdrawal overlapped that one.
+        """
+        epoch = self._auth_epoch
+        found = await lookup()
+        if epoch != self._auth_epoch:
+            epoch = self._auth_epoch
+            found = await lookup()
+        return found, epoch == self._auth_epoch
+
+    # -- sessions ---------------------------------------------------------------------
+
+    async def start_session(self, handler: tornado.web.RequestHandler, user: User) -> str:
+        """Log ``user`` in on ``handler``'s answer: a new session and its cookies; the session's CSRF token."""
+        session = await IOLoop.current().run_in_executor(
+            None, self.sessions.start, user.id, self.settings.session_lifetime_seconds)
+        handler.set_cookie(SESSION_COOKIE, session.id, expires=session.expires, httponly=True, samesite="Lax",
+                           secure=self.settings.secure_cookies)
+        return self.set_csrf_cookie(handler, session.id)
+
+    def set_csrf_cookie(self, handler: tornado.web.RequestHandler, session_id: str | None = None) -> str:
+        """The ``csrftoken`` cookie the pages' scripts read (so not HttpOnly) and send back as X-CSRFToken.
+
+        A cookie of the browser session: every page load sets it again, and it means nothing without its session.
+        """
+        token = self.csrf.token(session_id or handler.get_cookie(SESSION_COOKIE, ""))
+        handler.set_cookie(CSRF_COOKIE, token, samesite="Lax", secure=self.settings.secure_cookies)
+        return token
+
+    def csrf_ok(self, handler: tornado.web.RequestHandler) -> bool:
+        """Whether the request's X-CSRFToken is its session's token (the csrftoken cookie is not consulted)."""
+        session_id = handler.get_cookie(SESSION_COOKIE)
+        given = handler.request.headers.get("X-CSRFToken", "")
+        return session_id is not None and self.csrf.check(session_id, given)
 
     async def session_user(self, handler: tornado.web.RequestHandler) -> User | None:
-        raw = handler.get_signed_cookie(SESSION_COOKIE, max_age_days=30)
-        if raw is None:
+        """The active user of the request's session cookie, cached a while by the session's key."""
+        session_id = handler.get_cookie(SESSION_COOKIE)
+        if not session_id:
             return None
-        try:
-            user_id = int(raw)
-        except ValueError:
-            return None
-        cached = self._users_by_id.get(user_id)
+        key = session_key(session_id)
+        cached = self._session_cache.get(key)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        user = await IOLoop.current().run_in_executor(None, self.users.get, user_id)
-        if user is None or not user.is_active:
+        found, cacheable = await self._fresh(
+            lambda: IOLoop.current().run_in_executor(None, self._session_user, session_id))
+        if found is None:
             return None
-        user = without_secret(user)
-        self._users_by_id[user_id] = (user, time.monotonic() + AUTH_CACHE_SECONDS)
+        user, expires = found
+        if cacheable:  # and no longer than the session lives
+            self._session_cache[key] = (user, time.monotonic() + min(AUTH_CACHE_SECONDS, expires - time.time()))
         return user
+
+    def _session_user(self, session_id: str) -> tuple[User, float] | None:
+        """In the executor: the session's user, if the session is live and the user active, and its expiry."""
+        live = self.sessions.live(session_id)
+        user = self.users.get(live[0]) if live is not None else None
+        return (without_secret(user), live[1]) if live is not None and user is not None and user.is_active else None
+
+    async def end_session(self, handler: tornado.web.RequestHandler) -> None:
+        """Log out: the session is deleted, forgotten by this process, its websockets closed, its cookies cleared."""
+        session_id = handler.get_cookie(SESSION_COOKIE)
+        if session_id:
+            await IOLoop.current().run_in_executor(None, self.sessions.end, session_id)
+            key = session_key(session_id)
+            self._withdraw_trust(lambda cached_key, _user: cached_key == key, "logged out")
+        handler.clear_cookie(SESSION_COOKIE)
+        handler.clear_cookie(CSRF_COOKIE)
+
+    def forget_user(self, user_id: int) -> None:
+        """A deactivated user: their queues dropped (held polls answered), sockets closed, credentials forgotten."""
+        # Sockets first: a socket told its queue is gone would register a new one before it is closed.
+        closed = self._withdraw_trust(lambda _key, user: user.id == user_id, "the user was deactivated")
+        dropped = [client for client in self.registry if client.user_id == user_id]
+        for client in dropped:
+            self.registry.remove(client, "the user was deactivated")
+        logger.info("user %d deactivated: %d event queue(s) dropped, %d websocket(s) closed", user_id, len(dropped),
+                    closed)
+
+    def _withdraw_trust(self, revoked: Callable[[str, User], bool], reason: str) -> int:
+        """Forget every cached session and API key ``revoked`` (by cache key and user) and close the websockets
+        opened with such a session; how many websockets were closed."""
+        self._auth_epoch += 1
+        self._auth_cache = {key: entry for key, entry in self._auth_cache.items() if not revoked(key, entry[0])}
+        self._session_cache = {key: entry for key, entry in self._session_cache.items()
+                               if not revoked(key, entry[0])}
+        sockets = [socket for socket in self.sockets.values() if revoked(socket.session_key, socket.user)]
+        for socket in sockets:
+            socket.close(SESSION_ENDED, f"session ended: {reason}; log in again")
+        return len(sockets)
 
 
 def without_secret(user: User) -> User:
@@ -336,7 +425,7 @@ def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> to
         (r"/api/v1/users/me/presence", PresenceHandler, api),
         (r"/api/v1/server_settings", ServerSettingsHandler, {"server": server, "auth": "none"}),
         (r"/accounts/login", LoginHandler, {"server": server, "auth": "none"}),
-        (r"/accounts/logout", LogoutHandler, {"server": server, "auth": "none"}),
+        (r"/accounts/logout", LogoutHandler, {"server": server, "auth": "session"}),
         *(extra_handlers or []),
     ]
     return tornado.web.Application(

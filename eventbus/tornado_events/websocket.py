@@ -23,7 +23,9 @@ answered 429 and a frame an error frame with code ``RATE_LIMIT_HIT`` and
 are free, as long-poll re-polls are.
 
 A socket with more than ``EVENTBUS_WEBSOCKET_BUFFER_BYTES`` unsent is closed
-with code 4008; its queue stays, so the client reconnects and resumes.
+with code 4008; its queue stays, so the client reconnects and resumes. A
+socket whose session ends (logout, deactivation) is closed with code 4401:
+the user must log in again.
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ from tornado.iostream import StreamClosedError
 
 from eventbus import codec
 from eventbus.errors import EventEncodingError
+from eventbus.sessions import session_key
 from eventbus.tornado_events import rate_limit
 from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
 from eventbus.tornado_events.handlers import (
+    SESSION_COOKIE,
     ApiError,
     api_error_body,
     bad_queue,
@@ -62,6 +66,8 @@ logger = logging.getLogger(__name__)
 SLOW_CONSUMER = 4008
 #: The per-user rate limit each frame type counts against; the others are free.
 FRAME_RATE_LIMITS = {"register": rate_limit.REGISTER, "request": rate_limit.API}
+#: Close code: the session this socket was opened with ended (4000 + HTTP's 401).
+SESSION_ENDED = 4401
 
 
 class EventSocket(tornado.websocket.WebSocketHandler):
@@ -69,6 +75,7 @@ class EventSocket(tornado.websocket.WebSocketHandler):
 
     server: EventServer
     user: User
+    session_key = ""  # of the session it was opened with: logout closes it
     wants_heartbeats = False  # pings keep a socket alive
 
     def initialize(self, server: EventServer) -> None:
@@ -93,6 +100,7 @@ class EventSocket(tornado.websocket.WebSocketHandler):
             self.finish(codec.encode(api_error_body(self, error)))
             return
         self.user = user
+        self.session_key = session_key(self.get_cookie(SESSION_COOKIE, ""))
         await super().get(*args, **kwargs)
 
     def open(self, *args: str, **kwargs: str) -> None:

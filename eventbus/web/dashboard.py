@@ -29,7 +29,9 @@ from eventbus.processors.monitoring import QueueReport, State, queue_reports
 from eventbus.processors.registry import registered_queues
 from eventbus.processors.stats import WRITE_INTERVAL
 from eventbus.queue import Broker, QueueInfo
+from eventbus.settings import Settings
 from eventbus.tornado_events.notify import notify_queue_name, return_queue_name
+from eventbus.users import User
 
 if TYPE_CHECKING:
     from eventbus.tornado_events.server import EventServer
@@ -42,6 +44,12 @@ MIN_INTERVAL = 1.5
 HISTORY = 150
 #: A worker busy for this long writes its stats at least once: older stats mean it consumed nothing since.
 IDLE_AFTER = WRITE_INTERVAL + 5.0
+
+
+def may_watch_queues(settings: Settings, user: User) -> bool:
+    """Who may see the dashboard: anyone logged in during development, the administrators in production
+    (queue names, depths and error counts say much about a deployment and its load)."""
+    return settings.development or settings.is_admin(user.email)
 
 
 @dataclass

@@ -2,13 +2,16 @@
 
 The pages are static files of ``static/``: HTML, CSS and JavaScript modules,
 no build step. A page handler only checks the session (sending a visitor
-without one to ``/login``), sets the CSRF cookie the scripts send back as
-``X-CSRFToken``, and serves the file with a Content-Security-Policy that lets
-no inline script run: message HTML from the server's Markdown renderer is
-inserted as HTML, and the policy is the second wall behind its sanitizer.
+without one to ``/login``), sets the session's CSRF token as the
+``csrftoken`` cookie the scripts send back as ``X-CSRFToken``, and serves
+the file with a Content-Security-Policy that lets no inline script run:
+message HTML from the server's Markdown renderer is inserted as HTML, and
+the policy is the second wall behind its sanitizer.
 
 ``/accounts/login/dev`` (log in as anyone, no API key) exists only with
-``EVENTBUS_DEVELOPMENT=1``.
+``EVENTBUS_DEVELOPMENT=1``. The queue dashboard is open to every logged-in
+user in development mode; otherwise to ``EVENTBUS_ADMIN_EMAILS`` only, and
+without administrators it is not served at all.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from tornado.ioloop import IOLoop
 
 from eventbus.queue import Broker
 from eventbus.tornado_events.handlers import ApiError, BaseHandler, JsonErrors
-from eventbus.web.dashboard import QueueDashboard
+from eventbus.web.dashboard import QueueDashboard, may_watch_queues
 
 if TYPE_CHECKING:
     from eventbus.tornado_events.server import EventServer
@@ -42,18 +45,25 @@ def content_security_policy(host: str) -> str:
 
 
 class PageHandler(JsonErrors):
-    """GET one HTML page of ``static/``; with ``login_required``, a visitor without a session goes to /login."""
+    """GET one HTML page of ``static/``; with ``login_required``, a visitor without a session goes to /login;
+    with ``admin_only``, a user who may not watch the queues gets a 403."""
 
-    def initialize(self, server: EventServer, page: str, login_required: bool = True) -> None:
+    def initialize(self, server: EventServer, page: str, login_required: bool = True,
+                   admin_only: bool = False) -> None:
         self.server = server
         self.page = STATIC_DIR / page
         self.login_required = login_required
+        self.admin_only = admin_only
 
     async def get(self) -> None:
-        if self.login_required and await self.server.session_user(self) is None:
+        user = await self.server.session_user(self)
+        if user is None and self.login_required:
             self.redirect("/login?" + urllib.parse.urlencode({"next": self.request.uri}))
             return
-        self.xsrf_token  # noqa: B018 -- reading it sets the _xsrf cookie the page's scripts send back
+        if user is not None:
+            if self.admin_only and not may_watch_queues(self.server.settings, user):
+                raise tornado.web.HTTPError(403)
+            self.server.set_csrf_cookie(self)
         body = await IOLoop.current().run_in_executor(None, self.page.read_bytes)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.set_header("Content-Security-Policy", content_security_policy(self.request.host))
@@ -131,12 +141,12 @@ class DevLoginHandler(BaseHandler):
         self.success(users=[user.public() for user in users if user.is_active])
 
     async def post(self) -> None:
-        self.check_csrf()  # the login page's own cookie: another site cannot log a visitor in as someone else
+        self.check_same_origin("Login")  # another site cannot log a visitor in as someone else
         user = await IOLoop.current().run_in_executor(None, self.server.users.get_by_email, self.arg("email"))
         if user is None or not user.is_active:
             raise ApiError(401, "UNAUTHORIZED", "No such user")
-        self.server.start_session(self, user)
-        self.success(**user.public(), csrf_token=self.xsrf_token.decode())
+        csrf_token = await self.server.start_session(self, user)
+        self.success(**user.public(), csrf_token=csrf_token)
 
 
 class QueuesFeedHandler(BaseHandler):
@@ -150,6 +160,8 @@ class QueuesFeedHandler(BaseHandler):
             self.dashboard = dashboard
 
     async def get(self) -> None:
+        if not may_watch_queues(self.server.settings, self.user):
+            raise ApiError(403, "UNAUTHORIZED", "The queue dashboard is for the administrators")
         self.success(**await self.dashboard.snapshot())
 
     def on_finish(self) -> None:
@@ -162,17 +174,21 @@ def web_handlers(server: EventServer, broker: Broker | None = None) -> list[Any]
     ``broker`` is where the dashboard reads queue depths (default: ``server.monitoring_broker()``).
     """
     session = {"server": server, "auth": "session"}
-    dashboard = QueueDashboard(server, broker or server.monitoring_broker())
     handlers: list[Any] = [
         (r"/", PageHandler, {"server": server, "page": "chat.html"}),
         (r"/login", PageHandler, {"server": server, "page": "login.html", "login_required": False}),
-        (r"/devtools/queues", PageHandler, {"server": server, "page": "queues.html"}),
-        (r"/devtools/queues\.json", QueuesFeedHandler, {**session, "dashboard": dashboard}),
         (r"/json/users", UsersHandler, session),
         (r"/json/users/me", MeHandler, session),
         (r"/json/streams", StreamsHandler, session),
         (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
     ]
-    if server.settings.development:
+    settings = server.settings
+    if settings.development or settings.admin_emails:
+        dashboard = QueueDashboard(server, broker or server.monitoring_broker())
+        handlers += [
+            (r"/devtools/queues", PageHandler, {"server": server, "page": "queues.html", "admin_only": True}),
+            (r"/devtools/queues\.json", QueuesFeedHandler, {**session, "dashboard": dashboard}),
+        ]
+    if settings.development:
         handlers.append((r"/accounts/login/dev", DevLoginHandler, {"server": server, "auth": "none"}))
     return handlers

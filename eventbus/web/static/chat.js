@@ -3,7 +3,7 @@
 // Message content is the server's rendered Markdown (sanitized there) and is the only thing inserted as
 // HTML; names, topics, streams and every other string go in as text.
 
-import { api, el, hue, initials, toLogin } from "./common.js";
+import { api, el, hue, initials, page, toLogin } from "./common.js";
 import { PollTransport, QueueState, SocketTransport } from "./transport.js";
 
 /** How often this page reports its own presence, in milliseconds. */
@@ -404,6 +404,7 @@ async function main() {
   $("scrim").addEventListener("click", closeSidebar);
   for (const button of document.querySelectorAll(".logout")) {
     button.addEventListener("click", async () => {
+      page.leaving = true; // the logout closes this page's socket too: that is no reason to go elsewhere
       await api("POST", "/accounts/logout").catch(() => null);
       sessionStorage.clear();
       location.assign("/login");

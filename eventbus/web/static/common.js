@@ -9,9 +9,9 @@ export class ApiError extends Error {
   }
 }
 
-/** The CSRF token Tornado set as the _xsrf cookie; sent back as X-CSRFToken on every POST. */
+/** The session's CSRF token, which the server sets as the csrftoken cookie; sent back as X-CSRFToken. */
 export function csrfToken() {
-  const match = document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/);
+  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]*)/);
   return match ? decodeURIComponent(match[1]) : "";
 }
 
@@ -70,8 +70,13 @@ export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** Set while the page leaves on purpose (logging out): toLogin() then leaves the leaving to it. */
+export const page = { leaving: false };
+
 /** A visitor whose session is gone goes to the login page, and comes back here afterwards. */
 export function toLogin() {
+  if (page.leaving) return;
+  page.leaving = true;
   const next = location.pathname + location.search;
   location.assign("/login?" + new URLSearchParams({ next }));
 }

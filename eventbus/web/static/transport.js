@@ -13,6 +13,9 @@
 
 import { api, ApiError, toLogin } from "./common.js";
 
+/** The server closes a socket with this code when its session ended (logout, deactivation): log in again. */
+const SESSION_ENDED = 4401;
+
 /** The queue this tab reads, per user: {queue_id, last_event_id}, or null. */
 export class QueueState {
   constructor(userId) {
@@ -119,8 +122,14 @@ export class SocketTransport extends Transport {
     ws.onmessage = (message) => {
       if (this.ws === ws) this.onFrame(JSON.parse(message.data));
     };
-    ws.onclose = () => {
-      if (this.ws === ws) this.onClose();
+    ws.onclose = (event) => {
+      if (this.ws !== ws) return;
+      if (event.code === SESSION_ENDED) {
+        this.ws = null;
+        toLogin();
+      } else {
+        this.onClose();
+      }
     };
   }
 

@@ -1,0 +1,65 @@
+"""Ending a user's access: ``deactivate_user``, the one code path of the CLI and of any admin API.
+
+Deactivation marks the user inactive (the API key stops working for every
+fresh lookup), ends their sessions, and sends one notice through
+``send_event``: a Zulip ``realm_user`` update with ``is_active: false``,
+addressed to the user (so that it reaches the Tornado process owning them,
+however ``send_event`` routes) and to every active user (whose clients learn
+it, as Zulip's do). Every Tornado process that gets it forgets the user at
+once (``deactivated_user``): cached credentials and sessions, websockets,
+event queues. The notice is a contract: ``user_deactivated_event`` builds it,
+``deactivated_user`` recognizes it, nothing else does either.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from eventbus.sessions import SessionStore
+from eventbus.users import User, UserError, UserStore
+
+logger = logging.getLogger(__name__)
+
+#: ``send_event`` as the caller has it (a blocking publish, or whatever an admin API's process uses).
+SendEvent = Callable[[dict[str, Any], Iterable[int]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Deactivation:
+    user: User
+    sessions_ended: int
+
+
+def user_deactivated_event(user_id: int) -> dict[str, Any]:
+    """The event of a deactivation, as Zulip sends it to clients."""
+    return {"type": "realm_user", "op": "update", "person": {"user_id": user_id, "is_active": False}}
+
+
+def deactivated_user(event: dict[str, Any]) -> int | None:
+    """The user a deactivation event is about, or None for any other event."""
+    if event.get("type") != "realm_user" or event.get("op") != "update":
+        return None
+    person = event.get("person")
+    if not isinstance(person, dict) or person.get("is_active") is not False:
+        return None
+    user_id = person.get("user_id")
+    return user_id if isinstance(user_id, int) and not isinstance(user_id, bool) else None
+
+
+def deactivate_user(users: UserStore, sessions: SessionStore, email: str, send_event: SendEvent) -> Deactivation:
+    """Deactivate the user with ``email`` and tell every Tornado process; UserError if there is none.
+
+    Deactivating an inactive user again does it all again: after a failed
+    ``send_event`` (the broker was down), running it once more completes it.
+    """
+    user = users.get_by_email(email)
+    if user is None:
+        raise UserError(f"no user with email {email!r}")
+    users.deactivate(user.id)
+    ended = sessions.end_all(user.id)
+    send_event(user_deactivated_event(user.id), [user.id, *users.active_ids(besides=user.id)])
+    logger.info("deactivated user %d (%s): %d session(s) ended", user.id, user.email, ended)
+    return Deactivation(user, ended)
