@@ -76,9 +76,7 @@ class ServerThread:
 
         async def shutdown() -> None:
             assert self._http is not None and self.server is not None
-            self._http.stop()
-            await self._http.close_all_connections()
-            await self.server.shutdown()
+            await self.server.shutdown(self._http)
 
         self.call(shutdown)
         self.loop.call_soon_threadsafe(self.loop.stop)
