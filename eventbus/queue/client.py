@@ -241,6 +241,11 @@ class AmqpClient:
             return channel
         return None
 
+    @property
+    def publishing(self) -> int:
+        """Publishes not confirmed yet: held, or sent and waiting for RabbitMQ's confirm."""
+        return len(self._held) + len(self._unconfirmed)
+
     def statistics(self) -> dict[str, Any]:
         """A plain record of the client's state, for logs, metrics and tests."""
         return {
@@ -388,7 +393,8 @@ class AmqpClient:
 
     def _send_held(self) -> None:
         channel = self._channel
-        while self._held and self._ready and channel is not None:
+        # A declare can complete while the channel closes (close() right after a publish): pika would raise.
+        while self._held and self._ready and channel is not None and channel.is_open:
             pub = self._held[0]
             if pub.queue not in self._declared:
                 self._declare(pub.queue, self._send_held)

@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
@@ -35,6 +36,8 @@ from eventbus.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
+#: How often close() looks whether the last publishes were confirmed.
+CLOSE_POLL_SECONDS = 0.01
 #: Called with one decoded event; may return an awaitable, and the event is acked once it is done.
 EventCallback = Callable[[Any], Awaitable[None] | None]
 
@@ -244,10 +247,17 @@ class TornadoQueueClient:
                            self.name, self._in_flight)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Stop consuming (see ``stop_consuming``), let the events in flight be acked, then close the connection."""
+        """Stop consuming (see ``stop_consuming``), let the events in flight be acked and the publishes made so far
+        be confirmed (up to ``timeout`` s each), then close the connection."""
         if self._client is None:
             return
         await self.stop_consuming(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self._client.publishing and self._client.ready and time.monotonic() < deadline:
+            await asyncio.sleep(CLOSE_POLL_SECONDS)
+        if self._client.publishing:
+            logger.warning("%s: closing with %d event(s) published but not confirmed", self.name,
+                           self._client.publishing)
         closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._client.close(on_closed=partial(_resolve, closed))
         try:
