@@ -161,7 +161,7 @@ def test_a_poll_held_at_shutdown_gets_a_heartbeat_and_the_next_process_goes_on(
         assert codec.decode(answer.body)["events"] == [{"id": 1, "type": "heartbeat"}]
         return queue_id
 
-    queue_id = run_and_return(before)
+    queue_id = run(before)
     second = start_server()
 
     async def after() -> None:
@@ -199,7 +199,7 @@ def test_a_websocket_is_closed_with_1012_and_resumes_at_the_next_process(start_s
         assert ws.close_code == SERVICE_RESTART
         return queue_id
 
-    queue_id = run_and_return(before)
+    queue_id = run(before)
     second = start_server()
 
     async def after() -> None:
@@ -242,14 +242,3 @@ def test_a_message_submitted_before_shutdown_gets_its_answer(start_server: Start
 def state(server: ServerThread) -> EventServer:
     assert server.server is not None
     return server.server
-
-
-def run_and_return(scenario: Any) -> Any:
-    """``run`` for a scenario with a result."""
-    result: list[Any] = []
-
-    async def keep() -> None:
-        result.append(await scenario())
-
-    run(keep)
-    return result[0]
