@@ -7,7 +7,7 @@ import base64
 import threading
 import urllib.parse
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from tornado.httpserver import HTTPServer
@@ -19,17 +19,19 @@ from eventbus.settings import Settings
 from eventbus.tornado_events.server import EventServer, http_server, make_app
 from eventbus.users import User
 
+T = TypeVar("T")
+
 #: The start_server fixture: starts an event server, settings overridden by keyword.
 StartServer = Callable[..., "ServerThread"]
 
 
-def run(scenario: Callable[[], Coroutine[Any, Any, None]], timeout: float = 60) -> None:
-    """Run an async test scenario on a fresh event loop, bounded in time."""
+def run(scenario: Callable[[], Coroutine[Any, Any, T]], timeout: float = 60) -> T:
+    """Run an async test scenario on a fresh event loop, bounded in time; its result."""
 
-    async def bounded() -> None:
-        await asyncio.wait_for(scenario(), timeout)
+    async def bounded() -> T:
+        return await asyncio.wait_for(scenario(), timeout)
 
-    asyncio.run(bounded())
+    return asyncio.run(bounded())
 
 
 class ServerThread:
@@ -82,9 +84,7 @@ class ServerThread:
 
         async def shutdown() -> None:
             assert self._http is not None
-            self._http.stop()
-            await self._http.close_all_connections()
-            await self.server.shutdown()
+            await self.server.shutdown(self._http)
 
         self.call(shutdown)
         self.loop.call_soon_threadsafe(self.loop.stop)

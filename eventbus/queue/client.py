@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -142,10 +142,11 @@ class AmqpClient:
             self._connect()
 
     def close(self, on_closed: Callable[[], None] | None = None) -> None:
-        """Close the connection and stop reconnecting; ``on_closed()`` runs once it is gone.
+        """Stop consuming, close the connection and stop reconnecting; ``on_closed()`` runs once it is gone.
 
         Held publishes stay held.
         """
+        self.cancel_consumers()
         self._closing = True
         self._on_closed = on_closed
         if self._reconnect_timer is not None:
@@ -191,6 +192,36 @@ class AmqpClient:
         if self._ready:
             self._start_consumer(consumer)
 
+    def cancel_consumers(self, queues: Iterable[str] | None = None,
+                         on_cancelled: Callable[[], None] | None = None) -> None:
+        """Stop consuming ``queues`` (all by default), for good: no delivery of theirs reaches a callback after this.
+
+        Deliveries RabbitMQ sent before it saw the cancel, read from the
+        socket or not, are not handed out: pika rejects them back to their
+        queue, for the next consumer. Deliveries handed out before stay
+        the caller's to ack. ``on_cancelled()`` runs once RabbitMQ
+        confirmed every cancel (at once when there is nothing to cancel).
+        """
+        names = list(self._consumers) if queues is None else [q for q in queues if q in self._consumers]
+        consumers = [self._consumers.pop(name) for name in names]
+        channel = self._channel
+        tags = {c.tag for c in consumers if c.tag is not None}
+        for consumer in consumers:
+            self._forget_consumer_tag(consumer, channel)  # the fast path first: it bypasses pika's channel
+        if channel is None or not channel.is_open or not tags:
+            if on_cancelled is not None:
+                on_cancelled()
+            return
+
+        def on_cancel_ok(frame: pika.frame.Method) -> None:
+            # pika calls every CancelOk callback of the channel on each CancelOk: count the tags.
+            tags.discard(frame.method.consumer_tag)
+            if not tags and on_cancelled is not None:
+                on_cancelled()
+
+        for tag in list(tags):
+            channel.basic_cancel(tag, callback=on_cancel_ok)
+
     def ack(self, generation: int, delivery_tag: int, multiple: bool = False) -> None:
         """Acknowledge a delivery; a no-op if its channel is gone (RabbitMQ requeued it)."""
         channel = self._channel_of(generation)
@@ -209,6 +240,11 @@ class AmqpClient:
         if self._ready and generation == self.generation and channel is not None and channel.is_open:
             return channel
         return None
+
+    @property
+    def publishing(self) -> int:
+        """Publishes not confirmed yet: held, or sent and waiting for RabbitMQ's confirm."""
+        return len(self._held) + len(self._unconfirmed)
 
     def statistics(self) -> dict[str, Any]:
         """A plain record of the client's state, for logs, metrics and tests."""
@@ -357,7 +393,8 @@ class AmqpClient:
 
     def _send_held(self) -> None:
         channel = self._channel
-        while self._held and self._ready and channel is not None:
+        # A declare can complete while the channel closes (close() right after a publish): pika would raise.
+        while self._held and self._ready and channel is not None and channel.is_open:
             pub = self._held[0]
             if pub.queue not in self._declared:
                 self._declare(pub.queue, self._send_held)
@@ -414,7 +451,8 @@ class AmqpClient:
             consumer.on_message(self.generation, method.delivery_tag, body)
 
         def begin() -> None:
-            if channel is self._channel and channel is not None and consumer.tag is None:
+            if (channel is self._channel and channel is not None and consumer.tag is None
+                    and self._consumers.get(consumer.queue) is consumer):  # not cancelled while declaring
                 consumer.tag = channel.basic_consume(consumer.queue, on_delivery, auto_ack=False)
                 if isinstance(self._connection, FastDeliveries):
                     self._connection.add_fast_consumer(channel.channel_number, consumer.tag,

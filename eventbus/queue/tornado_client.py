@@ -16,8 +16,9 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -35,6 +36,8 @@ from eventbus.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
+#: How often close() looks whether the last publishes were confirmed.
+CLOSE_POLL_SECONDS = 0.01
 #: Called with one decoded event; may return an awaitable, and the event is acked once it is done.
 EventCallback = Callable[[Any], Awaitable[None] | None]
 
@@ -211,24 +214,52 @@ class TornadoQueueClient:
 
         asyncio.ensure_future(done).add_done_callback(on_recorded)
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Let the events in flight finish and be acked (up to ``timeout`` s), then close the connection."""
+    async def stop_consuming(self, queues: Iterable[str] | None = None, timeout: float = 5.0) -> None:
+        """Stop consuming ``queues`` (all by default) for good, then wait (up to ``timeout`` s) until every event
+        handed out is acked.
+
+        Once this starts, their callbacks are not called again: deliveries
+        RabbitMQ sent before it saw the cancel, whether read from the socket
+        already or not, go back to their queue for the next consumer (the
+        next process). Call it before saving what the callbacks built.
+        """
+        names = list(self._consumers) if queues is None else list(queues)
+        for name in names:
+            self._consumers.pop(name, None)
         if self._client is None:
             return
-        if self._in_flight:
-            self._drained = asyncio.Event()
-            try:
-                await asyncio.wait_for(self._drained.wait(), timeout)
-            except TimeoutError:
-                logger.warning("%s: closing with %d event(s) not acked; RabbitMQ delivers them again",
-                               self.name, self._in_flight)
+        cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._client.cancel_consumers(names, on_cancelled=partial(_resolve, cancelled))
+        try:
+            await asyncio.wait_for(cancelled, timeout)
+        except TimeoutError:
+            logger.warning("%s: RabbitMQ did not confirm the consumer cancels within %.0f s", self.name, timeout)
+        await self._wait_drained(timeout)
+
+    async def _wait_drained(self, timeout: float) -> None:
+        if not self._in_flight:
+            return
+        self._drained = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except TimeoutError:
+            logger.warning("%s: %d event(s) handed out are not acked; RabbitMQ delivers them again",
+                           self.name, self._in_flight)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop consuming (see ``stop_consuming``), let the events in flight be acked and the publishes made so far
+        be confirmed (up to ``timeout`` s each), then close the connection."""
+        if self._client is None:
+            return
+        await self.stop_consuming(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self._client.publishing and self._client.ready and time.monotonic() < deadline:
+            await asyncio.sleep(CLOSE_POLL_SECONDS)
+        if self._client.publishing:
+            logger.warning("%s: closing with %d event(s) published but not confirmed", self.name,
+                           self._client.publishing)
         closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def on_closed() -> None:
-            if not closed.done():
-                closed.set_result(None)
-
-        self._client.close(on_closed=on_closed)
+        self._client.close(on_closed=partial(_resolve, closed))
         try:
             await asyncio.wait_for(closed, timeout)
         except TimeoutError:
@@ -316,16 +347,30 @@ class MemoryTornadoClient:
         finally:
             done.set_result(None)
 
-    async def close(self, timeout: float = 5.0) -> None:
-        for consumer, _ in self._running:
+    async def stop_consuming(self, queues: Iterable[str] | None = None, timeout: float = 5.0) -> None:
+        """Stop the consumer threads of ``queues`` (all by default): an event being handled is finished and acked,
+        the rest stay queued."""
+        names = set(self._consumers if queues is None else queues)
+        stopping = [(consumer, thread) for consumer, thread in self._running if consumer.queue in names]
+        self._running = [running for running in self._running if running not in stopping]
+        for name in names:
+            self._consumers.pop(name, None)
+        for consumer, _ in stopping:
             consumer.stop()
-        for _, thread in self._running:
+        for _, thread in stopping:
             await IOLoop.current().run_in_executor(None, thread.join, timeout)
-        self._running.clear()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        await self.stop_consuming(timeout=timeout)
 
     def statistics(self) -> dict[str, Any]:
         return {"ready": self.ready, "consumers": sorted(self._consumers), "consumed": self.consumed,
                 "failed": self.failed, "publish_failures": self.publish_failures}
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def tornado_client_for(settings: Settings, broker: Broker | None = None, *,

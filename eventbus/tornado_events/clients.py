@@ -154,15 +154,28 @@ class ClientRegistry:
     # -- persistence ------------------------------------------------------------
 
     def dump(self, path: Path) -> int:
-        """Write every queue to ``path`` (atomically); how many."""
+        """Write every queue that can be written to ``path`` (atomically); how many.
+
+        Each queue is encoded on its own: one that JSON cannot carry (a NaN
+        lifespan, a lone surrogate in a filter) is logged and left out (its
+        client gets BAD_EVENT_QUEUE_ID from the next process and registers
+        again), and every other one is saved.
+        """
+        saved = []
+        for client in self._clients.values():
+            try:
+                saved.append(codec.encode(client.to_dict()))
+            except (ValueError, TypeError) as e:  # EventEncodingError is a ValueError
+                logger.error("event queue %s of user %d cannot be saved, left out: %s",
+                             client.queue_id, client.user_id, e)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(codec.encode([c.to_dict() for c in self._clients.values()]))
+        tmp.write_bytes(b"[" + b",".join(saved) + b"]")
         os.replace(tmp, path)
-        return len(self._clients)
+        return len(saved)
 
-    def load(self, path: Path) -> int:
-        """Restore the queues saved in ``path``, each with a restart event; rename the file. How many."""
+    def load(self, path: Path, restart_event: dict[str, Any]) -> int:
+        """Restore the queues saved in ``path``, each with ``restart_event``; rename the file. How many."""
         if not path.exists():
             return 0
         try:
@@ -174,7 +187,7 @@ class ClientRegistry:
             return 0
         for client in clients:
             self.add(client)
-            client.add({"type": "restart", "server_generation": time.time()})
+            client.add(dict(restart_event))
         path.rename(path.with_name(path.name + ".loaded"))
         return len(clients)
 

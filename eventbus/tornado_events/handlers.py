@@ -22,6 +22,7 @@ import math
 import time
 import traceback
 import urllib.parse
+from asyncio import Future
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 #: The session id (HttpOnly), and the session's CSRF token for the pages' scripts (readable; Django's name).
 SESSION_COOKIE = "eventbus_session"
 CSRF_COOKIE = "csrftoken"
+#: What a held GET is answered when nothing came for a while, or when the server stops: the client polls again.
+HEARTBEAT = {"type": "heartbeat"}
 NARROW_OPERATORS = frozenset({"stream", "topic"})
 #: Filter sizes a registration may ask for: more than any real client needs, little enough that matching
 #: every event against every queue's filters stays cheap and a saved queue stays small.
@@ -362,6 +365,8 @@ class EventsHandler(BaseHandler):
 
     _held: ClientDescriptor | None = None
     _released: asyncio.Future[None] | None = None
+    #: The answer's write to the socket, once answered.
+    written: Future[None] | None = None
 
     def counts_against_rate_limit(self) -> bool:
         """A long-poll of a queue nobody is polling (its last poll was answered) is free: a client that keeps
@@ -382,6 +387,9 @@ class EventsHandler(BaseHandler):
         if events or dont_block:
             client.attach(None)  # answered at once; an older held request is answered too
             return self._answer(client, events)
+        if self.server.stopping:  # nothing is held any more: the next process answers the next poll
+            client.attach(None)
+            return self._answer(client, [client.add(HEARTBEAT)])
         # Held: this handler is the client's listener until answered or the connection closes.
         self._shed_what_was_read()
         self._held = client
@@ -398,7 +406,21 @@ class EventsHandler(BaseHandler):
 
     def _answer(self, client: ClientDescriptor, events: list[QueuedEvent]) -> None:
         self.set_header("Content-Type", "application/json")
-        self.finish(events_body(client, events))
+        if self.server.stopping:
+            self.set_header("Connection", "close")  # the client's next poll opens a connection to the next process
+        self.written = self.finish(events_body(client, events))
+
+    def restart(self, client: ClientDescriptor) -> Future[None] | None:
+        """The server stops: answer now, with a heartbeat, as after a quiet while.
+
+        Every Zulip client polls again at once after a heartbeat, and acknowledges
+        it in that poll, which the next process answers from the saved queue.
+        Returns the answer's write (None if this handler no longer holds ``client``).
+        """
+        if self._held is not client:
+            return None
+        client.add(HEARTBEAT)  # answered through deliver(), like any event
+        return self.written
 
     # -- Listener, while held -------------------------------------------------------
 

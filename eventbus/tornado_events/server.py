@@ -39,6 +39,7 @@ from eventbus.settings import Settings
 from eventbus.tornado_events.away import AwayNotifier
 from eventbus.tornado_events.body_limit import BodyLimit
 from eventbus.tornado_events.clients import ClientRegistry
+from eventbus.tornado_events.event_queue import ClientDescriptor
 from eventbus.tornado_events.handlers import (
     CSRF_COOKIE,
     SESSION_COOKIE,
@@ -75,6 +76,12 @@ BODY_TIMEOUT_SECONDS = 60.0
 #: Room in the read buffer beyond the largest body, for the request's headers (Tornado's own header limit).
 HEADER_BYTES = 64 * 1024
 
+#: How long a stopping server waits for its answers to be written, its websockets to close and message_sender to
+#: answer the requests it was sent: clients resume either way, this only spares them a retry.
+SHUTDOWN_GRACE_SECONDS = 5.0
+#: How often it looks.
+SHUTDOWN_POLL_SECONDS = 0.02
+
 #: How long a submitted request waits for the message_sender processor's answer.
 REQUEST_TIMEOUT_SECONDS = 30.0
 #: The answer a request gets when that time is up.
@@ -104,6 +111,8 @@ class EventServer:
         self.started = time.time()
         self.slow_consumers_closed = 0
         self.sessions = SessionStore(settings.database)
+        #: Set once shutdown() stopped consuming: no request is held from then on.
+        self.stopping = False
         self._auth_cache: dict[str, tuple[User, float]] = {}  # by Authorization header
         self._session_cache: dict[str, tuple[User, float]] = {}  # by session key (the id's hash)
         # Bumped whenever trust is withdrawn: a lookup under way then is asked again (see _fresh).
@@ -125,7 +134,7 @@ class EventServer:
 
     def start(self) -> None:
         """Restore saved queues, start consuming, start collecting expired queues. Call inside the IOLoop."""
-        restored = self.registry.load(self.queues_file)
+        restored = self.registry.load(self.queues_file, self.restart_event())
         if restored:
             logger.info("restored %d event queue(s) from %s", restored, self.queues_file)
         self.queue_client.consume(notify_queue_name(self.settings.server_id), self.on_notice)
@@ -148,20 +157,55 @@ class EventServer:
         self._auth_cache = {key: entry for key, entry in self._auth_cache.items() if entry[1] > now}
         self._session_cache = {key: entry for key, entry in self._session_cache.items() if entry[1] > now}
 
-    async def shutdown(self) -> None:
-        """Save every queue, close the websockets (1012: come back soon), then close the queue client."""
-        if self._gc is not None:
-            self._gc.stop()
-        if self._heartbeats is not None:
-            self._heartbeats.stop()
-        if self._activity_flush is not None:
-            self._activity_flush.stop()
-        self.flush_activity(at_once=True)
+    async def shutdown(self, http: HTTPServer | None = None) -> None:
+        """Stop in the order that neither loses nor repeats an event for any client (SIGTERM, SIGINT).
+
+        1. Stop accepting connections (``http``), and the timers.
+        2. Stop consuming notify_tornado: no event comes into a client queue after
+           this, and what came is acked; deliveries read but not handed out go back
+           to RabbitMQ, for the next process.
+        3. Stop answering: every held GET gets a heartbeat (Zulip clients poll again at
+           once, and the next process answers), every websocket a 1012 close (reconnect);
+           requests waiting for message_sender get its answer while the return queue is
+           still consumed (``SHUTDOWN_GRACE_SECONDS`` at most), then it stops too. Then
+           every HTTP connection closes: no request can touch a queue any more.
+        4. Save every queue that can be saved.
+        5. Publish the activity counts, close the queue client.
+        """
+        for timer in (self._gc, self._heartbeats, self._activity_flush):
+            if timer is not None:
+                timer.stop()
+        if http is not None:
+            http.stop()
+        await self.queue_client.stop_consuming([notify_queue_name(self.settings.server_id)])
+        self.stopping = True
+        answers = [w for w in (listener.restart(client) for client, listener in self._held_polls()) if w is not None]
         for socket in list(self.sockets.values()):
             socket.close(SERVICE_RESTART, "the server is restarting; reconnect and resume")
+        await self._wait_stopped_answering(answers)
+        await self.queue_client.stop_consuming([return_queue_name(self.settings.server_id)])
+        for request_id in list(self.pending):
+            self._expire(request_id)
+        if http is not None:
+            await http.close_all_connections()
         saved = self.registry.dump(self.queues_file)
         logger.info("saved %d event queue(s) to %s", saved, self.queues_file)
+        self.flush_activity(at_once=True)
         await self.queue_client.close()
+
+    def _held_polls(self) -> list[tuple[ClientDescriptor, EventsHandler]]:
+        return [(client, client.listener) for client in self.registry if isinstance(client.listener, EventsHandler)]
+
+    async def _wait_stopped_answering(self, answers: list[asyncio.Future[None]]) -> None:
+        """Wait until the answers are written, the websockets closed and the submitted requests answered."""
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        if answers:
+            await asyncio.wait(answers, timeout=SHUTDOWN_GRACE_SECONDS)
+        while (self.sockets or self.pending) and time.monotonic() < deadline:
+            await asyncio.sleep(SHUTDOWN_POLL_SECONDS)
+        if self.sockets or self.pending:
+            logger.warning("stopping with %d websocket(s) not closed and %d request(s) not answered by %s",
+                           len(self.sockets), len(self.pending), MESSAGE_SENDER_QUEUE)
 
     # -- queues in and out ----------------------------------------------------------
 
@@ -224,6 +268,10 @@ class EventServer:
         if isinstance(self.queue_client, MemoryTornadoClient):
             return self.queue_client.broker
         return make_broker(self.settings)
+
+    def restart_event(self) -> dict[str, Any]:
+        """The event each restored queue gets first, as Zulip's: when this process started (whole seconds)."""
+        return {"type": "restart", "server_generation": int(self.started), **self.server_settings()}
 
     def server_settings(self) -> dict[str, Any]:
         """This server's version, as Zulip clients ask for it."""
@@ -472,5 +520,4 @@ async def serve(settings: Settings, port: int, host: str = "127.0.0.1", broker: 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     await stopping.wait()
-    http.stop()  # no new connections
-    await server.shutdown()
+    await server.shutdown(http)
