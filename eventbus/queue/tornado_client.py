@@ -16,7 +16,6 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-import traceback
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -28,7 +27,7 @@ from eventbus.errors import EventEncodingError
 from eventbus.queue.broker import Broker, get_broker
 from eventbus.queue.client import AmqpClient
 from eventbus.queue.consumer import Consumer
-from eventbus.queue.error_store import ErrorStore, check_queue_name
+from eventbus.queue.error_store import ErrorStore, check_queue_name, describe
 from eventbus.queue.frames import FastTornadoConnection
 from eventbus.queue.memory import MemoryBroker
 from eventbus.settings import Settings, get_settings
@@ -162,8 +161,8 @@ class TornadoQueueClient:
         try:
             result = callback(event)
         except Exception as e:
-            self._store_failure(queue, ack, event=event, error=f"{type(e).__name__}: {e}",
-                                traceback=traceback.format_exc())
+            error, trace = describe(e)
+            self._store_failure(queue, ack, event=event, error=error, traceback=trace)
             return
         if result is None:
             self.consumed += 1
@@ -191,9 +190,8 @@ class TornadoQueueClient:
             self.consumed += 1
             ack()
             return
-        reason = "cancelled" if error is None else f"{type(error).__name__}: {error}"
-        tb = "".join(traceback.format_exception(error)) if error is not None else None
-        self._store_failure(queue, ack, event=event, error=reason, traceback=tb)
+        reason, trace = describe(error) if error is not None else ("cancelled", None)
+        self._store_failure(queue, ack, event=event, error=reason, traceback=trace)
 
     def _store_failure(self, queue: str, ack: Callable[[], None], **entry: Any) -> None:
         """Write the error store (which logs the entry) off the loop, then ack: the event is kept before it is
@@ -310,9 +308,9 @@ class MemoryTornadoClient:
             self.consumed += 1
         except Exception as e:
             self.failed += 1
+            error, trace = describe(e)
             await IOLoop.current().run_in_executor(None, partial(
-                self.error_store.record, queue, event, error=f"{type(e).__name__}: {e}",
-                traceback=traceback.format_exc()))
+                self.error_store.record, queue, event, error=error, traceback=trace))
         finally:
             done.set_result(None)
 
