@@ -196,3 +196,17 @@ def test_a_poisoned_event_does_not_wedge_a_worker_process(settings: Settings,
     finally:
         worker.stop()
 
+
+def test_a_crashed_worker_exits_1_and_logs_the_traceback(settings: Settings) -> None:
+    # Given a processor whose start raises a ValueError (which the command line once took for a usage error)
+    worker = WorkerProcess(settings, "--queue=test_flaky", EVENTBUS_TEST_CRASH="test_flaky")
+    try:
+        # Then the process exits 1, saying which worker crashed, with the traceback at CRITICAL
+        assert worker.wait(30) == 1, worker.log
+        log = worker.log
+        assert "CRITICAL eventbus.processors.runner: worker for queue test_flaky crashed" in log
+        assert "Traceback (most recent call last)" in log
+        assert "ValueError: test_flaky asked to crash" in log
+        assert "error:" not in log  # not the one-line usage error
+    finally:
+        worker.stop()
