@@ -94,11 +94,14 @@ def test_poisoned_events_reach_the_error_store_and_the_good_ones_flow(memory: Me
 def test_a_count_of_tries_that_is_no_count_earns_no_extra_tries(memory: MemoryBroker) -> None:
     with worker_threads(memory) as start:
         start("test")
-        memory.publish_many("test", [{"id": "n", "raise": True, "failed_tries": -10**12},
-                                     {"id": "h", "raise": True, "failed_tries": 10**400}])
+        memory.publish_many("test", [{"id": "p-negative", "raise": True, "failed_tries": -10**12},
+                                     {"id": "p-huge", "raise": True, "failed_tries": 10**400}])
         memory.join("test", timeout=30)
-    tries = {e["event"]["id"]: e["tries"] for e in memory.error_store.read("test")}
-    assert tries == {"n": 3, "h": 4}  # the test queue's three tries; one more for an event past its last already
+    [negative] = [e for e in memory.error_store.read("test") if holds(e, "negative")]
+    [huge] = [e for e in memory.error_store.read("test") if holds(e, "huge")]
+    assert negative["tries"] == 3  # the test queue's three tries, not a trillion more
+    # Stored at once: past its last try already (or, should the decoder refuse such a number, undecodable).
+    assert huge["tries"] in (4, 0)
 
 
 class Unprintable(Exception):
