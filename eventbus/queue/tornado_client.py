@@ -69,6 +69,9 @@ class TornadoQueueClient:
         self.consumed = 0
         self.failed = 0
         self.publish_failures = 0
+        # One thread writes the error store: entries land in the order the events failed in (the loop's shared
+        # executor would race them), and a slow disk holds up no other work of the loop's executor.
+        self._recorder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name} error store")
         self._in_flight = 0  # events handed to a callback and not yet acked
         self._drained: asyncio.Event | None = None  # set when _in_flight drops to 0 during close()
 
@@ -194,11 +197,11 @@ class TornadoQueueClient:
         self._store_failure(queue, ack, event=event, error=reason, traceback=trace)
 
     def _store_failure(self, queue: str, ack: Callable[[], None], **entry: Any) -> None:
-        """Write the error store (which logs the entry) off the loop, then ack: the event is kept before it is
-        let go."""
+        """Write the error store (which logs the entry) off the loop, in order, then ack: the event is kept
+        before it is let go."""
         self.failed += 1
         assert self._ioloop is not None
-        done = self._ioloop.run_in_executor(None, partial(self.error_store.record, queue, **entry))
+        done = self._ioloop.run_in_executor(self._recorder, partial(self.error_store.record, queue, **entry))
 
         def on_recorded(f: asyncio.Future[None]) -> None:
             if f.exception() is not None:
