@@ -22,6 +22,7 @@ from eventbus.settings import Settings
 from eventbus.users import User, UserStore
 from tests.eventserver import ServerThread
 from tests.forwarder import Forwarder
+from tests.smtp_server import SmtpServer
 
 # The test processors (tests/processors.py) are registered in every test process and worker.
 os.environ["EVENTBUS_PROCESSOR_MODULES"] = "tests.processors"
@@ -61,6 +62,14 @@ def queue_name(request: pytest.FixtureRequest) -> str:
     """A queue name no other test uses."""
     base = re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)[:60]
     return f"t_{base}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a free port, recording what arrives."""
+    server = SmtpServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ def record(worker: Worker, name: str, entry: Any) -> None:
 class CrashOnRequest(Worker):
     def before_start(self) -> None:
         if os.environ.get("EVENTBUS_TEST_CRASH") == self.queue_name:
-            raise RuntimeError(f"{self.queue_name} asked to crash")
+            raise ValueError(f"{self.queue_name} asked to crash")  # not a usage error, though a ValueError
 
 
 @assign_queue("test_batch", batch_size=10, batch_wait=0.3, retry_delay=0.1, tries=2)

@@ -38,13 +38,6 @@ def quick_options(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def mail_settings(tmp_path: Path, smtp: SmtpServer) -> Settings:
     return Settings(broker="memory", var_dir=tmp_path, smtp_port=smtp.port, missed_email_window_seconds=0.3,
                     admin_emails=(ADMIN,))

@@ -3,6 +3,12 @@
 Shutdown: the first SIGTERM or SIGINT lets each worker finish and ack the
 batch in hand, then the process exits 0; a second one exits at once, and
 RabbitMQ delivers the unacked events again.
+
+A worker that crashes (its processor's ``before_start`` raised, the broker
+went away for longer than the retry budget, the error store cannot be
+written) is logged at CRITICAL with its traceback, and the process exits
+``CRASHED`` (1): not 2, which says "usage error" to an operator. Its unacked
+events go back to the queue; the supervisor starts it again.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 #: How long the other workers get to finish their batch after one crashed.
 CRASH_GRACE = 30.0
+#: Exit code of a process whose worker crashed (2 is a usage error, as argparse has it).
+CRASHED = 1
 
 
 @contextmanager
@@ -53,9 +61,21 @@ def run_worker(queue_name: str, *, worker_num: int = 0, broker: Broker | None = 
     worker = get_worker(queue_name, broker=broker, worker_num=worker_num)
     logger.info("processing queue %s (worker %d)", queue_name, worker_num)
     with shutdown_signals(worker.stop):
-        worker.start()
+        if not run_logging_crash(worker):
+            return CRASHED
     logger.info("queue %s: stopped", queue_name)
     return 0
+
+
+def run_logging_crash(worker: Worker) -> bool:
+    """Run ``worker`` until it stops (True) or crashes (False, logged at CRITICAL with the traceback)."""
+    try:
+        worker.start()
+    except BaseException:  # a SystemExit or KeyboardInterrupt from a processor is a crash as well
+        logger.critical("worker for queue %s crashed; its unacked events go back to the queue",
+                        worker.queue_name, exc_info=True)
+        return False
+    return True
 
 
 class WorkerThreads:
@@ -74,11 +94,8 @@ class WorkerThreads:
             self._threads.append(thread)
 
     def _run(self, worker: Worker) -> None:
-        try:
-            worker.start()
-        except BaseException:
-            logger.exception("queue %s: the worker crashed; stopping the process", worker.queue_name)
-            self.crashed.set()
+        if not run_logging_crash(worker):
+            self.crashed.set()  # the process stops: see run_all
 
     @property
     def alive(self) -> bool:
@@ -113,7 +130,7 @@ def run_all(queue_names: Sequence[str], broker: Broker | None = None) -> int:
             threads.stop()
             if not threads.join(CRASH_GRACE):
                 logger.error("workers did not stop within %.0f s after a crash; exiting now", CRASH_GRACE)
-                os._exit(1)
-            return 1
+                os._exit(CRASHED)
+            return CRASHED
         threads.join()
     return 0

@@ -27,7 +27,6 @@ import asyncio
 import inspect
 import logging
 import time
-import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from functools import partial
@@ -37,6 +36,7 @@ from eventbus.processors.registry import QueueOptions
 from eventbus.processors.stats import QueueStats, stats_path
 from eventbus.processors.timeouts import ProcessingTimeout, deadline, run_coroutine
 from eventbus.queue import Broker, Consumer, get_broker
+from eventbus.queue.error_store import describe, encoding_problem
 
 logger = logging.getLogger(__name__)
 
@@ -162,24 +162,55 @@ class Worker(ABC):
 
         The framework calls it when processing raises; a batch processor that
         finished part of a batch calls it for the events that failed, and returns.
+        It cannot fail on what an event holds: one that cannot be published
+        again (NaN, a lone surrogate) goes to the error store at once. Only the
+        broker or the disk failing makes it raise, and then the batch is not acked.
         """
-        description = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        trace = "".join(traceback.format_exception(error))
+        description, trace = describe(error)
         retries: dict[float, list[Event]] = {}
         permanent = isinstance(error, PermanentError)
         self._failed.update(map(id, events))
         for event in events:
-            tries = int(event.get(FAILED_TRIES, 0)) + 1
+            tries = min(failed_tries(event), self.options.tries) + 1
             if tries >= self.options.tries or permanent:
-                original = {k: v for k, v in event.items() if k != FAILED_TRIES}
-                self.error_store.record(self.queue_name, original, error=description, tries=tries, traceback=trace)
+                self._store(event, description, tries, trace)
             else:
                 delay = self.options.retry_delay * 2 ** (tries - 1)
                 retries.setdefault(delay, []).append({**event, FAILED_TRIES: tries})
         for delay, batch in retries.items():
             logger.warning("queue %s: %d event(s) failed (%s); retrying in %g s",
                            self.queue_name, len(batch), description, delay)
-            self.broker.publish_later(self.queue_name, batch, delay)
+            self._retry(batch, delay, description, trace)
+
+    def _retry(self, batch: list[Event], delay: float, description: str, trace: str) -> None:
+        """Publish ``batch`` to come back after ``delay``; an event the encoder refuses is stored instead."""
+        sendable = []
+        for event in batch:
+            problem = encoding_problem(event)
+            if problem is None:
+                sendable.append(event)
+            else:
+                self._store(event, f"{description} (cannot be retried: {problem})", event[FAILED_TRIES], trace)
+        if sendable:
+            self.broker.publish_later(self.queue_name, sendable, delay)
+
+    def _store(self, event: Event, description: str, tries: int, trace: str) -> None:
+        original = {k: v for k, v in event.items() if k != FAILED_TRIES}
+        self.error_store.record(self.queue_name, original, error=description, tries=tries, traceback=trace)
+
+
+#: A ``failed_tries`` beyond this is clamped to it (any count past a queue's ``tries`` means the same).
+MAX_FAILED_TRIES = 1_000_000
+
+
+def failed_tries(event: Event) -> int:
+    """The count of failed tries ``event`` carries: 0 without one, or with something that is no count."""
+    value = event.get(FAILED_TRIES, 0)
+    # A producer may put anything there (a string, NaN, a bool, a negative number): none may stop the failure
+    # from being recorded, nor earn the event extra tries.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        return 0
+    return int(min(value, MAX_FAILED_TRIES))
 
 
 class QueueProcessingWorker(Worker):

@@ -393,14 +393,15 @@ class AmqpClient:
 
     def _send_held(self) -> None:
         channel = self._channel
-        # A declare can complete while the channel closes (close() right after a publish): pika would raise.
+        # A channel that is closing (close() was asked while a declare was on its way) takes no publish: pika
+        # would raise and abort the connection. The held ones go out on the next channel, or stay held.
         while self._held and self._ready and channel is not None and channel.is_open:
             pub = self._held[0]
             if pub.queue not in self._declared:
                 self._declare(pub.queue, self._send_held)
                 return
-            self._held.popleft()
             channel.basic_publish("", pub.queue, pub.body, PERSISTENT_JSON, mandatory=True)
+            self._held.popleft()  # only once sent: a publish that raised stays held, never silently dropped
             self._unconfirmed[self._next_tag] = pub
             self._next_tag += 1
 

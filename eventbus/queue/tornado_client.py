@@ -17,7 +17,6 @@ import concurrent.futures
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
@@ -29,7 +28,7 @@ from eventbus.errors import EventEncodingError
 from eventbus.queue.broker import Broker, get_broker
 from eventbus.queue.client import AmqpClient
 from eventbus.queue.consumer import Consumer
-from eventbus.queue.error_store import ErrorStore, check_queue_name
+from eventbus.queue.error_store import ErrorStore, check_queue_name, describe
 from eventbus.queue.frames import FastTornadoConnection
 from eventbus.queue.memory import MemoryBroker
 from eventbus.settings import Settings, get_settings
@@ -73,6 +72,9 @@ class TornadoQueueClient:
         self.consumed = 0
         self.failed = 0
         self.publish_failures = 0
+        # One thread writes the error store: entries land in the order the events failed in (the loop's shared
+        # executor would race them), and a slow disk holds up no other work of the loop's executor.
+        self._recorder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name} error store")
         self._in_flight = 0  # events handed to a callback and not yet acked
         self._drained: asyncio.Event | None = None  # set when _in_flight drops to 0 during close()
 
@@ -165,8 +167,8 @@ class TornadoQueueClient:
         try:
             result = callback(event)
         except Exception as e:
-            self._store_failure(queue, ack, event=event, error=f"{type(e).__name__}: {e}",
-                                traceback=traceback.format_exc())
+            error, trace = describe(e)
+            self._store_failure(queue, ack, event=event, error=error, traceback=trace)
             return
         if result is None:
             self.consumed += 1
@@ -194,16 +196,15 @@ class TornadoQueueClient:
             self.consumed += 1
             ack()
             return
-        reason = "cancelled" if error is None else f"{type(error).__name__}: {error}"
-        tb = "".join(traceback.format_exception(error)) if error is not None else None
-        self._store_failure(queue, ack, event=event, error=reason, traceback=tb)
+        reason, trace = describe(error) if error is not None else ("cancelled", None)
+        self._store_failure(queue, ack, event=event, error=reason, traceback=trace)
 
     def _store_failure(self, queue: str, ack: Callable[[], None], **entry: Any) -> None:
-        """Write the error store (which logs the entry) off the loop, then ack: the event is kept before it is
-        let go."""
+        """Write the error store (which logs the entry) off the loop, in order, then ack: the event is kept
+        before it is let go."""
         self.failed += 1
         assert self._ioloop is not None
-        done = self._ioloop.run_in_executor(None, partial(self.error_store.record, queue, **entry))
+        done = self._ioloop.run_in_executor(self._recorder, partial(self.error_store.record, queue, **entry))
 
         def on_recorded(f: asyncio.Future[None]) -> None:
             if f.exception() is not None:
@@ -341,9 +342,9 @@ class MemoryTornadoClient:
             self.consumed += 1
         except Exception as e:
             self.failed += 1
+            error, trace = describe(e)
             await IOLoop.current().run_in_executor(None, partial(
-                self.error_store.record, queue, event, error=f"{type(e).__name__}: {e}",
-                traceback=traceback.format_exc()))
+                self.error_store.record, queue, event, error=error, traceback=trace))
         finally:
             done.set_result(None)
 
