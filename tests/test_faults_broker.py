@@ -24,7 +24,7 @@ import pytest
 from eventbus.errors import BrokerError
 from eventbus.queue import queue_json_publish, queue_json_publish_many, set_broker
 from eventbus.queue.rabbitmq import RabbitMQBroker
-from eventbus.queue.rabbitmq_node import RabbitMQNode, is_installed
+from eventbus.queue.rabbitmq_node import RabbitMQNode
 from eventbus.settings import Settings
 from tests.conftest import wait_for
 from tests.faults import Tally, jsonl, seeded
@@ -39,10 +39,8 @@ PUBLISH_TIMEOUT = 90.0
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[RabbitMQNode]:
-    """A private node for this test alone."""
-    if not is_installed():
-        pytest.skip("rabbitmq-server is not installed")
+def node(tmp_path: Path, rabbitmq_node: RabbitMQNode) -> Iterator[RabbitMQNode]:
+    """A private node for this test alone (``rabbitmq_node`` only for its check that RabbitMQ is installed)."""
     node = RabbitMQNode(tmp_path / "rabbitmq", name=f"eventbus-faults-{os.getpid()}")
     node.start()
     yield node
@@ -51,9 +49,8 @@ def node(tmp_path: Path) -> Iterator[RabbitMQNode]:
 
 def kill_node(node: RabbitMQNode) -> None:
     """SIGKILL the node's Erlang VM, as a crash or the OOM killer would, and wait until it is gone."""
-    pid = int((node.base_dir / "node.pid").read_text().strip())
-    # The pid file is the node's own; make sure it still names this node's VM before killing it.
-    assert f"RABBITMQ_NODENAME={node.nodename}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    pid = node.pid()
+    assert pid is not None, "the node is not running"
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), timeout=30, what="the node to die")
 

@@ -148,13 +148,19 @@ class RabbitMQNode:
                            capture_output=True, check=False, timeout=10)
 
     def _kill_leftover(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+
+    def pid(self) -> int | None:
+        """The process id of this node's Erlang VM while it runs (from its pid file, checked against the
+        process's environment: the node name is not on the command line of every RabbitMQ release)."""
         try:
             pid = int((self.base_dir / "node.pid").read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except (OSError, ValueError):
-            return
-        if self.nodename.encode() in cmdline:
-            os.kill(pid, signal.SIGKILL)
+            return None
+        return pid if f"RABBITMQ_NODENAME={self.nodename}".encode() in environ else None
 
     def _ctl(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         try:
