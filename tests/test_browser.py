@@ -34,7 +34,7 @@ from eventbus.processors.runner import WorkerThreads
 from eventbus.processors.stats import stats_path
 from eventbus.queue import Broker, MemoryBroker
 from eventbus.settings import Settings
-from eventbus.tornado_events import send_event
+from eventbus.tornado_events import rate_limit, send_event
 from eventbus.tornado_events.server import EventServer, make_app
 from eventbus.users import User
 from eventbus.web import web_handlers
@@ -342,6 +342,31 @@ def test_a_lost_queue_is_replaced_and_recent_messages_reloaded(pages: NewPage, w
     send(iago, "After the queue was lost", stream="Verona", topic="t")
     expect(messages(othello, "After the queue was lost")).to_have_count(1)
     expect(messages(othello, "Before the queue was lost")).to_have_count(1)
+
+
+def test_a_page_whose_registration_is_rate_limited_registers_when_the_server_allows(
+        pages: NewPage, web: StartWeb, world: World, sender_worker: WorkerThreads) -> None:
+    # Given a server that lets a user register one queue every 6 s (60/60 s in development mode),
+    server = web(rate_limit_register=(6, 60.0))
+    othello = dev_login(pages(), server, world.othello)
+    iago = dev_login(pages(), server, world.iago)
+    lost = stored_queue(othello, world.othello)["queue_id"]
+
+    # When Othello has used up his registrations and his queue is dropped,
+    def use_up_and_drop() -> None:
+        while not server.server.rate_limits.acquire(rate_limit.REGISTER, world.othello.id):
+            pass
+        client = server.server.registry.get(lost, world.othello.id)
+        assert client is not None
+        server.server.registry.remove(client, "expired")
+
+    server.call(use_up_and_drop)
+    # then his page is told to wait (RATE_LIMIT_HIT), registers once it may, and receives messages again.
+    othello.wait_for_function("([key, lost]) => (JSON.parse(sessionStorage.getItem(key)) || {queue_id: lost}).queue_id "
+                              "!== lost", arg=[f"eventbus.queue.{world.othello.id}", lost])
+    expect(othello.locator("#status")).to_have_attribute("data-state", "live")
+    send(iago, "After the wait", stream="Verona", topic="t")
+    expect(messages(othello, "After the wait")).to_have_count(1)
 
 
 def test_private_messages_and_send_errors(pages: NewPage, web: StartWeb, world: World,

@@ -2,10 +2,11 @@
 
 /** An error answer of the server ({"result": "error", "code", "msg"}), or a network failure (code NETWORK). */
 export class ApiError extends Error {
-  constructor(status, code, msg) {
+  constructor(status, code, msg, retryAfter = 0) {
     super(msg);
     this.status = status;
     this.code = code;
+    this.retryAfter = retryAfter; // seconds to wait before trying again (RATE_LIMIT_HIT), else 0
   }
 }
 
@@ -42,7 +43,8 @@ export async function api(method, path, params = {}, { signal } = {}) {
     throw new ApiError(response.status, "NETWORK", `Unexpected answer (HTTP ${response.status})`);
   }
   if (!response.ok || body.result !== "success") {
-    throw new ApiError(response.status, body.code || "BAD_REQUEST", body.msg || `HTTP ${response.status}`);
+    throw new ApiError(response.status, body.code || "BAD_REQUEST", body.msg || `HTTP ${response.status}`,
+      Number(body["retry-after"]) || 0);
   }
   return body;
 }

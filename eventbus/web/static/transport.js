@@ -135,6 +135,7 @@ export class SocketTransport extends Transport {
 
   register() {
     this.lastEventId = -1;
+    this.registering = true;
     this.sendFrame({ type: "register", apply_markdown: true });
   }
 
@@ -145,6 +146,7 @@ export class SocketTransport extends Transport {
   onFrame(frame) {
     switch (frame.type) {
       case "registered":
+        this.registering = false;
         this.served(frame.queue_id, -1, true);
         break;
       case "attached":
@@ -174,6 +176,15 @@ export class SocketTransport extends Transport {
         if (frame.code === "BAD_EVENT_QUEUE_ID") {
           this.queue.clear();
           this.register();
+        } else if (frame.req_id !== undefined && this.pending.has(frame.req_id)) {
+          // A request the server refused (a rate limit, a malformed request): its sender gets the reason.
+          const request = this.pending.get(frame.req_id);
+          this.pending.delete(frame.req_id);
+          request.resolve({ result: "error", code: frame.code, msg: frame.msg });
+        } else if (frame.code === "RATE_LIMIT_HIT" && this.registering) {
+          // Too many registrations: try again once the server says it will take one.
+          const ws = this.ws;
+          setTimeout(() => { if (this.ws === ws) this.register(); }, (Number(frame["retry-after"]) || 1) * 1000);
         } else {
           console.warn("eventbus websocket:", frame.code, frame.msg);
         }
@@ -288,7 +299,7 @@ export class PollTransport extends Transport {
         failures += 1;
         first = true;
         this.handlers.onStatus("reconnecting");
-        await this.pause(backoff(failures));
+        await this.pause(Math.max(backoff(failures), (error.retryAfter || 0) * 1000));
       }
     }
   }
