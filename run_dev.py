@@ -42,8 +42,7 @@ DEV_STREAMS = ["general", "Denmark", "Verona"]
 TORNADO, WORKERS, DEVTOOLS = frozenset({"tornado"}), frozenset({"workers"}), frozenset({"devtools"})
 ALL_GROUPS = TORNADO | WORKERS | DEVTOOLS
 RELOAD_GROUPS = {"eventbus/tornado_events": TORNADO, "eventbus/web": TORNADO, "eventbus/metrics.py": TORNADO,
-                 "eventbus/processors": WORKERS, "eventbus/devtools": DEVTOOLS,
-                 "eventbus/devtools/pages.py": TORNADO}  # the pages are served by the Tornado server
+                 "eventbus/app.py": TORNADO, "eventbus/processors": WORKERS, "eventbus/devtools": DEVTOOLS}
 
 say_lock = threading.Lock()
 

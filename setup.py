@@ -45,5 +45,5 @@ setup(
         # The baselines the benchmarks (python -m bench) compare eventbus with.
         "bench": ["kombu>=5.3", "markdown>=3.5", "python-socketio>=5.10", "aiohttp>=3.9"],
     },
-    entry_points={"console_scripts": ["eventbus=eventbus.processors.cli:main"]},
+    entry_points={"console_scripts": ["eventbus=eventbus.cli:main"]},
 )

@@ -19,10 +19,11 @@ import sys
 import tornado.web
 
 from bench import _serving
+from eventbus.app import make_app
 from eventbus.queue import TornadoQueueClient
 from eventbus.settings import Settings, set_settings
 from eventbus.tornado_events.handlers import EventsHandler
-from eventbus.tornado_events.server import EventServer, make_app
+from eventbus.tornado_events.server import EventServer
 from eventbus.tornado_events.websocket import EventSocket
 
 #: How long RabbitMQ may take to accept the server's consumer.

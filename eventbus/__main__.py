@@ -2,6 +2,6 @@
 
 import sys
 
-from eventbus.processors.cli import main
+from eventbus.cli import main
 
 sys.exit(main())

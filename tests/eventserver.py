@@ -14,9 +14,10 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 from eventbus import codec
+from eventbus.app import http_server, make_app
 from eventbus.queue import Broker
 from eventbus.settings import Settings
-from eventbus.tornado_events.server import EventServer, http_server, make_app
+from eventbus.tornado_events.server import EventServer
 from eventbus.users import User
 
 T = TypeVar("T")

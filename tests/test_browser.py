@@ -29,13 +29,14 @@ import pytest
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
+from eventbus.app import make_app
 from eventbus.messages import MessageStore
 from eventbus.processors.runner import WorkerThreads
 from eventbus.processors.stats import stats_path
 from eventbus.queue import Broker, MemoryBroker
 from eventbus.settings import Settings
 from eventbus.tornado_events import rate_limit, send_event
-from eventbus.tornado_events.server import EventServer, make_app
+from eventbus.tornado_events.server import EventServer
 from eventbus.users import User
 from eventbus.web import web_handlers
 from tests.conftest import wait_for

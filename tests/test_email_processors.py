@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from eventbus.cli import main
 from eventbus.messages import MessageStore, StoredMessage
-from eventbus.processors.cli import main
 from eventbus.processors.mailer import Email, queue_email
 from eventbus.processors.message_send import check_request, send
 from eventbus.processors.queues.missed_emails import Missed, PendingMissed

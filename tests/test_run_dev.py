@@ -119,7 +119,7 @@ def test_a_code_change_restarts_the_processes_that_run_that_code() -> None:
     spec.loader.exec_module(run_dev)
     assert run_dev.groups_for(["eventbus/processors/queues/email.py"]) == {"workers"}
     assert run_dev.groups_for(["eventbus/devtools/smtp_sink.py"]) == {"devtools"}
-    assert run_dev.groups_for(["eventbus/devtools/pages.py"]) == {"tornado"}  # Tornado serves the pages
+    assert run_dev.groups_for(["eventbus/web/devtools.py"]) == {"tornado"}  # Tornado serves the pages
     assert run_dev.groups_for(["eventbus/codec.py"]) == {"tornado", "workers", "devtools"}
     # Without RabbitMQ one process runs everything: any change restarts it.
     args = argparse.Namespace(port=9991, all_in_one=False, streamlined=False)

@@ -105,7 +105,7 @@ def test_failed_event_is_retried_then_stored_then_replayed(memory: MemoryBroker,
     assert lines(memory.settings.var_dir / "test_flaky.jsonl") == []
 
     broken.unlink()
-    from eventbus.processors.cli import main
+    from eventbus.cli import main
 
     assert main(["replay_errors", "test_flaky"]) == 0
     memory.join("test_flaky", timeout=10)

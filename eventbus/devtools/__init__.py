@@ -2,7 +2,8 @@
 
 - ``smtp_sink``: an SMTP server that keeps every email the system sends;
 - ``push_gateway``: a stand-in for the push notification bouncer that keeps every push;
-- ``pages``: /devtools/emails and /devtools/pushes, to read them;
+- the pages that show them, /devtools/emails and /devtools/pushes, are served by
+  the Tornado server beside the other pages (``eventbus.web.devtools``);
 - ``embedded``: the whole system in one process on the in-process broker.
 
 Everything they keep is under ``<var>/dev/``, one JSON object per line.

@@ -12,13 +12,12 @@ import asyncio
 import logging
 import sys
 
-from eventbus.app import extra_handlers
+from eventbus.app import serve
 from eventbus.devtools import push_gateway, smtp_sink
 from eventbus.processors.registry import registered_queues
 from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import MemoryBroker, set_broker
 from eventbus.settings import get_settings, set_settings
-from eventbus.tornado_events.server import serve
 
 logger = logging.getLogger("eventbus.embedded")
 
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     workers.start()
     logger.info("running everything in one process on the in-process broker")
     try:
-        asyncio.run(serve(settings, args.port, broker=broker, extra_handlers=extra_handlers))
+        asyncio.run(serve(settings, args.port, broker=broker))
     finally:
         workers.stop()
         workers.join(10)

@@ -16,9 +16,7 @@ import binascii
 import hashlib
 import hmac
 import logging
-import os
 import secrets
-import signal
 import sys
 import time
 import uuid
@@ -37,22 +35,12 @@ from eventbus.queue import Broker, MemoryTornadoClient, make_broker, tornado_cli
 from eventbus.sessions import CsrfTokens, SessionStore, session_key
 from eventbus.settings import Settings
 from eventbus.tornado_events.away import AwayNotifier
-from eventbus.tornado_events.body_limit import BodyLimit
 from eventbus.tornado_events.clients import ClientRegistry
 from eventbus.tornado_events.event_queue import ClientDescriptor
 from eventbus.tornado_events.handlers import (
     CSRF_COOKIE,
     SESSION_COOKIE,
     EventsHandler,
-    LoginHandler,
-    LogoutHandler,
-    MessagesHandler,
-    NotFoundHandler,
-    NotifyHandler,
-    PresenceHandler,
-    RegisterHandler,
-    ReportErrorHandler,
-    ServerSettingsHandler,
 )
 from eventbus.tornado_events.notify import MESSAGE_SENDER_QUEUE, check_notice, notify_queue_name, return_queue_name
 from eventbus.tornado_events.rate_limit import RateLimits
@@ -69,12 +57,6 @@ ACTIVITY_FLUSH_SECONDS = 5.0
 ACTIVITY_SLICE = 100
 #: Websocket close code: the server restarts (RFC 6455's registry).
 SERVICE_RESTART = 1012
-#: Websocket keepalive: a ping this often, and the socket is dropped without a pong in time.
-PING_INTERVAL = 25.0
-#: A request's body must arrive within this long: a sender trickling bytes holds a connection and a buffer.
-BODY_TIMEOUT_SECONDS = 60.0
-#: Room in the read buffer beyond the largest body, for the request's headers (Tornado's own header limit).
-HEADER_BYTES = 64 * 1024
 
 #: How long a stopping server waits for its answers to be written, its websockets to close and message_sender to
 #: answer the requests it was sent: clients resume either way, this only spares them a retry.
@@ -453,71 +435,3 @@ class EventServer:
 def without_secret(user: User) -> User:
     """The user as the server keeps it for a while: handlers never need the API key once it was checked."""
     return User(user.id, user.email, user.full_name, "", user.is_active)
-
-
-def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> tornado.web.Application:
-    """The Tornado application: every URL of the event server."""
-    api = {"server": server, "auth": "api"}
-    session = {"server": server, "auth": "session"}
-    handlers: list[Any] = [
-        (r"/api/v1/register", RegisterHandler, api),
-        (r"/json/register", RegisterHandler, session),
-        (r"/api/v1/events", EventsHandler, api),
-        (r"/json/events", EventsHandler, session),
-        (r"/json/events/websocket", EventSocket, {"server": server}),
-        (r"/api/internal/notify_tornado", NotifyHandler, {"server": server, "auth": "internal"}),
-        (r"/api/v1/messages", MessagesHandler, api),
-        (r"/json/messages", MessagesHandler, session),
-        (r"/json/report/error", ReportErrorHandler, session),
-        (r"/json/users/me/presence", PresenceHandler, session),
-        (r"/api/v1/users/me/presence", PresenceHandler, api),
-        (r"/api/v1/server_settings", ServerSettingsHandler, {"server": server, "auth": "none"}),
-        (r"/accounts/login", LoginHandler, {"server": server, "auth": "none"}),
-        (r"/accounts/logout", LogoutHandler, {"server": server, "auth": "session"}),
-        *(extra_handlers or []),
-    ]
-    return tornado.web.Application(
-        handlers,
-        cookie_secret=server.cookie_secret,
-        default_handler_class=NotFoundHandler,
-        default_handler_args={"server": server, "auth": "none"},
-        websocket_ping_interval=PING_INTERVAL,
-        websocket_ping_timeout=PING_INTERVAL,
-        websocket_max_message_size=server.settings.max_body_bytes,  # a frame is a request like any other
-    )
-
-
-def http_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
-    """The HTTP server of ``app``: bodies over ``EVENTBUS_MAX_BODY_BYTES`` answered 413 unread, and bounded
-    in time, instead of Tornado's 100 MB buffered before any authentication."""
-    return HTTPServer(BodyLimit(app, settings.max_body_bytes), xheaders=False,
-                      max_body_size=settings.max_body_bytes, max_buffer_size=settings.max_body_bytes + HEADER_BYTES,
-                      body_timeout=BODY_TIMEOUT_SECONDS)
-
-
-#: Makes more URL specs for a server (the metrics, the web pages), so the layers above plug in.
-ExtraHandlers = Callable[[EventServer], list[Any]]
-
-
-async def serve(settings: Settings, port: int, host: str = "127.0.0.1", broker: Broker | None = None,
-                extra_handlers: ExtraHandlers | None = None) -> None:
-    """Run the event server until SIGTERM or SIGINT, then save the queues and return."""
-    server = EventServer(settings, broker)
-    server.start()
-    http = http_server(make_app(server, extra_handlers(server) if extra_handlers else None), settings)
-    http.listen(port, address=host)
-    logger.info("event server %s listening on http://%s:%d", settings.server_id, host, port)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if stopping.is_set():
-            logger.warning("second %s: exiting now", signal.Signals(signum).name)
-            os._exit(1)
-        logger.info("%s: saving the event queues and exiting", signal.Signals(signum).name)
-        stopping.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    await stopping.wait()
-    await server.shutdown(http)

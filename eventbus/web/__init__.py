@@ -1,4 +1,5 @@
-"""The web pages served by the event server: development login, live chat and the queue dashboard.
+"""The web pages served by the event server: login, live chat, the queue dashboard, and in development the
+emails and pushes the system sent (``devtools``).
 
 Wire them in with ``make_app(server, extra_handlers=web_handlers(server))``.
 """

@@ -128,12 +128,11 @@ def cmd_replay_errors(args: argparse.Namespace) -> int:
 def cmd_runtornado(args: argparse.Namespace) -> int:
     import asyncio
 
-    from eventbus.app import extra_handlers
+    from eventbus.app import serve
     from eventbus.settings import get_settings
-    from eventbus.tornado_events.server import serve
 
     settings = get_settings()
-    asyncio.run(serve(settings, args.port or settings.port, args.host, extra_handlers=extra_handlers))
+    asyncio.run(serve(settings, args.port or settings.port, args.host))
     return 0
 
 
