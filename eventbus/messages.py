@@ -350,6 +350,12 @@ class MessageStore(sqlite.Store):
                 "found_newest": at_newest or len(after) < query.num_after, "history_limited": False,
             }
 
+    def explain(self, user_id: int, narrow: Sequence[NarrowTerm]) -> list[str]:
+        """How SQLite reads the newest messages of ``narrow`` (its query plan, a line a step): which index
+        serves each narrow, for the tests and the benchmark."""
+        with self._db() as db:
+            return _Narrow(db, user_id, narrow).explain()
+
     def _stored(self, db: sqlite3.Connection, message_id: int | None) -> StoredMessage:
         """A message this transaction has just found or written."""
         message = self._load(db, message_id)
@@ -369,7 +375,7 @@ class MessageStore(sqlite.Store):
 class _Narrow:
     """A narrow of one user's messages as SQL: the conditions, and which index drives the query.
 
-    A narrow to a stream or a private conversation reads that recipient's messages by index, newest or oldest
+    A narrow to a stream, a private conversation or a sender reads those messages by index, newest or oldest
     first, and checks that the user has each (the user_messages primary key); any other narrow reads the
     user's own messages by (user_id, message_id) -- through a partial index for is:unread, is:starred and
     is:mentioned -- and checks each message. ``CROSS JOIN`` fixes that order: SQLite never reorders it.
@@ -380,24 +386,31 @@ class _Narrow:
         self.conditions: list[str] = ["um.user_id = ?"]
         self.params: list[Any] = [user_id]
         self.search: list[str] = []
-        by_recipient = False
+        by_messages = False
         for term in terms:
             condition, params = self._condition(user_id, term)
             if condition:
                 self.conditions.append(f"NOT ({condition})" if term.negated else condition)
                 self.params += params
-            by_recipient |= term.operator in ("channel", "dm") and not term.negated
-        self.joins = ("messages m CROSS JOIN user_messages um ON um.message_id = m.id" if by_recipient
+            by_messages |= term.operator in ("channel", "dm", "sender") and not term.negated
+        self.joins = ("messages m CROSS JOIN user_messages um ON um.message_id = m.id" if by_messages
                       else "user_messages um CROSS JOIN messages m ON m.id = um.message_id")
-        self.id = "m.id" if by_recipient else "um.message_id"  # the driving index's column, for its order
+        self.id = "m.id" if by_messages else "um.message_id"  # the driving index's column, for its order
 
     def fetch(self, where: str, params: Sequence[Any], order: str, limit: int) -> list[sqlite3.Row]:
+        """At most ``limit`` of the narrow's messages that also meet ``where``, by id in ``order``."""
         if limit <= 0:
             return []
-        return self.db.execute(
-            f"SELECT {_MESSAGE_COLUMNS}, um.flags AS own_flags FROM {self.joins} JOIN users u ON u.id = m.sender_id"
-            f" WHERE {' AND '.join([*self.conditions, where])} ORDER BY {self.id} {order} LIMIT ?",
-            (*self.params, *params, limit)).fetchall()
+        return self.db.execute(self._select(where, order), (*self.params, *params, limit)).fetchall()
+
+    def explain(self) -> list[str]:
+        plan = self.db.execute("EXPLAIN QUERY PLAN " + self._select(f"{self.id} < ?", "DESC"),
+                               (*self.params, LARGER_THAN_MAX_MESSAGE_ID, 100))
+        return [row["detail"] for row in plan]
+
+    def _select(self, where: str, order: str) -> str:
+        return (f"SELECT {_MESSAGE_COLUMNS}, um.flags AS own_flags FROM {self.joins} JOIN users u ON u.id = m.sender_id"
+                f" WHERE {' AND '.join([*self.conditions, where])} ORDER BY {self.id} {order} LIMIT ?")
 
     def objects(self, rows: list[sqlite3.Row], query: HistoryQuery) -> list[dict[str, Any]]:
         return [_message(row, {}).history_message(codec.decode(row["own_flags"]), query.apply_markdown,

@@ -127,7 +127,7 @@ def _stream_draft(store: MessageStore, sender: User, request: dict[str, Any], co
 
 def _stream(store: MessageStore, to: Any) -> Stream:
     """The stream ``to`` names: its name or its id, as such, in a JSON string, or in a JSON list of one."""
-    if isinstance(to, str) and (to.strip()[:1] in ("[", '"') or to.strip().isdigit()):
+    if isinstance(to, str) and (to.strip()[:1] in ("[", "{", '"') or to.strip().isdigit()):
         try:
             to = codec.decode(to)
         except EventEncodingError as e:
