@@ -375,10 +375,11 @@ class MessageStore(sqlite.Store):
 class _Narrow:
     """A narrow of one user's messages as SQL: the conditions, and which index drives the query.
 
-    A narrow to a stream, a private conversation or a sender reads those messages by index, newest or oldest
-    first, and checks that the user has each (the user_messages primary key); any other narrow reads the
-    user's own messages by (user_id, message_id) -- through a partial index for is:unread, is:starred and
-    is:mentioned -- and checks each message. ``CROSS JOIN`` fixes that order: SQLite never reorders it.
+    A search reads the full-text index's matches in id order; a narrow to a stream, a private conversation
+    or a sender reads those messages by index, newest or oldest first; either checks that the user has each
+    (the user_messages primary key). Any other narrow reads the user's own messages by (user_id, message_id)
+    -- through a partial index for is:unread, is:starred and is:mentioned -- and checks each message.
+    ``CROSS JOIN`` fixes that order: SQLite never reorders it.
     """
 
     def __init__(self, db: sqlite3.Connection, user_id: int, terms: Sequence[NarrowTerm]) -> None:
@@ -393,9 +394,18 @@ class _Narrow:
                 self.conditions.append(f"NOT ({condition})" if term.negated else condition)
                 self.params += params
             by_messages |= term.operator in ("channel", "dm", "sender") and not term.negated
-        self.joins = ("messages m CROSS JOIN user_messages um ON um.message_id = m.id" if by_messages
-                      else "user_messages um CROSS JOIN messages m ON m.id = um.message_id")
-        self.id = "m.id" if by_messages else "um.message_id"  # the driving index's column, for its order
+        if self.search:  # read in the full-text index's order, newest or oldest match first: a common word too
+            self.conditions.append("messages_fts MATCH ?")
+            self.params.append(fts_query(self.search))
+            self.joins = ("messages_fts CROSS JOIN messages m ON m.id = messages_fts.rowid"
+                          " CROSS JOIN user_messages um ON um.message_id = m.id")
+            self.id = "messages_fts.rowid"
+        elif by_messages:
+            self.joins = "messages m CROSS JOIN user_messages um ON um.message_id = m.id"
+            self.id = "m.id"  # the driving index's column, for its order
+        else:
+            self.joins = "user_messages um CROSS JOIN messages m ON m.id = um.message_id"
+            self.id = "um.message_id"
 
     def fetch(self, where: str, params: Sequence[Any], order: str, limit: int) -> list[sqlite3.Row]:
         """At most ``limit`` of the narrow's messages that also meet ``where``, by id in ``order``."""
@@ -437,7 +447,8 @@ class _Narrow:
             if not words:
                 return "", []
             if not term.negated:
-                self.search += words
+                self.search += words  # matched by the index that drives the query
+                return "", []
             return "m.id IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?)", [fts_query(words)]
         if operator == "id":
             if not (isinstance(operand, int) or (isinstance(operand, str) and operand.isdigit())):
