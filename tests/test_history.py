@@ -20,6 +20,8 @@ from eventbus.settings import Settings
 from eventbus.users import User
 from tests.eventserver import Api, StartServer, run
 from tests.test_messages import next_events
+from tests.test_websocket import connect, login, receive
+from tests.test_websocket import send as ws_send
 from tests.zulip_schemas import (
     BAD_NARROW_ERROR,
     CODED_ERROR,
@@ -265,6 +267,15 @@ def test_message_objects_carry_every_field_of_the_spec(start_server: StartServer
             ("/me waves *slowly*", "text/x-markdown"), ("just **you**", "text/x-markdown"),
             ("and you", "text/x-markdown")]
         assert raw[0]["avatar_url"] == on_stream["avatar_url"]
+        # What the chat page sends over its websocket is the "website" client's, as Zulip's web app's is.
+        cookie, _ = await login(server, iago)
+        ws = await connect(server, cookie)
+        await ws_send(ws, {"type": "request", "req_id": 1, "request": {
+            "type": "stream", "to": "Denmark", "topic": "castle", "content": "from the page"}})
+        response = (await receive(ws, "response"))["response"]
+        [from_page] = (await history(o, message_ids=[response["id"]]))["messages"]
+        assert from_page["client"] == "website"
+        ws.close()
 
     run(scenario)
 

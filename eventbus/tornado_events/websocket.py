@@ -156,7 +156,8 @@ class EventSocket(tornado.websocket.WebSocketHandler):
             if self.ws_connection is not None:
                 self._send({"type": "response", "req_id": req_id, "response": response})
 
-        await self.server.submit(self.user, request, respond, socket_id=self.socket_id, req_id=req_id)
+        await self.server.submit(self.user, request, respond, socket_id=self.socket_id, req_id=req_id,
+                                 client="website")
 
     def _prune(self, client: ClientDescriptor, frame: dict[str, Any]) -> None:
         client.queue.prune(check_last_event_id(frame.get("last_event_id", -1)))
