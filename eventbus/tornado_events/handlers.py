@@ -53,6 +53,10 @@ MAX_EVENT_TYPES = 100
 MAX_EVENT_TYPE_CHARS = 100
 #: A client string longer than this is not a client's name (Zulip's column holds 30).
 MAX_CLIENT_CHARS = 30
+#: Zulip's client string of its web app: what the chat page sends with.
+WEB_CLIENT = "website"
+#: How many ignored parameters an answer names: a request of thousands gets no answer of thousands.
+MAX_IGNORED_NAMED = 20
 
 
 def is_loopback(address: str | None) -> bool:
@@ -533,7 +537,7 @@ def client_name(handler: BaseHandler) -> str:
     """Zulip's client string of a request: "website" for the browser session, else the User-Agent's product
     ("ZulipPython/0.9.1 (Linux)" is "ZulipPython")."""
     if handler.auth == "session":
-        return "website"
+        return WEB_CLIENT
     product = handler.request.headers.get("User-Agent", "").split("/")[0].split(" ")[0]
     return product[:MAX_CLIENT_CHARS] or "API"
 
@@ -541,8 +545,8 @@ def client_name(handler: BaseHandler) -> str:
 def ignored_parameters(handler: BaseHandler, known: Iterable[str]) -> dict[str, Any]:
     """``ignored_parameters_unsupported`` as Zulip answers it: the request's parameters this endpoint does not
     use (none: no key)."""
-    ignored = sorted(set(handler.request.arguments) - set(known))
-    return {"ignored_parameters_unsupported": ignored[:MAX_NARROW_TERMS]} if ignored else {}
+    ignored = [excerpt(name) for name in sorted(set(handler.request.arguments) - set(known))[:MAX_IGNORED_NAMED]]
+    return {"ignored_parameters_unsupported": ignored} if ignored else {}
 
 
 class ReportErrorHandler(BaseHandler):

@@ -42,6 +42,7 @@ from eventbus.errors import EventEncodingError
 from eventbus.tornado_events import rate_limit
 from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
 from eventbus.tornado_events.handlers import (
+    WEB_CLIENT,
     ApiError,
     api_error_body,
     bad_queue,
@@ -157,7 +158,7 @@ class EventSocket(tornado.websocket.WebSocketHandler):
                 self._send({"type": "response", "req_id": req_id, "response": response})
 
         await self.server.submit(self.user, request, respond, socket_id=self.socket_id, req_id=req_id,
-                                 client="website")
+                                 client=WEB_CLIENT)
 
     def _prune(self, client: ClientDescriptor, frame: dict[str, Any]) -> None:
         client.queue.prune(check_last_event_id(frame.get("last_event_id", -1)))

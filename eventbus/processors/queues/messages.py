@@ -24,7 +24,8 @@ REQUEST_DATA_ERRORS = (OverflowError, sqlite3.DataError, sqlite3.InterfaceError,
 class MessageSenderWorker(QueueProcessingWorker):
     """Renders, stores and delivers a submitted message, then answers on the request's return queue.
 
-    Deduplicated by the request's id: a redelivered request is stored once and delivered once.
+    Deduplicated by the request's id: a redelivered request is stored once and delivered once. The event's
+    ``client`` (Zulip's client string, set by the Tornado handler that took the request) is stored with it.
     """
 
     def before_start(self) -> None:
