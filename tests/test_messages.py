@@ -135,11 +135,13 @@ def test_send_render_store_and_deliver(start_server: StartServer, world: Any, se
         [own] = await next_events(iago_api, iago_raw, 1)
         assert own["message"]["content"] == "hello @**Othello**, *see* <b>this</b>"
         assert own["flags"] == ["read"]
-        status, history = await othello_api.call("GET", "/messages", anchor="newest", num_before=10)
+        status, history = await othello_api.call("GET", "/messages", anchor="newest", num_before=10, num_after=0)
         assert [m["id"] for m in history["messages"]] == [body["id"]]
         assert history["messages"][0]["flags"] == ["mentioned"]
         # Desdemona is not subscribed: nothing for her.
-        assert (await Api(server, desdemona).call("GET", "/messages"))[1]["messages"] == []
+        status, history = await Api(server, desdemona).call("GET", "/messages", anchor="newest", num_before=10,
+                                                            num_after=0)
+        assert history["messages"] == []
 
     run(scenario)
 
@@ -155,19 +157,24 @@ def test_private_message_and_errors(start_server: StartServer, world: Any, sende
         assert status == 200, body
         stored = store.get(body["id"])
         assert stored is not None and sorted(stored.flags) == sorted([iago.id, desdemona.id])
-        errors: list[tuple[dict[str, Any], str]] = [
-            ({"type": "stream", "to": "Nowhere", "topic": "t", "content": "x"}, "Stream 'Nowhere' does not exist"),
-            ({"type": "stream", "to": "Denmark", "content": "x"}, "Missing 'topic'"),
-            ({"type": "private", "to": '["ghost@example.com"]', "content": "x"}, "Invalid email 'ghost@example.com'"),
-            ({"type": "private", "to": '[{"x": 1}]', "content": "x"}, "is neither an email nor a user id"),
-            ({"type": "private", "to": "[true]", "content": "x"}, "is neither an email nor a user id"),
-            ({"type": "stream", "to": "Denmark", "topic": "t"}, "Missing 'content' argument"),
-            ({"type": "carrier-pigeon", "to": "Denmark", "content": "x"}, "Invalid 'type' argument"),
-            ({"type": "stream", "to": "Denmark", "topic": "t" * 61, "content": "x"}, "Topic is longer than 60"),
+        errors: list[tuple[dict[str, Any], str, str]] = [
+            ({"type": "stream", "to": "Nowhere", "topic": "t", "content": "x"}, "STREAM_DOES_NOT_EXIST",
+             "Channel 'Nowhere' does not exist"),
+            ({"type": "stream", "to": "Denmark", "content": "x"}, "REQUEST_VARIABLE_MISSING", "Missing 'topic'"),
+            ({"type": "private", "to": '["ghost@example.com"]', "content": "x"}, "BAD_REQUEST",
+             "Invalid email 'ghost@example.com'"),
+            ({"type": "private", "to": '[{"x": 1}]', "content": "x"}, "BAD_REQUEST",
+             "is neither an email nor a user id"),
+            ({"type": "private", "to": "[true]", "content": "x"}, "BAD_REQUEST", "is neither an email nor a user id"),
+            ({"type": "stream", "to": "Denmark", "topic": "t"}, "REQUEST_VARIABLE_MISSING",
+             "Missing 'content' argument"),
+            ({"type": "carrier-pigeon", "to": "Denmark", "content": "x"}, "BAD_REQUEST", "Invalid 'type' argument"),
+            ({"type": "stream", "to": "Denmark", "topic": "t" * 61, "content": "x"}, "BAD_REQUEST",
+             "Topic is longer than 60"),
         ]
-        for params, msg in errors:
+        for params, code, msg in errors:
             status, body = await api.call("POST", "/messages", **params)
-            assert (status, body["result"], body["code"]) == (400, "error", "BAD_REQUEST"), params
+            assert (status, body["result"], body["code"]) == (400, "error", code), params
             assert msg in body["msg"]
 
     run(scenario)

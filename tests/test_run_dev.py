@@ -79,8 +79,9 @@ def run_system(tmp_path: Path, *flags: str, amqp_url: str | None = None) -> None
         status, body = call(f"{base}/api/v1/messages", iago.email, iago.api_key,
                             {"type": "stream", "to": "Denmark", "topic": "run_dev", "content": "it **works**"})
         assert (status, body["result"]) == (200, "success"), body
-        status, history = call(f"{base}/api/v1/messages?anchor=newest&num_before=5", iago.email, iago.api_key)
-        assert history["messages"][-1]["rendered_content"] == "<p>it <strong>works</strong></p>"
+        status, history = call(f"{base}/api/v1/messages?anchor=newest&num_before=5&num_after=0", iago.email,
+                               iago.api_key)
+        assert history["messages"][-1]["content"] == "<p>it <strong>works</strong></p>"
         with urllib.request.urlopen(f"{base}/devtools/emails?format=json", timeout=10) as response:
             assert json.loads(response.read())["result"] == "success"
         children = children_of(process.pid)

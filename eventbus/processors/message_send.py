@@ -6,6 +6,7 @@ processors that post messages themselves (email mirror, slow query reports).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +22,30 @@ from eventbus.validation import excerpt, is_id
 #: Zulip's limits.
 MAX_TOPIC = 60
 MAX_CONTENT = 10_000
+#: A client's ``local_id`` and ``queue_id`` come back to it in an event: longer than a uuid is not one.
+MAX_ECHO_CHARS = 100
+#: What a message sent by a processor, not by a client, says sent it (Zulip's client for its own messages).
+INTERNAL_CLIENT = "Internal"
+#: The values of ``type``, as Zulip accepts them, and what each means.
+TYPES = {"stream": "stream", "channel": "stream", "private": "private", "direct": "private"}
 
 
 class MessageError(ValueError):
-    """The request cannot become a message; the text says why, for the sender."""
+    """The request cannot become a message; the text says why, for the sender, with Zulip's error ``code``
+    and the fields Zulip adds to that error (``var_name`` of a missing parameter, ``stream`` not found)."""
+
+    def __init__(self, msg: str, code: str = "BAD_REQUEST", **fields: Any) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.fields = fields
+
+    def response(self) -> dict[str, Any]:
+        """The error as the sender is answered."""
+        return {"result": "error", "msg": str(self), "code": self.code, **self.fields}
+
+
+def missing(name: str) -> MessageError:
+    return MessageError(f"Missing '{name}' argument", "REQUEST_VARIABLE_MISSING", var_name=name)
 
 
 @dataclass(frozen=True)
@@ -37,22 +58,44 @@ class Draft:
     recipients: list[User]  # private recipients, sender included; empty for a stream
     subject: str
     content: str
+    client: str = INTERNAL_CLIENT
+    #: Zulip's local echo: the sender's event queue that gets the message event with ``local_message_id``.
+    sender_queue_id: str | None = None
+    local_id: str | None = None
 
 
-def check_request(store: MessageStore, sender: User, request: dict[str, Any]) -> Draft:
-    """A draft from a submitted request (Zulip's form fields); MessageError naming the problem."""
-    kind = request.get("type")
-    kind = "private" if kind == "direct" else kind
-    content = request.get("content")
-    if kind not in ("stream", "private"):
-        raise MessageError("Invalid 'type': must be 'stream' or 'private'")
+def check_request(store: MessageStore, sender: User, request: dict[str, Any],
+                  client: str = INTERNAL_CLIENT) -> Draft:
+    """A draft from a submitted request (Zulip's form fields) sent by ``client``; MessageError naming the
+    problem."""
+    for name in ("type", "to", "content"):
+        if request.get(name) is None:
+            raise missing(name)
+    kind = TYPES.get(request["type"]) if isinstance(request["type"], str) else None
+    content = request["content"]
+    if kind is None:
+        raise MessageError("Invalid 'type' argument: must be 'stream', 'channel', 'direct' or 'private'")
     if not isinstance(content, str) or not content.strip():
         raise MessageError("Message must not be empty")
     if len(content) > MAX_CONTENT:
         raise MessageError(f"Message is longer than {MAX_CONTENT} characters")
-    to = _recipients(request.get("to"))
-    if kind == "stream":
-        return _stream_draft(store, sender, to, request, content)
+    echo = {name: _echo_field(request, name) for name in ("queue_id", "local_id")}
+    if echo["queue_id"] is not None and echo["local_id"] is None:
+        raise missing("local_id")
+    draft = (_stream_draft(store, sender, request, content) if kind == "stream"
+             else _private_draft(store, sender, request, content))
+    return dataclasses.replace(draft, client=client, sender_queue_id=echo["queue_id"], local_id=echo["local_id"])
+
+
+def _echo_field(request: dict[str, Any], name: str) -> str | None:
+    value = request.get(name)
+    if value is not None and (not isinstance(value, str) or len(value) > MAX_ECHO_CHARS):
+        raise MessageError(f"Invalid '{name}' argument: a string of at most {MAX_ECHO_CHARS} characters")
+    return value
+
+
+def _private_draft(store: MessageStore, sender: User, request: dict[str, Any], content: str) -> Draft:
+    to = _recipients(request["to"])
     users = []
     for address in to:
         if isinstance(address, str):
@@ -70,18 +113,39 @@ def check_request(store: MessageStore, sender: User, request: dict[str, Any]) ->
     return Draft(sender, "private", None, sorted(recipients.values(), key=lambda u: u.id), "", content)
 
 
-def _stream_draft(store: MessageStore, sender: User, to: list[Any], request: dict[str, Any], content: str) -> Draft:
-    if len(to) != 1 or not isinstance(to[0], str):
-        raise MessageError("Missing 'to': a stream message needs one stream name")
-    stream = store.get_stream(to[0])
-    if stream is None:
-        raise MessageError(f"Stream '{excerpt(to[0])}' does not exist")
+def _stream_draft(store: MessageStore, sender: User, request: dict[str, Any], content: str) -> Draft:
+    stream = _stream(store, request["to"])
     topic = request.get("topic", request.get("subject"))
+    if topic is None:
+        raise missing("topic")
     if not isinstance(topic, str) or not topic.strip():
-        raise MessageError("Missing 'topic': a stream message needs a topic")
+        raise MessageError("Invalid 'topic' argument: a stream message needs a topic")
     if len(topic) > MAX_TOPIC:
         raise MessageError(f"Topic is longer than {MAX_TOPIC} characters")
     return Draft(sender, "stream", stream, [], topic.strip(), content)
+
+
+def _stream(store: MessageStore, to: Any) -> Stream:
+    """The stream ``to`` names: its name or its id, as such, in a JSON string, or in a JSON list of one."""
+    if isinstance(to, str) and (to.strip()[:1] in ("[", "{", '"') or to.strip().isdigit()):
+        try:
+            to = codec.decode(to)
+        except EventEncodingError as e:
+            raise MessageError(f"Invalid 'to' argument: {e}") from None
+    if isinstance(to, list) and len(to) == 1:
+        to = to[0]
+    if is_id(to):  # checked first: a larger integer cannot even be looked up in SQLite
+        stream = store.get_stream_by_id(to)
+        if stream is None:
+            raise MessageError(f"Channel with ID '{to}' does not exist", "STREAM_DOES_NOT_EXIST", stream_id=to)
+        return stream
+    if not isinstance(to, str) or not to.strip():
+        raise MessageError("Invalid 'to' argument: a stream message goes to one stream, by name or id")
+    stream = store.get_stream(to)
+    if stream is None:
+        name = excerpt(to)
+        raise MessageError(f"Channel '{name}' does not exist", "STREAM_DOES_NOT_EXIST", stream=name)
+    return stream
 
 
 def _recipients(to: Any) -> list[Any]:
@@ -114,9 +178,11 @@ def send(store: MessageStore, draft: Draft, request_id: str | None) -> StoredMes
     flags = {uid: _flags(uid, draft.sender.id, rendered.mentioned_user_ids) for uid in recipient_ids}
     message = store.store(request_id=request_id, sender_id=draft.sender.id, type=draft.type, stream=draft.stream,
                           display_recipient=display, subject=draft.subject, content=draft.content,
-                          rendered_content=rendered.html, flags=flags)
+                          rendered_content=rendered.html, flags=flags, client=draft.client)
     if not message.delivered:
-        event = {"type": "message", "message": message.event_message()}
+        event: dict[str, Any] = {"type": "message", "message": message.event_message()}
+        if draft.sender_queue_id is not None:  # Tornado gives local_id to that queue alone (clients.client_view)
+            event.update(sender_queue_id=draft.sender_queue_id, local_id=draft.local_id)
         send_event(event, [{"id": uid, "flags": f} for uid, f in message.flags.items()])
         store.mark_delivered(message.id)
     return message

@@ -16,6 +16,8 @@ from eventbus.tornado_events.notify import Recipient, recipient
 
 logger = logging.getLogger(__name__)
 
+#: What a message event carries for the sender's queue alone (``deliver`` turns it into ``local_message_id``).
+LOCAL_ECHO_FIELDS = ("sender_queue_id", "local_id")
 #: Called with a user id and the queues that expired, when that user's last queue expired (they went away).
 ExpiryHook = Callable[[int, list[ClientDescriptor]], None]
 
@@ -90,6 +92,8 @@ class ClientRegistry:
         bodies: dict[tuple[bool, tuple[str, ...]], tuple[dict[str, Any], bytes]] = {}
         count = 0
         message_id = event["message"].get("id") if event.get("type") == "message" else None
+        # Zulip's local echo: the sender's queue named by the send request learns which message was its own.
+        echo_queue = event.get("sender_queue_id") if message_id is not None else None
         for user in users:
             user_id, flags = recipient(user)
             mine = self._by_user.get(user_id)
@@ -105,7 +109,10 @@ class ClientRegistry:
                     variant = client_view(event, client.apply_markdown, flags)
                     bodies[key] = (variant, codec.encode(variant))
                 variant, body = bodies[key]
-                client.add(variant, body)
+                if client.queue_id == echo_queue and client.user_id == event["message"].get("sender_id"):
+                    client.add({**variant, "local_message_id": event.get("local_id")})  # this client's alone
+                else:
+                    client.add(variant, body)
                 count += 1
                 if len(client.queue) > self.max_queue_events:
                     logger.warning("queue %s of user %d holds over %d events; dropping it",
@@ -202,7 +209,8 @@ def client_view(event: dict[str, Any], apply_markdown: bool, flags: list[str] | 
         message["content"], message["content_type"] = rendered, "text/html"
     else:
         message["content_type"] = "text/x-markdown"
-    view = {**event, "message": message}
+    view = {key: value for key, value in event.items() if key not in LOCAL_ECHO_FIELDS}
+    view["message"] = message
     if flags is not None:
         view["flags"] = list(flags)
     return view

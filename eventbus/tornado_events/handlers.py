@@ -15,6 +15,7 @@ category of ``rate_limit.RateLimits``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -23,7 +24,7 @@ import time
 import traceback
 import urllib.parse
 from asyncio import Future
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
@@ -31,11 +32,13 @@ from tornado.ioloop import IOLoop
 
 from eventbus import codec
 from eventbus.errors import EventEncodingError
+from eventbus.messages import ANCHORS, LARGER_THAN_MAX_MESSAGE_ID, MAX_MESSAGES_PER_REQUEST, HistoryQuery
+from eventbus.narrow import NarrowError, parse_narrow
 from eventbus.tornado_events import rate_limit
 from eventbus.tornado_events.clients import TooManyQueues
 from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
 from eventbus.users import User
-from eventbus.validation import MAX_ID, excerpt
+from eventbus.validation import MAX_ID, excerpt, is_id
 
 if TYPE_CHECKING:
     from eventbus.tornado_events.server import EventServer
@@ -54,6 +57,12 @@ MAX_NARROW_TERMS = 20
 MAX_NARROW_OPERAND_CHARS = 200
 MAX_EVENT_TYPES = 100
 MAX_EVENT_TYPE_CHARS = 100
+#: A client string longer than this is not a client's name (Zulip's column holds 30).
+MAX_CLIENT_CHARS = 30
+#: Zulip's client string of its web app: what the chat page sends with.
+WEB_CLIENT = "website"
+#: How many ignored parameters an answer names: a request of thousands gets no answer of thousands.
+MAX_IGNORED_NAMED = 20
 
 
 def is_loopback(address: str | None) -> bool:
@@ -76,6 +85,10 @@ class ApiError(tornado.web.HTTPError):
 
 def bad_request(msg: str) -> ApiError:
     return ApiError(400, "BAD_REQUEST", msg)
+
+
+def missing_argument(name: str) -> ApiError:
+    return ApiError(400, "REQUEST_VARIABLE_MISSING", f"Missing '{name}' argument", var_name=name)
 
 
 def bad_queue(queue_id: str) -> ApiError:
@@ -458,41 +471,111 @@ class EventsHandler(BaseHandler):
 
 
 class MessagesHandler(BaseHandler):
-    """POST /api/v1/messages: send (through message_sender); GET: recent messages."""
+    """POST /api/v1/messages: send (through message_sender); GET: the history, narrowed, around an anchor.
+
+    Sending is checked by the processor (``message_send.check_request``), the one place that knows a valid
+    message; its errors come back with Zulip's codes and fields. Reading runs in the executor.
+    """
+
+    #: The send request's fields the processor reads; ``read_by_sender`` is Zulip's too, not implemented.
+    SEND_FIELDS = ("type", "to", "topic", "subject", "content", "queue_id", "local_id")
+    HISTORY_FIELDS = frozenset({"anchor", "num_before", "num_after", "include_anchor", "narrow", "apply_markdown",
+                                "client_gravatar", "use_first_unread_anchor", "message_ids",
+                                "allow_empty_topic_name"})  # no topic is ever empty here: nothing to do for it
 
     async def post(self) -> None:
-        request = {name: self.get_argument(name) for name in ("type", "to", "topic", "subject", "content")
+        request = {name: self.get_argument(name) for name in self.SEND_FIELDS
                    if self.get_argument(name, None) is not None}
-        kind = request.get("type")
-        if kind not in ("stream", "private", "direct"):
-            raise bad_request("Invalid 'type' argument: must be 'stream' or 'private'")
-        if not request.get("content", "").strip():
-            raise bad_request("Missing 'content' argument")
-        if "to" not in request:
-            raise bad_request("Missing 'to' argument")
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def respond(response: Any) -> None:
             if not answer.done():
                 answer.set_result(response)
 
-        await self.server.submit(self.user, request, respond)
+        await self.server.submit(self.user, request, respond, client=client_name(self))
         response = await answer  # the processor's answer, or REQUEST_TIMEOUT from the server
         if not isinstance(response, dict) or response.get("result") != "success":
-            error = response if isinstance(response, dict) else {}
-            code = str(error.get("code", "BAD_REQUEST"))
-            raise ApiError(504 if code == "REQUEST_TIMEOUT" else 400, code, str(error.get("msg", "Message not sent")))
-        self.success(id=response["id"])
+            error = dict(response) if isinstance(response, dict) else {}
+            code, msg = str(error.pop("code", "BAD_REQUEST")), str(error.pop("msg", "Message not sent"))
+            error.pop("result", None)
+            raise ApiError(504 if code == "REQUEST_TIMEOUT" else 400, code, msg, **error)
+        self.success(id=response["id"], **ignored_parameters(self, self.SEND_FIELDS))
 
     async def get(self) -> None:
-        anchor = self.arg("anchor", str, "newest")
-        if anchor != "newest":
-            raise bad_request("Invalid 'anchor' argument: only 'newest' is supported")
-        num_before = self.arg("num_before", int, 50)
-        if not 0 <= num_before <= 1000:
-            raise bad_request("Invalid 'num_before' argument: 0 to 1000")
-        messages = await IOLoop.current().run_in_executor(None, self.server.messages.recent, self.user.id, num_before)
-        self.success(messages=messages, found_newest=True, anchor=messages[-1]["id"] if messages else None)
+        query = self.history_query()
+        try:
+            answer = await IOLoop.current().run_in_executor(None, self.server.messages.history, self.user.id, query)
+        except NarrowError as e:  # a stream or user named in the narrow does not exist
+            raise ApiError(400, "BAD_NARROW", str(e), desc=e.desc) from None
+        self.success(**answer, **ignored_parameters(self, self.HISTORY_FIELDS))
+
+    def history_query(self) -> HistoryQuery:
+        """The request's HistoryQuery; BAD_REQUEST (or REQUEST_VARIABLE_MISSING) naming a bad argument."""
+        try:
+            narrow = parse_narrow(self.json_arg("narrow", []))
+        except NarrowError as e:
+            raise ApiError(400, "BAD_NARROW", str(e), desc=e.desc) from None
+        except ValueError as e:
+            raise bad_request(f"Invalid 'narrow' argument: {e}") from None
+        shown = HistoryQuery(narrow=narrow, apply_markdown=self.bool_arg("apply_markdown", True),
+                             client_gravatar=self.bool_arg("client_gravatar", True))
+        message_ids = self.json_arg("message_ids")
+        if message_ids is not None:
+            ranged = [name for name in ("anchor", "num_before", "num_after", "include_anchor",
+                                        "use_first_unread_anchor") if self.get_argument(name, None) is not None]
+            if ranged:
+                parameters = ", ".join(["message_ids", *ranged])
+                raise ApiError(400, "BAD_REQUEST", f"Unsupported parameter combination: {parameters}",
+                               parameters=parameters)
+            if not (isinstance(message_ids, list) and len(message_ids) <= MAX_MESSAGES_PER_REQUEST
+                    and all(is_id(i) for i in message_ids)):
+                raise bad_request(f"Invalid 'message_ids' argument: a list of at most {MAX_MESSAGES_PER_REQUEST}"
+                                  " message ids")
+            return dataclasses.replace(shown, message_ids=tuple(message_ids))
+        num_before, num_after = (self.required_arg(name, parse_count) for name in ("num_before", "num_after"))
+        if num_before + num_after > MAX_MESSAGES_PER_REQUEST:
+            raise bad_request(f"Too many messages requested (maximum {MAX_MESSAGES_PER_REQUEST}).")
+        anchor = ("first_unread" if self.get_argument("anchor", None) is None
+                  and self.bool_arg("use_first_unread_anchor", False) else self.required_arg("anchor", parse_anchor))
+        return dataclasses.replace(shown, anchor=anchor, num_before=num_before, num_after=num_after,
+                                   include_anchor=self.bool_arg("include_anchor", True))
+
+    def required_arg(self, name: str, parse: Callable[[str], Any]) -> Any:
+        """``arg`` for a parameter Zulip requires: REQUEST_VARIABLE_MISSING naming it when it is absent."""
+        if self.get_argument(name, None) is None:
+            raise missing_argument(name)
+        return self.arg(name, parse)
+
+
+def parse_count(raw: str) -> int:
+    """``num_before``/``num_after``: a count of messages, 0 to the most one request may fetch."""
+    count = int(raw)
+    if not 0 <= count <= MAX_MESSAGES_PER_REQUEST:
+        raise ValueError(raw)
+    return count
+
+
+def parse_anchor(raw: str) -> int | str:
+    """An anchor as Zulip takes it: a named one, or a message id (clamped to 0 .. newest, as Zulip does)."""
+    if raw in ANCHORS or raw == "first_unread":
+        return raw
+    return max(0, min(int(raw), LARGER_THAN_MAX_MESSAGE_ID))
+
+
+def client_name(handler: BaseHandler) -> str:
+    """Zulip's client string of a request: "website" for the browser session, else the User-Agent's product
+    ("ZulipPython/0.9.1 (Linux)" is "ZulipPython")."""
+    if handler.auth == "session":
+        return WEB_CLIENT
+    product = handler.request.headers.get("User-Agent", "").split("/")[0].split(" ")[0]
+    return product[:MAX_CLIENT_CHARS] or "API"
+
+
+def ignored_parameters(handler: BaseHandler, known: Iterable[str]) -> dict[str, Any]:
+    """``ignored_parameters_unsupported`` as Zulip answers it: the request's parameters this endpoint does not
+    use (none: no key)."""
+    ignored = [excerpt(name) for name in sorted(set(handler.request.arguments) - set(known))[:MAX_IGNORED_NAMED]]
+    return {"ignored_parameters_unsupported": ignored} if ignored else {}
 
 
 class ReportErrorHandler(BaseHandler):

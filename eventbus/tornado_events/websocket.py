@@ -46,6 +46,7 @@ from eventbus.tornado_events import rate_limit
 from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
 from eventbus.tornado_events.handlers import (
     SESSION_COOKIE,
+    WEB_CLIENT,
     ApiError,
     api_error_body,
     bad_queue,
@@ -164,7 +165,8 @@ class EventSocket(tornado.websocket.WebSocketHandler):
             if self.ws_connection is not None:
                 self._send({"type": "response", "req_id": req_id, "response": response})
 
-        await self.server.submit(self.user, request, respond, socket_id=self.socket_id, req_id=req_id)
+        await self.server.submit(self.user, request, respond, socket_id=self.socket_id, req_id=req_id,
+                                 client=WEB_CLIENT)
 
     def _prune(self, client: ClientDescriptor, frame: dict[str, Any]) -> None:
         client.queue.prune(check_last_event_id(frame.get("last_event_id", -1)))

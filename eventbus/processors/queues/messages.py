@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any
 
 from eventbus.messages import MessageStore
-from eventbus.processors.message_send import MessageError, check_request, send
+from eventbus.processors.message_send import INTERNAL_CLIENT, MessageError, check_request, send
 from eventbus.processors.registry import assign_queue
 from eventbus.processors.worker import Event, PermanentError, QueueProcessingWorker
 from eventbus.validation import excerpt
@@ -24,7 +24,8 @@ REQUEST_DATA_ERRORS = (OverflowError, sqlite3.DataError, sqlite3.InterfaceError,
 class MessageSenderWorker(QueueProcessingWorker):
     """Renders, stores and delivers a submitted message, then answers on the request's return queue.
 
-    Deduplicated by the request's id: a redelivered request is stored once and delivered once.
+    Deduplicated by the request's id: a redelivered request is stored once and delivered once. The event's
+    ``client`` (Zulip's client string, set by the Tornado handler that took the request) is stored with it.
     """
 
     def before_start(self) -> None:
@@ -42,11 +43,13 @@ class MessageSenderWorker(QueueProcessingWorker):
         if sender is None or not sender.is_active:
             response = {"result": "error", "msg": "Unknown sender", "code": "BAD_REQUEST"}
         else:
+            client = event.get("client")
             try:
-                message = send(self.store, check_request(self.store, sender, request), request_id)
-                response = {"result": "success", "msg": "", "id": message.id}
+                draft = check_request(self.store, sender, request,
+                                      client if isinstance(client, str) and client else INTERNAL_CLIENT)
+                response = {"result": "success", "msg": "", "id": send(self.store, draft, request_id).id}
             except MessageError as e:
-                response = {"result": "error", "msg": str(e), "code": "BAD_REQUEST"}
+                response = e.response()
             except REQUEST_DATA_ERRORS as e:
                 logger.warning("request %s of user %d cannot be stored: %s: %s", request_id, user_id,
                                type(e).__name__, excerpt(str(e)))

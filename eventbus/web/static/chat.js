@@ -150,7 +150,7 @@ function addMessages(messages) {
 }
 
 async function loadHistory() {
-  const { messages } = await api("GET", "/json/messages", { anchor: "newest", num_before: 50 });
+  const { messages } = await api("GET", "/json/messages", { anchor: "newest", num_before: 50, num_after: 0 });
   addMessages(messages.map((message) => toMessage(message)));
   state.historyLoaded = true;
 }
