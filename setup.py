@@ -25,6 +25,7 @@ setup(
         # Markdown rendering: GitHub's cmark-gfm, in C.
         "cmarkgfm>=2024.1",
         "cffi>=1.15",  # to free what cmark-gfm allocates (eventbus.processors.markdown)
+        "emoji>=2.10",  # emoji names and code points for :name: in messages (Unicode's CLDR data)
         # The email mirror's SMTP receiver.
         "aiosmtpd>=1.4",
     ],

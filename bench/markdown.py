@@ -4,7 +4,10 @@ Every case renders the same corpus: ``MESSAGES`` chat messages made up from
 a fixed seed (``corpus``) as people type them: mostly short lines, some
 bold and italic, links bare and named, code spans, fenced code blocks,
 lists, quotes, ``@**Full Name**`` mentions of ``USERS`` users (a few of
-nobody) and ``#**stream**`` links to ``STREAMS`` streams. Mentions are
+nobody, a few silent), ``@**all**``, ``:emoji:``, a ``<time:...>``, a
+``/me``, a spoiler, a raw ``<div>`` shown as text (issue 14's syntax, so
+that the figure has all of it on) and ``#**stream**`` links to ``STREAMS``
+streams. Mentions are
 resolved in every case that resolves them by ``dict.get`` on dicts of the
 users and the streams, except where a case says otherwise.
 
@@ -13,7 +16,8 @@ users and the streams, except where a case says otherwise.
   resolved as eventbus resolves them: the same regular expression
   (``eventbus.processors.markdown.MENTION``) over the HTML, the same
   markup for a mention and a stream link. Python-Markdown's output is not
-  made safe (raw HTML passes), which spares it work eventbus does.
+  made safe (raw HTML passes), which spares it work eventbus does, and it
+  leaves Zulip's other syntax (emoji, times, spoilers) as text.
 - Python-Markdown with one ``Markdown`` instance, ``reset()`` before each
   message: building the instance and its extensions is then not paid per
   message (Zulip keeps its engine this way).
@@ -85,6 +89,15 @@ CODE = (
 )
 
 
+#: Zulip's rarer syntax, one of them in one part of 13: a spoiler, a global time, ``/me``, raw HTML shown as text.
+RARE: tuple[Callable[[random.Random, str, int], str], ...] = (
+    lambda rng, user, n: f"```spoiler the answer\nIt was **{user}** all along.\n```",
+    lambda rng, user, n: f"Standup moves to <time:2025-0{n % 9 + 1}-1{n % 10}T15:00:00+02:00>",
+    lambda rng, user, n: f"/me {rng.choice(SHORT).lower()}",
+    lambda rng, user, n: f"Wrap it in a <div> and {rng.choice(SHORT).lower()}",
+)
+
+
 def users(count: int = USERS) -> dict[str, tuple[int, str]]:
     """``count`` users by full name, as ``find_user`` answers: name -> (id, name)."""
     names = [f"{first} {last}" for last in LAST_NAMES for first in FIRST_NAMES][:count]
@@ -128,6 +141,8 @@ def _part(rng: random.Random, user_names: list[str], stream_names: list[str]) ->
         lambda: f"> {rng.choice(SHORT)}\n\nAgreed with @**{user}** on that.",
         lambda: f"_{rng.choice(SHORT)}_ (~~typo~~ fixed) cc @**{user}** @**{other}**",
         lambda: rng.choice(SHORT),
+        lambda: f"Release {n % 9}.{n % 13} is out :tada: thanks @**all** and @_**{other}**! :+1:",
+        lambda: rng.choice(RARE)(rng, user, n),
     )
     return rng.choice(kinds)()
 
@@ -145,7 +160,7 @@ class Lookups:
 def python_markdown(lookups: Lookups) -> Renderer:
     def render_one(text: str) -> frozenset[int]:
         output = markdown.markdown(text, extensions=["fenced_code"])
-        return resolve_mentions(output, lookups.find_user, lookups.find_stream)[1]
+        return resolve_mentions(output, lookups.find_user, lookups.find_stream)[1].user_ids
 
     return render_one
 
@@ -155,7 +170,7 @@ def python_markdown_reused(lookups: Lookups) -> Renderer:
 
     def render_one(text: str) -> frozenset[int]:
         output = engine.reset().convert(text)
-        return resolve_mentions(output, lookups.find_user, lookups.find_stream)[1]
+        return resolve_mentions(output, lookups.find_user, lookups.find_stream)[1].user_ids
 
     return render_one
 

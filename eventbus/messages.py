@@ -293,6 +293,13 @@ class MessageStore(sqlite.Store):
         with self._db() as db:
             db.execute("UPDATE messages SET delivered = 1 WHERE id = ?", (message_id,))
 
+    def topic_participants(self, stream_id: int, topic: str) -> set[int]:
+        """Who has sent to this topic (Zulip's topic participants, whom ``@**topic**`` mentions)."""
+        with self._db() as db:
+            rows = db.execute("SELECT DISTINCT sender_id FROM messages WHERE stream_id = ? AND subject = ?"
+                              " COLLATE NOCASE", (stream_id, topic))
+            return {row[0] for row in rows}
+
     def get(self, message_id: int) -> StoredMessage | None:
         with self._db() as db:
             return self._load(db, message_id)

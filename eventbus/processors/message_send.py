@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Set
 from dataclasses import dataclass
 from typing import Any
 
 from eventbus import codec
 from eventbus.errors import EventEncodingError
 from eventbus.messages import MessageStore, StoredMessage, Stream
-from eventbus.processors.markdown import render
+from eventbus.processors.markdown import Rendered, render
 from eventbus.tornado_events import send_event
 from eventbus.users import User
 from eventbus.validation import excerpt, is_id
@@ -175,7 +176,9 @@ def send(store: MessageStore, draft: Draft, request_id: str | None) -> StoredMes
         display = [{"id": u.id, "email": u.email, "full_name": u.full_name} for u in draft.recipients]
     if draft.sender.id not in recipient_ids:
         recipient_ids.append(draft.sender.id)
-    flags = {uid: _flags(uid, draft.sender.id, rendered.mentioned_user_ids) for uid in recipient_ids}
+    participants = _topic_participants(store, draft, rendered)
+    flags = {uid: (["read"] if uid == draft.sender.id else []) + mention_flags(uid, rendered, participants)
+             for uid in recipient_ids}
     message = store.store(request_id=request_id, sender_id=draft.sender.id, type=draft.type, stream=draft.stream,
                           display_recipient=display, subject=draft.subject, content=draft.content,
                           rendered_content=rendered.html, flags=flags, client=draft.client)
@@ -188,11 +191,30 @@ def send(store: MessageStore, draft: Draft, request_id: str | None) -> StoredMes
     return message
 
 
-def _flags(user_id: int, sender_id: int, mentioned: frozenset[int]) -> list[str]:
-    flags = ["read"] if user_id == sender_id else []
-    if user_id in mentioned:
-        flags.append("mentioned")
+def mention_flags(user_id: int, rendered: Rendered, topic_participants: Set[int] = frozenset()) -> list[str]:
+    """A recipient's mention flags, as Zulip sets them (API feature level 224 on).
+
+    ``@**all**`` and the other channel wildcards flag every recipient;
+    ``@**topic**`` flags those who have sent to the topic. ``wildcard_mentioned``
+    is either, for clients older than the two flags.
+    """
+    flags = ["mentioned"] if user_id in rendered.mentioned_user_ids else []
+    stream_wildcard = rendered.mentions_stream_wildcard
+    topic_wildcard = rendered.mentions_topic_wildcard and user_id in topic_participants
+    if stream_wildcard:
+        flags.append("stream_wildcard_mentioned")
+    if topic_wildcard:
+        flags.append("topic_wildcard_mentioned")
+    if stream_wildcard or topic_wildcard:
+        flags.append("wildcard_mentioned")
     return flags
+
+
+def _topic_participants(store: MessageStore, draft: Draft, rendered: Rendered) -> Set[int]:
+    """Whom ``@**topic**`` mentions: the topic's senders, this one included (none outside a stream)."""
+    if not rendered.mentions_topic_wildcard or draft.stream is None:
+        return frozenset()
+    return store.topic_participants(draft.stream.id, draft.subject) | {draft.sender.id}
 
 
 def _find_user(store: MessageStore, full_name: str) -> tuple[int, str] | None:

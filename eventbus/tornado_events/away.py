@@ -1,6 +1,7 @@
 """Notifications for users who are away: a mention or a private message that no open client will show.
 
-When a message event mentions a user, or is private to them, and that user
+When a message event mentions a user (by name, or with a wildcard such as
+``@**all**``), or is private to them, and that user
 has no live event queue, Tornado asks the processors to notify them: a
 mobile push (``missedmessage_mobile_notifications``) and an email
 (``missedmessage_emails``). The same happens for the unacknowledged mentions
@@ -9,7 +10,7 @@ and private messages left in a user's last queues when those expire.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from eventbus.tornado_events.clients import ClientRegistry
@@ -23,14 +24,25 @@ EMAIL_QUEUE = "missedmessage_emails"
 Publish = Callable[[str, dict[str, Any]], None]
 
 
-def trigger_for(user_id: int, message: dict[str, Any], flags: Iterable[str]) -> str | None:
-    """Why ``user_id`` should hear of ``message`` when away, or None."""
+def trigger_for(user_id: int, message: dict[str, Any], flags: Collection[str]) -> str | None:
+    """Why ``user_id`` should hear of ``message`` when away, or None.
+
+    A wildcard mention notifies as a mention does, named as Zulip names the
+    trigger (every user has Zulip's default ``wildcard_mentions_notify``: on);
+    a topic wildcard before a channel one, as in Zulip. A flag list with only
+    the older ``wildcard_mentioned`` (a producer before Zulip 8.0) counts as
+    a channel wildcard, as Zulip's API description tells clients to read it.
+    """
     if user_id == message.get("sender_id"):
         return None
     if "mentioned" in flags:
         return "mentioned"
     if message.get("type") == "private":
         return "private_message"
+    if "topic_wildcard_mentioned" in flags:
+        return "topic_wildcard_mentioned"
+    if "stream_wildcard_mentioned" in flags or "wildcard_mentioned" in flags:
+        return "stream_wildcard_mentioned"
     return None
 
 
