@@ -120,8 +120,8 @@ REALM_STR = ""
 
 
 def is_me_message(content: str) -> bool:
-    """Whether a message is a ``/me`` status message (its Markdown starts with ``/me ``), as Zulip decides."""
-    return content.startswith("/me ")
+    """Whether a message is a ``/me`` status message, as Zulip decides: one line starting ``/me ``."""
+    return content.startswith("/me ") and "\n" not in content
 
 
 def gravatar_url(email: str) -> str:

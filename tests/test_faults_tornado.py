@@ -324,7 +324,8 @@ def test_after_sigkill_a_client_resumes_whole_or_registers_again_and_history_has
         await chaos
         # then, once registered again, Iago's client loads the history.
         status, history = await poller.api.call("GET", "/api/v1/messages", anchor="newest",
-                                                num_before=str(MESSAGES + 10))
+                                                num_before=str(MESSAGES + 10), num_after="0",
+                                                apply_markdown="false")
         assert status == 200, history
         http.close()
         return poller, history["messages"]
@@ -343,8 +344,14 @@ def test_after_sigkill_a_client_resumes_whole_or_registers_again_and_history_has
     # every message sent before, during and after the kill is in the history it loads then,
     sent = [f"m{n}" for n in range(MESSAGES)]
     assert sorted(m["content"] for m in history) == sorted(sent)
-    # and what it saw live is in it too, each once.
-    live = [e["message"]["content"] for e in poller.of_type("message")]
-    assert len(live) == len(set(live)) and set(live) <= set(sent)
+    # and what it saw live is in it too. Notices the killed process had delivered but not yet acked come
+    # again to the new process, so a message may reach the new queue a second time: the same message (same id,
+    # which Zulip clients deduplicate by), at most a prefetch window of them, never a different one.
+    live = [(e["message"]["id"], e["message"]["content"]) for e in poller.of_type("message")]
+    assert {content for _id, content in live} <= set(sent)
+    assert len({content for _id, content in live}) == len(set(live))  # one id per message
+    again = len(live) - len(set(live))
+    assert again <= settings.prefetch
     print(f"sigkill: {MESSAGES} messages at {MESSAGES_PER_SECOND}/s, killed after {kill_at}; "
-          f"{len(live)} seen live, {MESSAGES - len(live)} recovered from history after re-registering")
+          f"{len(set(live))} seen live ({again} of them again after the crash), "
+          f"{MESSAGES - len(set(live))} recovered from history after re-registering")

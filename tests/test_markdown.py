@@ -342,7 +342,7 @@ def test_wildcard_and_silent_mentions_flag_recipients_as_zulip_does(
         assert flags[othello.id] == [wildcard, topic, []]  # sent to the topic before
         assert flags[desdemona.id] == [wildcard, [], []]  # silently mentioned: no flag
         assert flags[cassio.id] == [wildcard, [], []]
-        _, history = await apis[othello.id].call("GET", "/messages", anchor="newest", num_before=10)
+        _, history = await apis[othello.id].call("GET", "/messages", anchor="newest", num_before=10, num_after=0)
         assert [m["flags"] for m in history["messages"]][1:] == [wildcard, topic, []]
 
     run(scenario)

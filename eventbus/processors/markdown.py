@@ -24,6 +24,7 @@ import html
 import re
 from typing import NamedTuple
 
+from eventbus.messages import is_me_message
 from eventbus.processors.markdown_cmark import OPTIONS, CommonMark
 from eventbus.processors.markdown_inline import (
     MENTION,
@@ -79,13 +80,7 @@ def render(content: str, find_user: Lookup = _no_one, find_stream: Lookup = _no_
         output = unmark_silent(output)
     output = output.strip()
     return Rendered(output, mentions.user_ids, mentions.stream_wildcard, mentions.topic_wildcard,
-                    content.startswith("/me ") and is_me_message(content, output))
-
-
-def is_me_message(content: str, output: str) -> bool:
-    """Zulip's rule: one line starting ``/me ``, rendered as one paragraph."""
-    return (content.startswith("/me ") and "\n" not in content and output.startswith("<p>/me ")
-            and output.endswith("</p>"))
+                    is_me_message(content) and output.startswith("<p>/me ") and output.endswith("</p>"))
 
 
 def _blocks(source: str) -> str:
