@@ -50,7 +50,7 @@ def send_event_on_commit(event: dict[str, Any], user_ids: Iterable[Recipient], u
     users = list(user_ids)
     notice = {"event": event, "users": users}
     check_notice(notice)  # a bad event fails here, inside the view, not after the commit
-    transaction.on_commit(lambda: _publish(notify_queue_name(), notice, lambda: send_event(event, users)),
+    transaction.on_commit(lambda: _publish(notify_queue_name(), notice, lambda: send_event(get_broker(), event, users)),
                           using=using)
 
 

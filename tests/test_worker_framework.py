@@ -13,17 +13,14 @@ from eventbus.errors import ConfigurationError
 from eventbus.processors.registry import assign_queue, get_worker, registered_queues
 from eventbus.processors.stats import read_stats
 from eventbus.processors.worker import QueueProcessingWorker
-from eventbus.queue import MemoryBroker, queue_json_publish, set_broker
+from eventbus.queue import MemoryBroker
 from eventbus.settings import Settings
-from tests.conftest import wait_for, worker_threads
+from tests.conftest import eventbus_command, wait_for, worker_threads
 
 
 @pytest.fixture
-def memory(tmp_path: Path) -> Iterator[MemoryBroker]:
-    broker = MemoryBroker(Settings(broker="memory", var_dir=tmp_path))
-    set_broker(broker)
-    yield broker
-    set_broker(None)
+def memory(tmp_path: Path) -> MemoryBroker:
+    return MemoryBroker(Settings(broker="memory", var_dir=tmp_path))
 
 
 @pytest.fixture
@@ -68,7 +65,7 @@ def test_only_worker_classes_can_be_assigned() -> None:
 
 def test_unknown_queue_names_the_registered_ones(memory: MemoryBroker) -> None:
     with pytest.raises(ConfigurationError, match=r"no processor for queue 'nope'.*test_batch"):
-        get_worker("nope")
+        get_worker("nope", memory)
 
 
 # -- delivery -------------------------------------------------------------------------
@@ -77,7 +74,7 @@ def test_unknown_queue_names_the_registered_ones(memory: MemoryBroker) -> None:
 def test_memory_mode_runs_the_processor_in_process(memory: MemoryBroker, running: Any) -> None:
     running("test")
     for n in range(5):
-        queue_json_publish("test", {"id": n})
+        memory.publish("test", {"id": n})
     memory.join("test", timeout=10)
     assert [e["id"] for e in lines(memory.settings.test_queue_file)] == list(range(5))
 
@@ -105,9 +102,7 @@ def test_failed_event_is_retried_then_stored_then_replayed(memory: MemoryBroker,
     assert lines(memory.settings.var_dir / "test_flaky.jsonl") == []
 
     broken.unlink()
-    from eventbus.cli import main
-
-    assert main(["replay_errors", "test_flaky"]) == 0
+    assert eventbus_command(memory, "replay_errors", "test_flaky") == 0
     memory.join("test_flaky", timeout=10)
     assert lines(memory.settings.var_dir / "test_flaky.jsonl") == [{"id": "f1"}]
     assert memory.error_store.read("test_flaky") == []

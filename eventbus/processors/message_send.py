@@ -14,6 +14,7 @@ from eventbus import codec
 from eventbus.errors import EventEncodingError
 from eventbus.messages import MessageStore, StoredMessage, Stream
 from eventbus.processors.markdown import render
+from eventbus.queue import Broker
 from eventbus.tornado_events import send_event
 from eventbus.users import User
 from eventbus.validation import excerpt, is_id
@@ -99,8 +100,9 @@ def _recipients(to: Any) -> list[Any]:
     return [part.strip() for part in to.split(",")] if "@" in to else [to.strip()]
 
 
-def send(store: MessageStore, draft: Draft, request_id: str | None) -> StoredMessage:
-    """Render, store (once per request id) and deliver; a message delivered before is not delivered again."""
+def send(broker: Broker, store: MessageStore, draft: Draft, request_id: str | None) -> StoredMessage:
+    """Render, store (once per request id) and deliver through ``broker``; a message delivered before is not
+    delivered again."""
     find_user = functools.partial(_find_user, store)
     rendered = render(draft.content, find_user, functools.partial(_find_stream, store))
     if draft.stream is not None:
@@ -117,7 +119,7 @@ def send(store: MessageStore, draft: Draft, request_id: str | None) -> StoredMes
                           rendered_content=rendered.html, flags=flags)
     if not message.delivered:
         event = {"type": "message", "message": message.event_message()}
-        send_event(event, [{"id": uid, "flags": f} for uid, f in message.flags.items()])
+        send_event(broker, event, [{"id": uid, "flags": f} for uid, f in message.flags.items()])
         store.mark_delivered(message.id)
     return message
 

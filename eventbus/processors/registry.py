@@ -23,6 +23,7 @@ from eventbus.queue.error_store import check_queue_name
 
 if TYPE_CHECKING:
     from eventbus.processors.worker import Worker
+    from eventbus.queue import Broker
 
 W = TypeVar("W", bound="type[Worker]")
 
@@ -62,6 +63,15 @@ class QueueOptions:
             if not isinstance(number, int | float) or not math.isfinite(number) or number < 0:
                 raise ConfigurationError(f"{name} must be a number of seconds, not {number!r}")
 
+    def replace(self, where: str, **changes: Any) -> QueueOptions:
+        """These options with some changed; ConfigurationError, saying ``where``, for a name that is no option."""
+        unknown = set(changes) - OPTION_NAMES
+        if unknown:
+            raise ConfigurationError(
+                f"{where}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(OPTION_NAMES))}"
+            )
+        return dataclasses.replace(self, **changes)
+
 
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(QueueOptions))
 
@@ -75,13 +85,7 @@ def assign_queue(queue_name: str, **options: Any) -> Callable[[W], W]:
     when the module is imported.
     """
     check_queue_name(queue_name)
-    unknown = set(options) - OPTION_NAMES
-    if unknown:
-        raise ConfigurationError(
-            f"@assign_queue({queue_name!r}): unknown option(s) {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(sorted(OPTION_NAMES))}"
-        )
-    queue_options = QueueOptions(**options)
+    queue_options = QueueOptions().replace(f"@assign_queue({queue_name!r})", **options)
 
     def register(cls: W) -> W:
         from eventbus.processors.worker import Worker
@@ -133,6 +137,8 @@ def get_worker_class(queue_name: str) -> type[Worker]:
         raise ConfigurationError(f"no processor for queue {queue_name!r} (registered: {known})") from None
 
 
-def get_worker(queue_name: str, **kwargs: Any) -> Worker:
-    """A new worker for ``queue_name``; keyword arguments go to the worker's constructor."""
-    return get_worker_class(queue_name)(**kwargs)
+def get_worker(queue_name: str, broker: Broker, *, worker_num: int = 0, **options: Any) -> Worker:
+    """A new worker for ``queue_name`` on ``broker``; keyword arguments override its queue's options for this
+    worker only (``retry_delay=0.01``), the registered class keeps them."""
+    cls = get_worker_class(queue_name)
+    return cls(broker, worker_num, options=cls.options.replace(f"worker for {queue_name!r}", **options))

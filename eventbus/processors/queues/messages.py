@@ -43,7 +43,7 @@ class MessageSenderWorker(QueueProcessingWorker):
             response = {"result": "error", "msg": "Unknown sender", "code": "BAD_REQUEST"}
         else:
             try:
-                message = send(self.store, check_request(self.store, sender, request), request_id)
+                message = send(self.broker, self.store, check_request(self.store, sender, request), request_id)
                 response = {"result": "success", "msg": "", "id": message.id}
             except MessageError as e:
                 response = {"result": "error", "msg": str(e), "code": "BAD_REQUEST"}
