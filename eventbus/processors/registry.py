@@ -1,10 +1,10 @@
 """The registry of queue processors: ``@assign_queue`` and ``get_worker``.
 
 A processor is a worker class decorated with ``@assign_queue("name", ...)``
-in any module of ``eventbus.processors.queues``, or of a module named in
-``EVENTBUS_PROCESSOR_MODULES`` (comma-separated, for an application's own
-processors). ``load_processors()`` imports them all, so a new queue needs only
-its decorated class.
+in any module of ``eventbus.processors.queues``, or of a module named in the
+``processor_modules`` setting (``EVENTBUS_PROCESSOR_MODULES``, for an
+application's own processors). ``load_processors()`` imports them all, so a
+new queue needs only its decorated class.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-import os
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from eventbus.errors import ConfigurationError
 from eventbus.queue.error_store import check_queue_name
+from eventbus.settings import get_settings
 
 if TYPE_CHECKING:
     from eventbus.processors.worker import Worker
@@ -109,13 +109,14 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def load_processors() -> None:
-    """Import every processor module: the shipped ones and ``EVENTBUS_PROCESSOR_MODULES``."""
+def load_processors(modules: Iterable[str] | None = None) -> None:
+    """Import every processor module: the shipped ones and ``modules`` (default: the process's
+    ``processor_modules`` setting, as the registry is the process's too)."""
     from eventbus.processors import queues
 
     for module in pkgutil.iter_modules(queues.__path__, queues.__name__ + "."):
         importlib.import_module(module.name)
-    for name in filter(None, (m.strip() for m in os.environ.get("EVENTBUS_PROCESSOR_MODULES", "").split(","))):
+    for name in get_settings().processor_modules if modules is None else modules:
         try:
             importlib.import_module(name)
         except ImportError as e:
