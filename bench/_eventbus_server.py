@@ -20,7 +20,6 @@ import tornado.web
 
 from bench import _serving
 from eventbus.app import make_app
-from eventbus.queue import TornadoQueueClient
 from eventbus.settings import Settings, set_settings
 from eventbus.tornado_events.handlers import EventsHandler
 from eventbus.tornado_events.server import EventServer
@@ -50,8 +49,7 @@ async def build(args: argparse.Namespace) -> _serving.Built:
     set_settings(settings)
     server = EventServer(settings)
     server.start()
-    if isinstance(server.queue_client, TornadoQueueClient):
-        await server.queue_client.wait_ready(READY_TIMEOUT)
+    await server.queue_client.wait_ready(READY_TIMEOUT)
     return make_app(server, [(r"/bench/stats", StatsHandler, {"server": server})]), server.shutdown
 
 

@@ -49,9 +49,10 @@ THREADS = 3
 
 
 def eventbus_sender() -> Send:
+    from eventbus.queue import get_broker
     from eventbus.tornado_events import send_event
 
-    return send_event
+    return partial(send_event, get_broker())  # this benchmark process is an entry point: the process's broker
 
 
 def pika_sender(queue: str) -> Send:

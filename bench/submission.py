@@ -62,7 +62,7 @@ from bench.harness import BenchError, Context, Figure, Outcome, Result, in_round
 from bench.markdown import corpus
 from eventbus.messages import MessageStore
 from eventbus.processors.queues.messages import MessageSenderWorker
-from eventbus.queue import MemoryBroker, set_broker
+from eventbus.queue import MemoryBroker
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.settings import Settings
 from eventbus.tornado_events.notify import MESSAGE_SENDER_QUEUE, NOTIFY_QUEUE, RETURN_QUEUE
@@ -270,15 +270,11 @@ class InProcess:
 
 @contextmanager
 def in_process(settings: Settings, users: list[User], contents: list[str]) -> Iterator[InProcess]:
-    """The worker on a memory broker that is the process's broker (``send_event`` publishes through it)."""
+    """The worker on a memory broker (``send_event`` publishes through the worker's broker)."""
     broker = MemoryBroker(settings)
-    set_broker(broker)
-    try:
-        worker = MessageSenderWorker(broker)
-        worker.before_start()
-        yield InProcess(worker, broker, users, contents)
-    finally:
-        set_broker(None)
+    worker = MessageSenderWorker(broker)
+    worker.before_start()
+    yield InProcess(worker, broker, users, contents)
 
 
 #: The ``versus`` of a figure that no baseline measures (a count of failures).

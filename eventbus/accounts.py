@@ -23,7 +23,8 @@ from eventbus.users import User, UserError, UserStore
 
 logger = logging.getLogger(__name__)
 
-#: ``send_event`` as the caller has it (a blocking publish, or whatever an admin API's process uses).
+#: ``send_event`` bound to the caller's broker (``partial(send_event, broker)``), or whatever an admin API's process
+#: uses.
 SendEvent = Callable[[dict[str, Any], Iterable[int]], None]
 
 

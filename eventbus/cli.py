@@ -53,8 +53,8 @@ def cmd_process_queue(args: argparse.Namespace) -> int:
     from eventbus.processors.runner import run_all, run_worker
 
     if args.all:
-        return run_all(registered_queues())
-    return run_worker(known_queue(args.queue), worker_num=args.worker_num)
+        return run_all(registered_queues(), get_broker())
+    return run_worker(known_queue(args.queue), get_broker(), worker_num=args.worker_num)
 
 
 def cmd_purge_queue(args: argparse.Namespace) -> int:
@@ -150,6 +150,8 @@ def cmd_create_user(args: argparse.Namespace) -> int:
 
 
 def cmd_deactivate_user(args: argparse.Namespace) -> int:
+    from functools import partial
+
     from eventbus.accounts import deactivate_user
     from eventbus.sessions import SessionStore
     from eventbus.settings import get_settings
@@ -158,7 +160,8 @@ def cmd_deactivate_user(args: argparse.Namespace) -> int:
 
     database = get_settings().database
     try:
-        done = deactivate_user(UserStore(database), SessionStore(database), args.email, send_event)
+        done = deactivate_user(UserStore(database), SessionStore(database), args.email,
+                               partial(send_event, get_broker()))
     except UserError as e:
         raise UsageError(str(e)) from None
     print(json.dumps({"user_id": done.user.id, "email": done.user.email, "sessions_ended": done.sessions_ended}))
@@ -185,7 +188,7 @@ def cmd_create_stream(args: argparse.Namespace) -> int:
 def cmd_email_mirror_server(args: argparse.Namespace) -> int:
     from eventbus.processors.mirror_server import serve
 
-    return serve(args.host, args.port)
+    return serve(args.host, args.port, get_broker())
 
 
 def cmd_rabbitmq(args: argparse.Namespace) -> int:

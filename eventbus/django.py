@@ -46,11 +46,11 @@ def queue_event_on_commit(queue_name: str, event: Any, using: str | None = None)
 
 
 def send_event_on_commit(event: dict[str, Any], user_ids: Iterable[Recipient], using: str | None = None) -> None:
-    """``send_event(event, user_ids)`` once the current transaction commits."""
+    """``send_event(event, user_ids)`` through the process's broker once the current transaction commits."""
     users = list(user_ids)
     notice = {"event": event, "users": users}
     check_notice(notice)  # a bad event fails here, inside the view, not after the commit
-    transaction.on_commit(lambda: _publish(notify_queue_name(), notice, lambda: send_event(event, users)),
+    transaction.on_commit(lambda: _publish(notify_queue_name(), notice, lambda: send_event(get_broker(), event, users)),
                           using=using)
 
 

@@ -99,6 +99,8 @@ class Settings:
     #: Where the slow query summaries are posted, and how slow a request must be to be reported.
     slow_query_stream: str = "logs"
     slow_request_seconds: float = 2.0
+    #: Modules of an application's own ``@assign_queue`` processors, imported besides the shipped ones.
+    processor_modules: tuple[str, ...] = ()
     rabbitmq_password: str | None = None
     shared_secret: str | None = None
     smtp_password: str | None = None
@@ -140,7 +142,7 @@ class Settings:
             smtp_tls=env.get("EVENTBUS_SMTP_TLS", cls.smtp_tls).strip().lower(),
             smtp_user=env.get("EVENTBUS_SMTP_USER") or None,
             email_from=env.get("EVENTBUS_EMAIL_FROM", cls.email_from),
-            admin_emails=tuple(e.strip() for e in env.get("EVENTBUS_ADMIN_EMAILS", "").split(",") if e.strip()),
+            admin_emails=_names(env, "EVENTBUS_ADMIN_EMAILS"),
             session_lifetime_seconds=_number(env, "EVENTBUS_SESSION_LIFETIME_SECONDS", cls.session_lifetime_seconds),
             push_url=env.get("EVENTBUS_PUSH_URL") or None,
             missed_email_window_seconds=_number(env, "EVENTBUS_MISSED_EMAIL_WINDOW", cls.missed_email_window_seconds),
@@ -149,6 +151,7 @@ class Settings:
             notification_bot_email=env.get("EVENTBUS_NOTIFICATION_BOT_EMAIL", cls.notification_bot_email),
             slow_query_stream=env.get("EVENTBUS_SLOW_QUERY_STREAM", cls.slow_query_stream),
             slow_request_seconds=_number(env, "EVENTBUS_SLOW_REQUEST_SECONDS", cls.slow_request_seconds),
+            processor_modules=_names(env, "EVENTBUS_PROCESSOR_MODULES"),
             rabbitmq_password=secrets.get("rabbitmq_password"),
             shared_secret=secrets.get("shared_secret"),
             smtp_password=secrets.get("smtp_password"),
@@ -197,6 +200,10 @@ class Settings:
             raise ConfigurationError(f"EVENTBUS_SMTP_TLS must be none, starttls or ssl, not {self.smtp_tls!r}")
         if not 0 < self.port < 65536:
             raise ConfigurationError(f"EVENTBUS_PORT must be a TCP port, not {self.port}")
+        for module in self.processor_modules:
+            if not all(part.isidentifier() for part in module.split(".")):
+                raise ConfigurationError("EVENTBUS_PROCESSOR_MODULES must be comma-separated module names "
+                                         f"(such as myapp.processors), not {module!r}")
 
     @property
     def connection_url(self) -> str:
@@ -261,6 +268,11 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigurationError(f"{name} must be a number, not {raw!r}") from None
+
+
+def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list, each item stripped, empty ones dropped."""
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
 
 def _rate(env: Mapping[str, str], name: str, default: tuple[int, float]) -> tuple[int, float]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from eventbus import cli
 from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import Broker, MemoryBroker, set_broker
 from eventbus.queue.rabbitmq import RabbitMQBroker
@@ -110,12 +111,9 @@ def event_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def event_broker(event_settings: Settings) -> Iterator[MemoryBroker]:
-    """The in-process broker, as the process's broker (send_event goes through it)."""
-    broker = MemoryBroker(event_settings)
-    set_broker(broker)
-    yield broker
-    set_broker(None)
+def event_broker(event_settings: Settings) -> MemoryBroker:
+    """The in-process broker the event server consumes from (producers hand it to send_event)."""
+    return MemoryBroker(event_settings)
 
 
 @pytest.fixture
@@ -139,14 +137,24 @@ def start_server(event_settings: Settings, event_broker: MemoryBroker) -> Iterat
         server.stop()
 
 
+def eventbus_command(broker: Broker, *argv: str) -> int:
+    """The ``eventbus`` command run in this process on ``broker``: an entry point, it works on the process's
+    broker, which is ``broker`` while it runs."""
+    set_broker(broker)
+    try:
+        return cli.main(argv)
+    finally:
+        set_broker(None)
+
+
 @contextmanager
 def worker_threads(default: Broker) -> Iterator[Callable[..., WorkerThreads]]:
-    """``start(*queues, broker=None)`` runs the processors of queues in threads (on ``default`` unless told);
-    every one is stopped, and must end, when the block ends."""
+    """``start(*queues, broker=None, **options)`` runs the processors of queues in threads (on ``default`` unless
+    told, with queue options overridden by keyword); every one is stopped, and must end, when the block ends."""
     started: list[WorkerThreads] = []
 
-    def start(*queues: str, broker: Broker | None = None) -> WorkerThreads:
-        threads = WorkerThreads(queues, broker or default)
+    def start(*queues: str, broker: Broker | None = None, **options: Any) -> WorkerThreads:
+        threads = WorkerThreads(queues, broker or default, **options)
         threads.start()
         started.append(threads)
         return threads

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -11,16 +10,14 @@ from typing import Any
 
 import pytest
 
+from eventbus.errors import BrokerUnreachable
 from eventbus.processors.queues import analytics
 from eventbus.processors.queues.analytics import (
     ActivityCounts,
     AnalyticsStore,
-    UserActivityWorker,
-    UserPresenceWorker,
 )
 from eventbus.queue import MemoryBroker
 from eventbus.settings import Settings
-from eventbus.tornado_events import send_event
 from eventbus.users import User, UserStore
 from tests.conftest import worker_threads
 
@@ -29,19 +26,16 @@ Start = Callable[..., None]
 
 @pytest.fixture
 def start(event_broker: MemoryBroker, users: tuple[User, User]) -> Iterator[Start]:
-    """Start processors in threads on the in-process broker (once the database exists); stopped at the end."""
+    """Start processors in threads on the in-process broker (once the database exists); stopped at the end.
+
+    Batches as in production, without waiting seconds for one to fill.
+    """
     with worker_threads(event_broker) as start_threads:
 
         def start(*queues: str) -> None:
-            start_threads(*queues)
+            start_threads(*queues, batch_wait=0.1)
 
         yield start
-
-
-@pytest.fixture(autouse=True)
-def short_batch_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Batches as in production, without waiting seconds for one to fill."""
-    monkeypatch.setattr(UserActivityWorker, "options", dataclasses.replace(UserActivityWorker.options, batch_wait=0.1))
 
 
 @pytest.fixture
@@ -239,23 +233,28 @@ def test_bad_presence_events_go_to_the_error_store(event_broker: MemoryBroker, s
     assert take_notices(event_broker) == []
 
 
+class NotifyFailsOnce(MemoryBroker):
+    """The in-process broker, but the first publish to notify_tornado fails as when RabbitMQ goes away."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.failures = [BrokerUnreachable("RabbitMQ went away")]
+
+    def publish_bodies(self, queue: str, bodies: list[bytes]) -> None:
+        if queue == "notify_tornado" and self.failures:
+            raise self.failures.pop()
+        super().publish_bodies(queue, bodies)
+
+
 def test_a_broadcast_that_failed_is_made_when_the_event_is_retried(
-        event_broker: MemoryBroker, start: Start, users: tuple[User, User], monkeypatch: pytest.MonkeyPatch) -> None:
+        event_settings: Settings, users: tuple[User, User]) -> None:
     iago, othello = users
-    quick = dataclasses.replace(UserPresenceWorker.options, retry_delay=0.01)
-    monkeypatch.setattr(UserPresenceWorker, "options", quick)
-    failures = [ConnectionError("RabbitMQ went away")]
-
-    def flaky_send_event(event: dict[str, Any], user_ids: list[int]) -> None:
-        if failures:
-            raise failures.pop()
-        send_event(event, user_ids)
-
-    monkeypatch.setattr(analytics, "send_event", flaky_send_event)
-    start("user_presence")
-    event_broker.publish("user_presence", presence(iago, "active", 1000.0))  # stored, then the broadcast fails
-    event_broker.join("user_presence", timeout=10)
-    assert failures == []  # it did fail once
-    [notice] = take_notices(event_broker)
+    broker = NotifyFailsOnce(event_settings)
+    with worker_threads(broker) as start_threads:
+        start_threads("user_presence", retry_delay=0.01)
+        broker.publish("user_presence", presence(iago, "active", 1000.0))  # stored, then the broadcast fails
+        broker.join("user_presence", timeout=10)
+    assert broker.failures == []  # it did fail once
+    [notice] = take_notices(broker)
     assert notice["users"] == [othello.id]
-    assert event_broker.error_store.read("user_presence") == []
+    assert broker.error_store.read("user_presence") == []

@@ -233,8 +233,9 @@ def screenshot(page: Page, name: str) -> None:
 
 
 @pytest.mark.parametrize("transport", ["websocket", "longpoll"])
-def test_two_people_chat_live_across_a_server_restart(pages: NewPage, web: StartWeb, world: World,
-                                                      sender_worker: WorkerThreads, transport: str) -> None:
+def test_two_people_chat_live_across_a_server_restart(
+        pages: NewPage, web: StartWeb, world: World,
+        sender_worker: WorkerThreads, transport: str, event_broker: MemoryBroker) -> None:
     server = web()
     # Given Iago, logged in with one click as a development user, on the websocket,
     iago = dev_login(pages(), server, world.iago)
@@ -260,7 +261,7 @@ def test_two_people_chat_live_across_a_server_restart(pages: NewPage, web: Start
     # A presence event lights a green dot by Desdemona's name.
     desdemona = othello.locator(f".person[data-user-id='{world.desdemona.id}']")
     expect(desdemona).to_have_attribute("data-presence", "offline")
-    send_event(presence_event(world.desdemona), [world.othello.id])
+    send_event(event_broker, presence_event(world.desdemona), [world.othello.id])
     expect(desdemona).to_have_attribute("data-presence", "active")
 
     # When the server restarts while Othello's browser is offline,
@@ -416,8 +417,8 @@ def test_pages_on_a_laptop_and_a_phone(pages: NewPage, web: StartWeb, world: Wor
     for page, content in conversation:
         send(page, content, stream="Denmark", topic="standup")
     expect(othello.locator("li.message")).to_have_count(len(conversation))
-    send_event(presence_event(world.iago), [world.othello.id])
-    send_event(presence_event(world.desdemona, "idle"), [world.othello.id])
+    send_event(event_broker, presence_event(world.iago), [world.othello.id])
+    send_event(event_broker, presence_event(world.desdemona, "idle"), [world.othello.id])
     # A queue nobody consumes, and an event in an error store, for the dashboard to show.
     event_broker.publish_many("noop", [{"n": n} for n in range(25)])
     event_broker.error_store.record("test", {"n": 1}, error="ValueError: asked to raise")
@@ -432,7 +433,7 @@ def test_pages_on_a_laptop_and_a_phone(pages: NewPage, web: StartWeb, world: Wor
         dev_login(chat, server, world.othello)
         expect(chat.locator("li.message")).to_have_count(len(conversation))
         expect(chat.locator("li.message.mentioned")).to_have_count(1)
-        send_event(presence_event(world.iago), [world.othello.id])
+        send_event(event_broker, presence_event(world.iago), [world.othello.id])
         expect(chat.locator(f".person[data-user-id='{world.iago.id}']")).to_have_attribute("data-presence", "active")
         screenshot(chat, f"chat-{device_name}")
         assert_fits(chat)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -10,17 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from eventbus.cli import main
 from eventbus.messages import MessageStore, StoredMessage
 from eventbus.processors.mailer import Email, queue_email
 from eventbus.processors.message_send import check_request, send
 from eventbus.processors.queues.missed_emails import Missed, PendingMissed
 from eventbus.processors.registry import get_worker_class
 from eventbus.processors.runner import WorkerThreads
-from eventbus.queue import Broker, MemoryBroker, queue_json_publish, set_broker
+from eventbus.queue import Broker, MemoryBroker
 from eventbus.settings import Settings
 from eventbus.users import User, UserStore
-from tests.conftest import wait_for, worker_threads
+from tests.conftest import eventbus_command, wait_for, worker_threads
 from tests.smtp_server import REFUSED_DOMAIN, SmtpServer
 
 QUEUES = ("email_senders", "signups", "invites", "missedmessage_emails", "error_reports", "slow_queries")
@@ -29,12 +27,8 @@ ADMIN = "admin@example.com"
 Running = Callable[..., WorkerThreads]
 
 
-@pytest.fixture(autouse=True)
-def quick_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The production waits (seconds to fill a batch, to retry) shortened; nothing else changes."""
-    for name in QUEUES:
-        cls = get_worker_class(name)
-        monkeypatch.setattr(cls, "options", dataclasses.replace(cls.options, batch_wait=0.05, retry_delay=0.05))
+#: The production waits (seconds to fill a batch, to retry) shortened; nothing else changes.
+QUICK = {"batch_wait": 0.05, "retry_delay": 0.05}
 
 
 @pytest.fixture
@@ -44,11 +38,8 @@ def mail_settings(tmp_path: Path, smtp: SmtpServer) -> Settings:
 
 
 @pytest.fixture
-def memory(mail_settings: Settings) -> Iterator[MemoryBroker]:
-    broker = MemoryBroker(mail_settings)
-    set_broker(broker)
-    yield broker
-    set_broker(None)
+def memory(mail_settings: Settings) -> MemoryBroker:
+    return MemoryBroker(mail_settings)
 
 
 @pytest.fixture
@@ -57,7 +48,7 @@ def running(memory: MemoryBroker) -> Iterator[Running]:
     with worker_threads(memory) as start_threads:
 
         def start(*queues: str, broker: Broker | None = None) -> WorkerThreads:
-            threads = start_threads(*queues, broker=broker)
+            threads = start_threads(*queues, broker=broker, **QUICK)
             target = broker or memory
             wait_for(lambda: all(target.queue_info(q).consumers for q in queues), what="the workers consuming")
             return threads
@@ -133,7 +124,7 @@ def test_while_the_server_is_down_emails_are_retried_then_stored_and_replay_send
     assert entry["error"].startswith("ConnectionRefusedError")
 
     smtp.start()
-    assert main(["replay_errors", "email_senders"]) == 0
+    assert eventbus_command(memory, "replay_errors", "email_senders") == 0
     join(memory, "email_senders")
     assert [r.subject for r in smtp.to("iago@example.com")] == ["Important"]
 
@@ -163,14 +154,14 @@ def test_refused_and_malformed_emails_go_to_the_error_store_and_the_rest_are_sen
 def test_a_signup_gets_one_welcome_email(memory: MemoryBroker, running: Running, smtp: SmtpServer) -> None:
     running("signups", "email_senders")
     signup = {"email": "desdemona@example.com", "full_name": "Desdemona"}
-    queue_json_publish("signups", signup)
+    memory.publish("signups", signup)
     wait_for(lambda: smtp.to("desdemona@example.com"), what="the welcome email")
 
     [welcome] = smtp.to("desdemona@example.com")
     assert welcome.subject == "Welcome to eventbus"
     assert "Hello Desdemona" in welcome.text and memory.settings.site_url in welcome.text
 
-    queue_json_publish("signups", signup)  # redelivered
+    memory.publish("signups", signup)  # redelivered
     join(memory, "signups", "email_senders")
     assert smtp.count() == 1
 
@@ -182,7 +173,7 @@ def test_inviting_500_returns_at_once_and_the_invitations_follow(memory: MemoryB
     running("invites", "email_senders")
 
     started = time.monotonic()
-    queue_json_publish("invites", {"inviter_id": inviter.id, "emails": invited, "stream": "Denmark"})
+    memory.publish("invites", {"inviter_id": inviter.id, "emails": invited, "stream": "Denmark"})
     assert time.monotonic() - started < 0.5  # the producer only published one event
 
     wait_for(lambda: smtp.count() == 500, timeout=60, what="500 invitations")
@@ -192,7 +183,7 @@ def test_inviting_500_returns_at_once_and_the_invitations_follow(memory: MemoryB
     assert "#Denmark" in smtp.received[0].text
     assert smtp.connections == 1
 
-    queue_json_publish("invites", {"inviter_id": inviter.id, "emails": invited, "stream": "Denmark"})  # redelivered
+    memory.publish("invites", {"inviter_id": inviter.id, "emails": invited, "stream": "Denmark"})  # redelivered
     join(memory, "invites", "email_senders")
     assert smtp.count() == 500
 
@@ -201,7 +192,7 @@ def test_an_invitation_with_bad_addresses_invites_the_others_and_names_the_bad_o
         memory: MemoryBroker, running: Running, smtp: SmtpServer) -> None:
     inviter = UserStore(memory.settings.database).create_user("iago@example.com", "Iago")
     running("invites", "email_senders")
-    queue_json_publish("invites", {"inviter_id": inviter.id, "emails": ["cassio@example.com", "not an address", 7]})
+    memory.publish("invites", {"inviter_id": inviter.id, "emails": ["cassio@example.com", "not an address", 7]})
     join(memory, "invites", "email_senders")
 
     assert [r.rcpt_tos for r in smtp.received] == [["cassio@example.com"]]
@@ -225,16 +216,17 @@ def people(store: MessageStore) -> tuple[User, User]:
     return iago, othello
 
 
-def post(store: MessageStore, sender: User, **request: str) -> StoredMessage:
-    return send(store, check_request(store, sender, request), None)
+def post(broker: Broker, store: MessageStore, sender: User, **request: str) -> StoredMessage:
+    return send(broker, store, check_request(store, sender, request), None)
 
 
 def test_messages_missed_within_the_window_go_out_in_one_email(memory: MemoryBroker, running: Running,
                                                                smtp: SmtpServer, store: MessageStore,
                                                                people: tuple[User, User]) -> None:
     iago, othello = people
-    mention = post(store, iago, type="stream", to="Denmark", topic="castle", content="@**Othello** look **here**")
-    private = post(store, iago, type="private", to=othello.email, content="just between us")
+    mention = post(memory, store, iago, type="stream", to="Denmark", topic="castle",
+                   content="@**Othello** look **here**")
+    private = post(memory, store, iago, type="private", to=othello.email, content="just between us")
     running("missedmessage_emails", "email_senders")
     memory.publish_many("missedmessage_emails", [
         {"user_id": othello.id, "message_id": mention.id, "trigger": "mentioned"},
@@ -258,7 +250,7 @@ def test_messages_missed_within_the_window_go_out_in_one_email(memory: MemoryBro
     join(memory, "missedmessage_emails", "email_senders")
     assert smtp.count() == 1
 
-    later = post(store, iago, type="private", to=othello.email, content="are you there?")
+    later = post(memory, store, iago, type="private", to=othello.email, content="are you there?")
     memory.publish("missedmessage_emails", {"user_id": othello.id, "message_id": later.id,
                                             "trigger": "private_message"})
     wait_for(lambda: smtp.count() == 2, what="the email of the next window")
@@ -271,8 +263,8 @@ def test_missed_messages_a_crash_left_pending_are_sent_on_start(memory: MemoryBr
                                                                 smtp: SmtpServer, store: MessageStore,
                                                                 people: tuple[User, User]) -> None:
     iago, othello = people
-    first = post(store, iago, type="private", to=othello.email, content="first")
-    second = post(store, iago, type="private", to=othello.email, content="second")
+    first = post(memory, store, iago, type="private", to=othello.email, content="first")
+    second = post(memory, store, iago, type="private", to=othello.email, content="second")
     pending = PendingMissed(memory.settings.database)
     pending.add([Missed(othello.id, first.id, "private_message")])
     pending.claim(othello.id)  # a flush crashed after claiming

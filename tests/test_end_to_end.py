@@ -22,7 +22,6 @@ from tornado.websocket import websocket_connect
 from eventbus import codec
 from eventbus.devtools import dev_dir, push_gateway, read, smtp_sink
 from eventbus.messages import MessageStore
-from eventbus.queue import set_broker
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.queue.rabbitmq_node import free_port
 from eventbus.settings import Settings
@@ -50,7 +49,6 @@ def system(settings: Settings, broker: RabbitMQBroker) -> Iterator[dict[str, Any
     people = {name: store.users.create_user(f"{name.lower()}@example.com", name)
               for name in ("Iago", "Othello", "Desdemona")}
     store.create_stream("Denmark", [u.id for u in people.values()])
-    set_broker(broker)
     server = ServerThread(settings).start()
     env = {"EVENTBUS_SMTP_PORT": str(smtp_port), "EVENTBUS_PUSH_URL": settings.push_url or "",
            "EVENTBUS_MISSED_EMAIL_WINDOW": "0.5"}
@@ -65,7 +63,6 @@ def system(settings: Settings, broker: RabbitMQBroker) -> Iterator[dict[str, Any
     for worker in workers:
         worker.stop()
     server.stop()
-    set_broker(None)
     sink.stop()
     gateway.shutdown()
 

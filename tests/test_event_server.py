@@ -63,7 +63,7 @@ def message(stream: str = "Denmark", topic: str = "hello", content: str = "**hi*
         "rendered_content": "<p><strong>hi</strong></p>"}}
 
 
-def test_register_poll_and_ack(start_server: StartServer, users: tuple[User, User]) -> None:
+def test_register_poll_and_ack(start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
     server = start_server()
     iago, _ = users
 
@@ -75,7 +75,7 @@ def test_register_poll_and_ack(start_server: StartServer, users: tuple[User, Use
         queue_id = body["queue_id"]
         assert (await api.events(queue_id, dont_block=True))[1]["events"] == []
         for n in range(3):
-            send_event({"type": "custom", "n": n}, [iago.id])
+            send_event(event_broker, {"type": "custom", "n": n}, [iago.id])
         await wait_queued(server, queue_id, iago, 3)
         status, body = await api.events(queue_id)
         events = body["events"]
@@ -89,8 +89,8 @@ def test_register_poll_and_ack(start_server: StartServer, users: tuple[User, Use
     run(scenario)
 
 
-def test_held_request_is_answered_when_an_event_arrives(start_server: StartServer,
-                                                        users: tuple[User, User]) -> None:
+def test_held_request_is_answered_when_an_event_arrives(
+        start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
     server = start_server()
     iago, othello = users
 
@@ -98,8 +98,8 @@ def test_held_request_is_answered_when_an_event_arrives(start_server: StartServe
         _api, _queue_id, held = await hold_a_poll(server, iago)
         assert not held.done()
         # Delivered in order: had the first reached iago, the held request would have been answered with it.
-        send_event({"type": "custom"}, [othello.id])  # not for iago
-        send_event({"type": "custom", "for": "iago"}, [iago.id])
+        send_event(event_broker, {"type": "custom"}, [othello.id])  # not for iago
+        send_event(event_broker, {"type": "custom", "for": "iago"}, [iago.id])
         status, body = await held
         assert status == 200
         assert [e["for"] for e in body["events"]] == ["iago"]
@@ -138,7 +138,8 @@ def test_heartbeat_after_the_interval(start_server: StartServer, users: tuple[Us
     run(scenario)
 
 
-def test_newer_get_answers_the_older_one(start_server: StartServer, users: tuple[User, User]) -> None:
+def test_newer_get_answers_the_older_one(
+        start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
     server = start_server()
     iago = users[0]
 
@@ -148,7 +149,7 @@ def test_newer_get_answers_the_older_one(start_server: StartServer, users: tuple
         status, body = await asyncio.wait_for(older, 5)
         assert (status, body["events"]) == (200, [])
         assert not newer.done()
-        send_event({"type": "custom"}, [iago.id])
+        send_event(event_broker, {"type": "custom"}, [iago.id])
         assert (await newer)[1]["events"][0]["type"] == "custom"
 
     run(scenario)
@@ -202,7 +203,8 @@ def test_a_held_get_is_told_when_its_queue_goes_away(start_server: StartServer, 
     run(scenario)
 
 
-def test_event_types_narrow_and_apply_markdown(start_server: StartServer, users: tuple[User, User]) -> None:
+def test_event_types_narrow_and_apply_markdown(
+        start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
     server = start_server()
     iago = users[0]
 
@@ -211,10 +213,10 @@ def test_event_types_narrow_and_apply_markdown(start_server: StartServer, users:
         only_messages = await api.register(event_types=["message"])
         denmark_hello = await api.register(narrow=[["stream", "denmark"], ["topic", "hello"]], apply_markdown=True)
         raw = await api.register(apply_markdown=False)
-        send_event({"type": "presence"}, [iago.id])
-        send_event(message("Scotland"), [iago.id])
-        send_event(message("Denmark", "other"), [iago.id])
-        send_event(message("Denmark", "hello"), [{"id": iago.id, "flags": ["mentioned"]}])
+        send_event(event_broker, {"type": "presence"}, [iago.id])
+        send_event(event_broker, message("Scotland"), [iago.id])
+        send_event(event_broker, message("Denmark", "other"), [iago.id])
+        send_event(event_broker, message("Denmark", "hello"), [{"id": iago.id, "flags": ["mentioned"]}])
 
         async def all_events(queue_id: str, count: int) -> list[dict[str, Any]]:
             events: list[dict[str, Any]] = []
@@ -238,8 +240,8 @@ def test_event_types_narrow_and_apply_markdown(start_server: StartServer, users:
     run(scenario)
 
 
-def test_a_message_delivered_twice_reaches_each_client_once(start_server: StartServer,
-                                                           users: tuple[User, User]) -> None:
+def test_a_message_delivered_twice_reaches_each_client_once(
+        start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
     server = start_server()
     iago = users[0]
 
@@ -247,9 +249,9 @@ def test_a_message_delivered_twice_reaches_each_client_once(start_server: StartS
         api = Api(server, iago)
         queue_id = await api.register()
         twice = message()
-        send_event(twice, [iago.id])
-        send_event(twice, [iago.id])  # a redelivered message_sender event sends it again
-        send_event({"type": "custom"}, [iago.id])
+        send_event(event_broker, twice, [iago.id])
+        send_event(event_broker, twice, [iago.id])  # a redelivered message_sender event sends it again
+        send_event(event_broker, {"type": "custom"}, [iago.id])
         await wait_queued(server, queue_id, iago, 2)
         events = (await api.events(queue_id))[1]["events"]
         assert [e["type"] for e in events] == ["message", "custom"]
@@ -281,7 +283,8 @@ def test_idle_queue_expires_and_the_hook_fires(start_server: StartServer, users:
     run(scenario)
 
 
-def test_a_queue_over_its_bound_is_dropped(start_server: StartServer, users: tuple[User, User]) -> None:
+def test_a_queue_over_its_bound_is_dropped(
+        start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
     server = start_server(max_queue_events=5)
     iago = users[0]
 
@@ -289,7 +292,7 @@ def test_a_queue_over_its_bound_is_dropped(start_server: StartServer, users: tup
         api = Api(server, iago)
         queue_id = await api.register()
         for n in range(6):
-            send_event({"type": "custom", "n": n}, [iago.id])
+            send_event(event_broker, {"type": "custom", "n": n}, [iago.id])
         for _ in range(100):
             status, body = await api.events(queue_id, dont_block=True)
             if status == 400:
@@ -301,7 +304,8 @@ def test_a_queue_over_its_bound_is_dropped(start_server: StartServer, users: tup
     run(scenario)
 
 
-def test_queues_survive_a_restart(start_server: StartServer, users: tuple[User, User]) -> None:
+def test_queues_survive_a_restart(
+        start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
     iago = users[0]
     first = start_server()
 
@@ -309,7 +313,7 @@ def test_queues_survive_a_restart(start_server: StartServer, users: tuple[User, 
         api = Api(first, iago)
         queue_id = await api.register()
         for n in range(3):
-            send_event({"type": "custom", "n": n}, [iago.id])
+            send_event(event_broker, {"type": "custom", "n": n}, [iago.id])
         await wait_queued(first, queue_id, iago, 3)
         events = (await api.events(queue_id))[1]["events"]
         assert events[0]["n"] == 0  # the client has event 0, then the server restarts

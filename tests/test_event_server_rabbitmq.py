@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import zulip
 
-from eventbus.queue import set_broker
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.queue.rabbitmq_node import free_port
 from eventbus.settings import Settings
@@ -32,11 +31,9 @@ def amqp_settings(settings: Settings) -> Settings:
 @pytest.fixture
 def server(amqp_settings: Settings, broker: RabbitMQBroker) -> Iterator[ServerThread]:
     broker.purge("notify_tornado") if broker.queue_info("notify_tornado").exists else None
-    set_broker(broker)
-    thread = ServerThread(amqp_settings).start()
+    thread = ServerThread(amqp_settings, broker).start()
     yield thread
     thread.stop()
-    set_broker(None)
 
 
 @pytest.fixture
@@ -48,12 +45,12 @@ def zulip_client(server: ServerThread, user: User) -> zulip.Client:
     return zulip.Client(email=user.email, api_key=user.api_key, site=server.url(""), insecure=True)
 
 
-def test_zulip_client_register_get_events_deregister(server: ServerThread, iago: User) -> None:
+def test_zulip_client_register_get_events_deregister(server: ServerThread, iago: User, broker: RabbitMQBroker) -> None:
     client = zulip_client(server, iago)
     registered = client.register(event_types=["custom"])
     assert registered["result"] == "success"
-    send_event({"type": "other"}, [iago.id])
-    send_event({"type": "custom", "text": "through RabbitMQ"}, [iago.id])
+    send_event(broker, {"type": "other"}, [iago.id])
+    send_event(broker, {"type": "custom", "text": "through RabbitMQ"}, [iago.id])
     result = client.get_events(queue_id=registered["queue_id"], last_event_id=-1)
     assert result["result"] == "success"
     assert [e["text"] for e in result["events"]] == ["through RabbitMQ"]
@@ -62,7 +59,7 @@ def test_zulip_client_register_get_events_deregister(server: ServerThread, iago:
     assert gone["code"] == "BAD_EVENT_QUEUE_ID"
 
 
-def test_zulip_client_call_on_each_event(server: ServerThread, iago: User) -> None:
+def test_zulip_client_call_on_each_event(server: ServerThread, iago: User, broker: RabbitMQBroker) -> None:
     client = zulip_client(server, iago)
     received: list[dict[str, Any]] = []
 
@@ -77,7 +74,7 @@ def test_zulip_client_call_on_each_event(server: ServerThread, iago: User) -> No
     def produce() -> None:
         wait_for(lambda: len(server.server.registry), what="the client's queue")
         for n in range(3):
-            send_event({"type": "custom", "n": n}, [iago.id])
+            send_event(broker, {"type": "custom", "n": n}, [iago.id])
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         producer = pool.submit(produce)
@@ -135,11 +132,7 @@ def test_create_user_prints_one_line_of_json(amqp_settings: Settings) -> None:
 
 
 def test_send_event_refuses_a_malformed_notice(broker: RabbitMQBroker) -> None:
-    set_broker(broker)
-    try:
-        with pytest.raises(ValueError, match="must not carry an 'id'"):
-            send_event({"type": "x", "id": 3}, [1])
-        with pytest.raises(ValueError, match="user id"):
-            send_event({"type": "x"}, [True])
-    finally:
-        set_broker(None)
+    with pytest.raises(ValueError, match="must not carry an 'id'"):
+        send_event(broker, {"type": "x", "id": 3}, [1])
+    with pytest.raises(ValueError, match="user id"):
+        send_event(broker, {"type": "x"}, [True])

@@ -26,7 +26,6 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from eventbus import codec
 from eventbus.messages import MessageStore
-from eventbus.queue import set_broker
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.queue.rabbitmq_node import free_port
 from eventbus.settings import Settings
@@ -95,11 +94,9 @@ def tornado(settings: Settings, broker: RabbitMQBroker) -> Iterator[TornadoProce
     for queue in ("notify_tornado", "tornado_return", "message_sender", "error_reports"):
         if broker.queue_info(queue).exists:
             broker.purge(queue)
-    set_broker(broker)
     process = TornadoProcess(settings)
     yield process
     process.close()
-    set_broker(None)
 
 
 class Producer(threading.Thread):
@@ -231,7 +228,7 @@ def test_clients_get_every_event_once_in_order_across_sigterm_restarts(
     tornado.start()
     # A producer sends numbered events to every user at a steady rate, and the server is stopped with SIGTERM
     # and started again when the producer reaches points picked at random.
-    producer = Producer(lambda n: send_event({"type": "custom", "n": n}, user_ids), EVENTS, EVENTS_PER_SECOND)
+    producer = Producer(lambda n: send_event(broker, {"type": "custom", "n": n}, user_ids), EVENTS, EVENTS_PER_SECOND)
     restart_at = sorted(rng.sample(range(EVENTS // 10, EVENTS - EVENTS // 10), RESTARTS))
     exit_codes: list[int] = []
 

@@ -23,7 +23,6 @@ from eventbus.devtools import dev_dir, push_gateway
 from eventbus.messages import MessageStore
 from eventbus.processors.mailer import queue_email
 from eventbus.processors.message_send import check_request, send
-from eventbus.queue import set_broker
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.queue.rabbitmq_node import free_port
 from eventbus.settings import Settings
@@ -106,7 +105,7 @@ class SideEffects:
 
     def _message(self, request_id: str) -> int:
         request = {"type": "stream", "to": "Denmark", "topic": "missed", "content": f"@**Othello** {request_id}"}
-        return send(self.store, check_request(self.store, self.iago, request), request_id).id
+        return send(self.broker, self.store, check_request(self.store, self.iago, request), request_id).id
 
     def tallies(self) -> dict[str, Tally]:
         emails = [r.subject for r in list(self.smtp.received)]
@@ -136,7 +135,6 @@ def test_workers_killed_mid_batch_twice_lose_nothing_and_repeat_no_effect(
         effects_settings: Settings, purged: RabbitMQBroker, smtp: SmtpServer) -> None:
     rng = seeded("workers killed mid-batch")
     settings = effects_settings
-    set_broker(purged)  # send() tells the Tornado server through the process's broker
     env = {"EVENTBUS_SMTP_PORT": str(smtp.port), "EVENTBUS_PUSH_URL": str(settings.push_url)}
 
     def start_workers() -> list[WorkerProcess]:
@@ -175,7 +173,6 @@ def test_workers_killed_mid_batch_twice_lose_nothing_and_repeat_no_effect(
     finally:
         for worker in workers:
             worker.stop()
-        set_broker(None)
 
 
 # -- malformed bodies among good events -----------------------------------------------------------
@@ -237,8 +234,7 @@ def test_malformed_bodies_on_notify_tornado_go_to_the_error_store_and_the_server
         settings: Settings, purged: RabbitMQBroker) -> None:
     rng = seeded("malformed bodies on notify_tornado")
     iago = UserStore(settings.database).create_user("iago@example.com", "Iago")
-    set_broker(purged)
-    server = ServerThread(settings.replace(shared_secret="s3cret")).start()
+    server = ServerThread(settings.replace(shared_secret="s3cret"), purged).start()
     notices = [{"event": {"type": "custom", "n": n}, "users": [iago.id]} for n in range(30)]
     bad = {**MALFORMED, "5 MB notice with no event type": codec.encode({"event": {"pad": "x" * BIG},
                                                                        "users": [iago.id]}),
@@ -273,4 +269,3 @@ def test_malformed_bodies_on_notify_tornado_go_to_the_error_store_and_the_server
         print(f"notify_tornado: {len(notices)} good events delivered in order, {len(bad)} malformed stored")
     finally:
         server.stop()
-        set_broker(None)

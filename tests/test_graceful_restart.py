@@ -147,7 +147,7 @@ def test_a_poll_held_at_shutdown_gets_a_heartbeat_and_the_next_process_goes_on(
     async def before() -> str:
         # Given a client that has event 0 and waits for more,
         queue_id = await api.register()
-        send_event({"type": "custom", "n": 0}, [iago.id])
+        send_event(event_broker, {"type": "custom", "n": 0}, [iago.id])
         _status, body = await api.events(queue_id)
         assert [e["id"] for e in body["events"]] == [0]
         held = asyncio.ensure_future(poll(api, queue_id, 0))
@@ -176,8 +176,8 @@ def test_a_poll_held_at_shutdown_gets_a_heartbeat_and_the_next_process_goes_on(
     assert event_broker.queue_info("error_reports").depth == 0
 
 
-def test_a_websocket_is_closed_with_1012_and_resumes_at_the_next_process(start_server: StartServer,
-                                                                        users: tuple[User, User]) -> None:
+def test_a_websocket_is_closed_with_1012_and_resumes_at_the_next_process(
+        start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
     iago = users[0]
     first = start_server()
 
@@ -186,8 +186,8 @@ def test_a_websocket_is_closed_with_1012_and_resumes_at_the_next_process(start_s
         ws = await connect(first, (await login(first, iago))[0])
         await send(ws, {"type": "register"})
         queue_id = (await receive(ws, "registered"))["queue_id"]
-        send_event({"type": "custom", "n": 0}, [iago.id])
-        send_event({"type": "custom", "n": 1}, [iago.id])
+        send_event(event_broker, {"type": "custom", "n": 0}, [iago.id])
+        send_event(event_broker, {"type": "custom", "n": 1}, [iago.id])
         events: list[dict[str, Any]] = []
         while len(events) < 2:
             events += (await receive(ws, "events"))["events"]

@@ -32,12 +32,10 @@ def non_loopback_address() -> str | None:
 
 @pytest.fixture
 def metrics_server(settings: Settings, broker: RabbitMQBroker) -> Iterator[ServerThread]:
-    set_broker(broker)
-    server = ServerThread(settings.replace(shared_secret="metrics-secret"), address="0.0.0.0",
+    server = ServerThread(settings.replace(shared_secret="metrics-secret"), broker, address="0.0.0.0",
                           extra_handlers=metrics_handlers).start()
     yield server
     server.stop()
-    set_broker(None)
 
 
 def fetch(url: str, **kwargs: Any) -> Any:

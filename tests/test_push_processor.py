@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import threading
@@ -97,17 +96,10 @@ def event_settings(event_settings: Settings, gateway: Gateway) -> Settings:
     return event_settings.replace(push_url=gateway.url, push_api_key=API_KEY, site_url="https://chat.example.com")
 
 
-@pytest.fixture(autouse=True)
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same tries as in production, without the seconds between them."""
-    options = dataclasses.replace(PushNotificationWorker.options, retry_delay=0.02)
-    monkeypatch.setattr(PushNotificationWorker, "options", options)
-
-
 @pytest.fixture
 def pusher(event_broker: MemoryBroker, users: tuple[User, User]) -> Iterator[MemoryBroker]:
     """The push processor running in a thread on the in-process broker (once the database exists)."""
-    threads = WorkerThreads([QUEUE], event_broker)
+    threads = WorkerThreads([QUEUE], event_broker, retry_delay=0.02)  # production's tries, without the waits
     threads.start()
     yield event_broker
     threads.stop()
@@ -122,7 +114,7 @@ def mention(event_settings: Settings, event_broker: MemoryBroker, users: tuple[U
     store.create_stream("Denmark", [iago.id, othello.id])
     request = {"type": "stream", "to": "Denmark", "topic": "castle",
                "content": "@**Othello** the   guards\nare at the gate"}
-    return send(store, check_request(store, iago, request), "mention-1")
+    return send(event_broker, store, check_request(store, iago, request), "mention-1")
 
 
 def notice(user: User, message: StoredMessage, trigger: str = "mentioned") -> dict[str, Any]:
@@ -152,7 +144,7 @@ def test_a_private_message_payload_has_no_stream_and_a_short_text(
     iago, othello = users
     store = MessageStore(event_settings.database)
     request = {"type": "private", "to": othello.email, "content": "word " * 100}
-    message = send(store, check_request(store, iago, request), "private-1")
+    message = send(pusher, store, check_request(store, iago, request), "private-1")
     pusher.publish(QUEUE, notice(othello, message, "private_message"))
     pusher.join(QUEUE, timeout=10)
     [sent] = gateway.requests

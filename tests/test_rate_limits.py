@@ -147,7 +147,7 @@ def test_past_the_cap_the_queue_idle_the_longest_is_dropped_and_its_client_told(
 
 
 def test_queues_being_polled_are_kept_and_with_all_in_use_a_registration_is_refused(
-        start_server: StartServer, users: tuple[User, User]) -> None:
+         start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
     iago = users[0]
     server = start_server(max_queues_per_user=2)
 
@@ -164,7 +164,7 @@ def test_queues_being_polled_are_kept_and_with_all_in_use_a_registration_is_refu
         status, body = await api.call("POST", "/register")
         assert (status, body["code"]) == (400, "BAD_REQUEST") and "Too many event queues" in body["msg"]
         assert queues_of(server, iago) == {polled, newest}
-        send_event({"type": "custom"}, [iago.id])
+        send_event(event_broker, {"type": "custom"}, [iago.id])
         for poll in (held, also_held):
             assert [e["type"] for e in (await poll)[1]["events"]] == ["custom"]
 
@@ -272,7 +272,7 @@ class Enough(Exception):
 
 
 def test_the_zulip_client_waits_out_a_register_limit_and_gets_its_events(
-        start_server: StartServer, users: tuple[User, User]) -> None:
+         start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
     iago = users[0]
     server = start_server(rate_limit_register=(1, 2.0))
     assert register(session_of(iago), server).status_code == 200  # the one registration allowed now
@@ -287,7 +287,7 @@ def test_the_zulip_client_waits_out_a_register_limit_and_gets_its_events(
             if len(registrations) > 10:
                 raise GaveUp(registrations)
             if response.status_code == 200:
-                send_event({"type": "custom"}, [iago.id])  # something for the new queue
+                send_event(event_broker, {"type": "custom"}, [iago.id])  # something for the new queue
 
     client.session.hooks["response"].append(count_registrations)
 

@@ -23,9 +23,11 @@ def test_variables_override_defaults(tmp_path: Path) -> None:
         "EVENTBUS_VAR_DIR": str(tmp_path),
         "EVENTBUS_PUBLISH_TIMEOUT": "2.5",
         "EVENTBUS_PREFETCH": "7",
+        "EVENTBUS_PROCESSOR_MODULES": " myapp.processors, ,other ",
     })
     assert (settings.broker, settings.amqp_url, settings.var_dir) == ("memory", "amqp://u:p@rabbit:5672/%2F", tmp_path)
     assert (settings.publish_timeout, settings.prefetch) == (2.5, 7)
+    assert settings.processor_modules == ("myapp.processors", "other")
 
 
 def test_password_comes_from_the_secrets_file(tmp_path: Path) -> None:
@@ -52,6 +54,7 @@ def test_redacted_url_hides_the_password() -> None:
         ("EVENTBUS_AMQP_URL", "http://x", "EVENTBUS_AMQP_URL must start with amqp://"),
         ("EVENTBUS_PREFETCH", "many", "EVENTBUS_PREFETCH must be a number"),
         ("EVENTBUS_PUBLISH_TIMEOUT", "0", "EVENTBUS_PUBLISH_TIMEOUT must be positive"),
+        ("EVENTBUS_PROCESSOR_MODULES", "myapp.processors;other", "EVENTBUS_PROCESSOR_MODULES must be comma-sep"),
     ],
 )
 def test_bad_values_get_a_clear_error(variable: str, value: str, message: str) -> None:

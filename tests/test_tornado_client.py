@@ -1,4 +1,5 @@
-"""TornadoQueueClient inside a running IOLoop, against a real RabbitMQ."""
+"""The Tornado-side clients inside a running IOLoop: TornadoQueueClient against a real RabbitMQ, and the interface
+it shares with the in-process broker's."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import pytest
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from eventbus.errors import EventEncodingError
+from eventbus.queue import Broker, MemoryBroker
 from eventbus.queue.rabbitmq import RabbitMQBroker
-from eventbus.queue.tornado_client import TornadoQueueClient
+from eventbus.queue.tornado_client import TornadoClient, TornadoQueueClient
 from eventbus.settings import Settings
-from tests.conftest import until
+from tests.conftest import until, wait_for
 from tests.eventserver import run
 from tests.forwarder import Forwarder
 
@@ -38,6 +40,40 @@ class LagMeter:
 
     def __exit__(self, *exc: object) -> None:
         self._periodic.stop()
+
+
+@pytest.mark.parametrize("kind", ["amqp", "memory"])
+def test_each_broker_makes_its_own_client_and_the_server_needs_only_the_interface(
+        settings: Settings, broker: RabbitMQBroker, queue_name: str, kind: str) -> None:
+    # Given a broker of either kind, and the client it makes (what the event server does)
+    chosen: Broker = broker if kind == "amqp" else MemoryBroker(settings.replace(broker="memory"))
+    client = chosen.tornado_client(name="test")
+    assert isinstance(client, TornadoClient)
+    got: list[Any] = []
+
+    async def scenario() -> None:
+        # When it consumes a queue, publishes to it, and one callback fails
+        def handle(event: Any) -> None:
+            if event.get("fail"):
+                raise ValueError("this one fails")
+            got.append(event)
+
+        client.consume(queue_name, handle)
+        client.start()
+        await client.wait_ready(10)
+        await client.publish(queue_name, {"n": 1})
+        client.publish_nowait(queue_name, {"fail": True})
+        await until(lambda: client.statistics()["failed"] == 1 and got, what="both events handled")
+        # Then both kinds report the same plain record
+        stats = client.statistics()
+        assert (stats["ready"], stats["consumed"], stats["failed"], stats["publish_failures"]) == (True, 1, 1, 0)
+        await client.close()
+
+    run(scenario)
+    assert got == [{"n": 1}]
+    # and the failed event is in the broker's error store
+    wait_for(lambda: chosen.error_store.count(queue_name) == 1, what="the failed event stored")
+    assert chosen.error_store.read(queue_name)[0]["error"] == "ValueError: this one fails"
 
 
 def test_consumes_inside_the_ioloop_and_acks(settings: Settings, broker: RabbitMQBroker, queue_name: str) -> None:

@@ -93,8 +93,8 @@ def test_socket_refused_without_session_or_from_another_origin(start_server: Sta
     run(scenario)
 
 
-def test_events_are_pushed_and_a_reconnect_resumes(start_server: StartServer,
-                                                   users: tuple[User, User]) -> None:
+def test_events_are_pushed_and_a_reconnect_resumes(
+        start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
     server = start_server()
     iago, othello = users
 
@@ -103,14 +103,14 @@ def test_events_are_pushed_and_a_reconnect_resumes(start_server: StartServer,
         ws = await connect(server, cookie)
         await send(ws, {"type": "register", "event_types": ["custom"]})
         queue_id = (await receive(ws, "registered"))["queue_id"]
-        send_event({"type": "custom", "n": 0}, [iago.id])
-        send_event({"type": "custom", "n": 99}, [othello.id])
+        send_event(event_broker, {"type": "custom", "n": 0}, [iago.id])
+        send_event(event_broker, {"type": "custom", "n": 99}, [othello.id])
         assert (await receive(ws, "events"))["events"] == [{"id": 0, "type": "custom", "n": 0}]
         await send(ws, {"type": "ack", "last_event_id": 0})
-        send_event({"type": "custom", "n": 1}, [iago.id])
+        send_event(event_broker, {"type": "custom", "n": 1}, [iago.id])
         assert (await receive(ws, "events"))["events"][0]["n"] == 1
         ws.close()  # the client goes away having seen event 1 but not acknowledged it
-        send_event({"type": "custom", "n": 2}, [iago.id])
+        send_event(event_broker, {"type": "custom", "n": 2}, [iago.id])
         again = await connect(server, cookie)
         await send(again, {"type": "attach", "queue_id": queue_id, "last_event_id": 0})
         await receive(again, "attached")
@@ -127,7 +127,8 @@ def test_events_are_pushed_and_a_reconnect_resumes(start_server: StartServer,
     run(scenario)
 
 
-def test_events_of_every_frame_length_arrive_intact(start_server: StartServer, users: tuple[User, User]) -> None:
+def test_events_of_every_frame_length_arrive_intact(
+        start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
     # The server frames messages itself: lengths under 126, up to 65,535 and beyond take three header forms.
     server = start_server()
     iago = users[0]
@@ -140,7 +141,7 @@ def test_events_of_every_frame_length_arrive_intact(start_server: StartServer, u
         await receive(ws, "registered")
         got: list[str] = []
         for text in texts:
-            send_event({"type": "custom", "text": text}, [iago.id])
+            send_event(event_broker, {"type": "custom", "text": text}, [iago.id])
             got += [e["text"] for e in (await receive(ws, "events"))["events"]]
         assert got == texts
 
@@ -208,8 +209,8 @@ def test_submission_round_trip_through_message_sender_and_tornado_return(
     assert request["server_id"] == "tornado" and request["return_queue"] == "tornado_return"
 
 
-def test_slow_consumer_is_closed_and_its_queue_stays(start_server: StartServer,
-                                                     users: tuple[User, User]) -> None:
+def test_slow_consumer_is_closed_and_its_queue_stays(
+        start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
     server = start_server(websocket_buffer_bytes=256 * 1024)
     iago = users[0]
     cookie, _ = asyncio.run(login(server, iago))
@@ -233,7 +234,7 @@ def test_slow_consumer_is_closed_and_its_queue_stays(start_server: StartServer,
     while not server.call(lambda: server.server.slow_consumers_closed):  # events the client does not read
         assert time.monotonic() < deadline, "the slow socket was never closed"
         for _ in range(10):
-            send_event({"type": "custom", "blob": blob}, [iago.id])
+            send_event(event_broker, {"type": "custom", "blob": blob}, [iago.id])
         time.sleep(0.02)
     # Now the client reads what was sent: the close frame comes last, before Tornado's 5 s abort.
     received = bytearray()

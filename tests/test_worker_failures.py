@@ -133,7 +133,7 @@ def test_fail_records_events_a_processor_built_whatever_they_hold(memory: Memory
         {"id": "p-tries", "failed_tries": "x", "y": float("inf")},
         {"id": "p-fine", "failed_tries": 2},  # past its last try: stored as JSON
     ]
-    worker = get_worker("test", broker=memory)
+    worker = get_worker("test", memory)
     # When a processor fails them
     worker.fail(events, error)
     # Then nothing raised, and every one is in the error store at once (none can be retried), readable

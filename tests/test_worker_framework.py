@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from eventbus.errors import ConfigurationError
-from eventbus.processors.registry import assign_queue, get_worker, registered_queues
+from eventbus.processors.registry import assign_queue, get_worker, get_worker_class, registered_queues
 from eventbus.processors.stats import read_stats
 from eventbus.processors.worker import QueueProcessingWorker
-from eventbus.queue import MemoryBroker, queue_json_publish, set_broker
-from eventbus.settings import Settings
-from tests.conftest import wait_for, worker_threads
+from eventbus.queue import MemoryBroker
+from eventbus.settings import Settings, set_settings
+from tests.conftest import eventbus_command, wait_for, worker_threads
 
 
 @pytest.fixture
-def memory(tmp_path: Path) -> Iterator[MemoryBroker]:
-    broker = MemoryBroker(Settings(broker="memory", var_dir=tmp_path))
-    set_broker(broker)
-    yield broker
-    set_broker(None)
+def memory(tmp_path: Path) -> MemoryBroker:
+    return MemoryBroker(Settings(broker="memory", var_dir=tmp_path))
 
 
 @pytest.fixture
@@ -66,9 +63,51 @@ def test_only_worker_classes_can_be_assigned() -> None:
         assign_queue("not_a_worker")(dict)  # type: ignore[type-var]
 
 
+def test_options_given_to_one_worker_leave_the_queues_own(memory: MemoryBroker) -> None:
+    # Given the test queue, registered with a retry delay of 0.2 s,
+    # when one worker is built with a shorter one
+    quick = get_worker("test", memory, retry_delay=0.01)
+    # then that worker has it, and the queue and other workers keep theirs
+    assert quick.options.retry_delay == 0.01
+    assert get_worker("test", memory).options.retry_delay == get_worker_class("test").options.retry_delay == 0.2
+    with pytest.raises(ConfigurationError, match=r"worker for 'test': unknown option\(s\) retries; known:.*tries"):
+        get_worker("test", memory, retries=1)
+
+
+@pytest.fixture
+def app_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """``use(module)``: the process's settings name ``module`` (in tmp_path) as the application's processors."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def use(module: str) -> None:
+        set_settings(Settings(var_dir=tmp_path, processor_modules=(module,)))
+
+    yield use
+    set_settings(None)
+
+
+def test_an_applications_processor_module_comes_from_the_settings(tmp_path: Path,
+                                                                   app_settings: Callable[[str], None]) -> None:
+    # Given an application's processor module, named in the settings (EVENTBUS_PROCESSOR_MODULES)
+    (tmp_path / "app_processors_in_settings.py").write_text(
+        "from eventbus.processors.registry import assign_queue\n"
+        "from eventbus.processors.worker import QueueProcessingWorker\n\n\n"
+        "@assign_queue('app_queue_from_settings', enabled=False)\n"
+        "class AppWorker(QueueProcessingWorker):\n"
+        "    def consume(self, event):\n"
+        "        pass\n")
+    app_settings("app_processors_in_settings")
+    # Then its queue is registered
+    assert get_worker_class("app_queue_from_settings").__name__ == "AppWorker"
+    # and a module that cannot be imported is named in the error
+    app_settings("no_such_app_module")
+    with pytest.raises(ConfigurationError, match="EVENTBUS_PROCESSOR_MODULES names 'no_such_app_module'"):
+        registered_queues()
+
+
 def test_unknown_queue_names_the_registered_ones(memory: MemoryBroker) -> None:
     with pytest.raises(ConfigurationError, match=r"no processor for queue 'nope'.*test_batch"):
-        get_worker("nope")
+        get_worker("nope", memory)
 
 
 # -- delivery -------------------------------------------------------------------------
@@ -77,7 +116,7 @@ def test_unknown_queue_names_the_registered_ones(memory: MemoryBroker) -> None:
 def test_memory_mode_runs_the_processor_in_process(memory: MemoryBroker, running: Any) -> None:
     running("test")
     for n in range(5):
-        queue_json_publish("test", {"id": n})
+        memory.publish("test", {"id": n})
     memory.join("test", timeout=10)
     assert [e["id"] for e in lines(memory.settings.test_queue_file)] == list(range(5))
 
@@ -105,9 +144,7 @@ def test_failed_event_is_retried_then_stored_then_replayed(memory: MemoryBroker,
     assert lines(memory.settings.var_dir / "test_flaky.jsonl") == []
 
     broken.unlink()
-    from eventbus.cli import main
-
-    assert main(["replay_errors", "test_flaky"]) == 0
+    assert eventbus_command(memory, "replay_errors", "test_flaky") == 0
     memory.join("test_flaky", timeout=10)
     assert lines(memory.settings.var_dir / "test_flaky.jsonl") == [{"id": "f1"}]
     assert memory.error_store.read("test_flaky") == []

@@ -16,6 +16,7 @@ from eventbus import codec
 from eventbus.errors import EventEncodingError
 from eventbus.messages import MessageStore, StoredMessage, Stream
 from eventbus.processors.markdown import Rendered, render
+from eventbus.queue import Broker
 from eventbus.tornado_events import send_event
 from eventbus.users import User
 from eventbus.validation import excerpt, is_id
@@ -164,8 +165,9 @@ def _recipients(to: Any) -> list[Any]:
     return [part.strip() for part in to.split(",")] if "@" in to else [to.strip()]
 
 
-def send(store: MessageStore, draft: Draft, request_id: str | None) -> StoredMessage:
-    """Render, store (once per request id) and deliver; a message delivered before is not delivered again."""
+def send(broker: Broker, store: MessageStore, draft: Draft, request_id: str | None) -> StoredMessage:
+    """Render, store (once per request id) and deliver through ``broker``; a message delivered before is not
+    delivered again."""
     find_user = functools.partial(_find_user, store)
     rendered = render(draft.content, find_user, functools.partial(_find_stream, store))
     if draft.stream is not None:
@@ -186,7 +188,7 @@ def send(store: MessageStore, draft: Draft, request_id: str | None) -> StoredMes
         event: dict[str, Any] = {"type": "message", "message": message.event_message()}
         if draft.sender_queue_id is not None:  # Tornado gives local_id to that queue alone (clients.client_view)
             event.update(sender_queue_id=draft.sender_queue_id, local_id=draft.local_id)
-        send_event(event, [{"id": uid, "flags": f} for uid, f in message.flags.items()])
+        send_event(broker, event, [{"id": uid, "flags": f} for uid, f in message.flags.items()])
         store.mark_delivered(message.id)
     return message
 

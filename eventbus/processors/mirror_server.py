@@ -25,7 +25,7 @@ from functools import partial
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from eventbus.processors.queues.email_mirror import MIRROR_QUEUE, mail_event
-from eventbus.queue import Broker, get_broker
+from eventbus.queue import Broker
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +76,8 @@ class MirrorHandler:
         return "250 2.0.0 OK: queued"
 
 
-def serve(host: str, port: int) -> int:
-    """Run the SMTP receiver until SIGTERM or SIGINT; the exit code."""
-    broker = get_broker()
+def serve(host: str, port: int, broker: Broker) -> int:
+    """Run the SMTP receiver, queueing mail through ``broker``, until SIGTERM or SIGINT; the exit code."""
     if broker.settings.broker == "memory":
         logger.warning("EVENTBUS_BROKER=memory: mail is queued in this process, where no email_mirror worker runs")
     # One thread: one broker connection; mail comes slowly next to the milliseconds a publish takes.

@@ -1,10 +1,10 @@
 """The registry of queue processors: ``@assign_queue`` and ``get_worker``.
 
 A processor is a worker class decorated with ``@assign_queue("name", ...)``
-in any module of ``eventbus.processors.queues``, or of a module named in
-``EVENTBUS_PROCESSOR_MODULES`` (comma-separated, for an application's own
-processors). ``load_processors()`` imports them all, so a new queue needs only
-its decorated class.
+in any module of ``eventbus.processors.queues``, or of a module named in the
+``processor_modules`` setting (``EVENTBUS_PROCESSOR_MODULES``, for an
+application's own processors). ``load_processors()`` imports them all, so a
+new queue needs only its decorated class.
 """
 
 from __future__ import annotations
@@ -12,17 +12,18 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-import os
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from eventbus.errors import ConfigurationError
 from eventbus.queue.error_store import check_queue_name
+from eventbus.settings import get_settings
 
 if TYPE_CHECKING:
     from eventbus.processors.worker import Worker
+    from eventbus.queue import Broker
 
 W = TypeVar("W", bound="type[Worker]")
 
@@ -62,6 +63,15 @@ class QueueOptions:
             if not isinstance(number, int | float) or not math.isfinite(number) or number < 0:
                 raise ConfigurationError(f"{name} must be a number of seconds, not {number!r}")
 
+    def replace(self, where: str, **changes: Any) -> QueueOptions:
+        """These options with some changed; ConfigurationError, saying ``where``, for a name that is no option."""
+        unknown = set(changes) - OPTION_NAMES
+        if unknown:
+            raise ConfigurationError(
+                f"{where}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(OPTION_NAMES))}"
+            )
+        return dataclasses.replace(self, **changes)
+
 
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(QueueOptions))
 
@@ -75,13 +85,7 @@ def assign_queue(queue_name: str, **options: Any) -> Callable[[W], W]:
     when the module is imported.
     """
     check_queue_name(queue_name)
-    unknown = set(options) - OPTION_NAMES
-    if unknown:
-        raise ConfigurationError(
-            f"@assign_queue({queue_name!r}): unknown option(s) {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(sorted(OPTION_NAMES))}"
-        )
-    queue_options = QueueOptions(**options)
+    queue_options = QueueOptions().replace(f"@assign_queue({queue_name!r})", **options)
 
     def register(cls: W) -> W:
         from eventbus.processors.worker import Worker
@@ -105,13 +109,14 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def load_processors() -> None:
-    """Import every processor module: the shipped ones and ``EVENTBUS_PROCESSOR_MODULES``."""
+def load_processors(modules: Iterable[str] | None = None) -> None:
+    """Import every processor module: the shipped ones and ``modules`` (default: the process's
+    ``processor_modules`` setting, as the registry is the process's too)."""
     from eventbus.processors import queues
 
     for module in pkgutil.iter_modules(queues.__path__, queues.__name__ + "."):
         importlib.import_module(module.name)
-    for name in filter(None, (m.strip() for m in os.environ.get("EVENTBUS_PROCESSOR_MODULES", "").split(","))):
+    for name in get_settings().processor_modules if modules is None else modules:
         try:
             importlib.import_module(name)
         except ImportError as e:
@@ -133,6 +138,8 @@ def get_worker_class(queue_name: str) -> type[Worker]:
         raise ConfigurationError(f"no processor for queue {queue_name!r} (registered: {known})") from None
 
 
-def get_worker(queue_name: str, **kwargs: Any) -> Worker:
-    """A new worker for ``queue_name``; keyword arguments go to the worker's constructor."""
-    return get_worker_class(queue_name)(**kwargs)
+def get_worker(queue_name: str, broker: Broker, *, worker_num: int = 0, **options: Any) -> Worker:
+    """A new worker for ``queue_name`` on ``broker``; keyword arguments override its queue's options for this
+    worker only (``retry_delay=0.01``), the registered class keeps them."""
+    cls = get_worker_class(queue_name)
+    return cls(broker, worker_num, options=cls.options.replace(f"worker for {queue_name!r}", **options))

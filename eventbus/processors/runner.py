@@ -19,6 +19,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from eventbus.processors.registry import get_worker
 from eventbus.processors.worker import Worker
@@ -56,9 +57,9 @@ def shutdown_signals(stop: Callable[[], None]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_worker(queue_name: str, *, worker_num: int = 0, broker: Broker | None = None) -> int:
+def run_worker(queue_name: str, broker: Broker, *, worker_num: int = 0) -> int:
     """Run the processor of one queue in this thread until a signal stops it; the exit code."""
-    worker = get_worker(queue_name, broker=broker, worker_num=worker_num)
+    worker = get_worker(queue_name, broker, worker_num=worker_num)
     logger.info("processing queue %s (worker %d)", queue_name, worker_num)
     with shutdown_signals(worker.stop):
         if not run_logging_crash(worker):
@@ -79,10 +80,13 @@ def run_logging_crash(worker: Worker) -> bool:
 
 
 class WorkerThreads:
-    """The processors of several queues, each in a thread of its own, in this process."""
+    """The processors of several queues, each in a thread of its own, in this process, all on one broker.
 
-    def __init__(self, queue_names: Sequence[str], broker: Broker | None = None) -> None:
-        self.workers: list[Worker] = [get_worker(name, broker=broker) for name in queue_names]
+    Keyword arguments override the queues' options for these workers (see ``get_worker``).
+    """
+
+    def __init__(self, queue_names: Sequence[str], broker: Broker, **options: Any) -> None:
+        self.workers: list[Worker] = [get_worker(name, broker, **options) for name in queue_names]
         self.crashed = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -113,7 +117,7 @@ class WorkerThreads:
         return not self.alive
 
 
-def run_all(queue_names: Sequence[str], broker: Broker | None = None) -> int:
+def run_all(queue_names: Sequence[str], broker: Broker) -> int:
     """Run several processors as threads of this process until a signal or a crash; the exit code.
 
     A crashed worker brings the whole process down (exit 1), so that the

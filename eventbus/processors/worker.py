@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 from eventbus.processors.registry import QueueOptions
 from eventbus.processors.stats import QueueStats, stats_path
 from eventbus.processors.timeouts import ProcessingTimeout, deadline, run_coroutine
-from eventbus.queue import Broker, Consumer, get_broker
+from eventbus.queue import Broker, Consumer
 from eventbus.queue.error_store import describe, encoding_problem
 
 logger = logging.getLogger(__name__)
@@ -53,13 +53,15 @@ Event = dict[str, Any]
 class Worker(ABC):
     """Base of both worker kinds; subclass one of them, not this."""
 
-    #: Set by @assign_queue.
+    #: Set by @assign_queue: the queue, and its options (a worker may be given others, see ``__init__``).
     queue_name: ClassVar[str] = ""
-    options: ClassVar[QueueOptions] = QueueOptions()
+    options: QueueOptions = QueueOptions()
 
-    def __init__(self, broker: Broker | None = None, worker_num: int = 0) -> None:
-        self.broker = broker or get_broker()
+    def __init__(self, broker: Broker, worker_num: int = 0, *, options: QueueOptions | None = None) -> None:
+        self.broker = broker
         self.worker_num = worker_num
+        if options is not None:
+            self.options = options
         self.error_store = self.broker.error_store
         self.stats = QueueStats(stats_path(self.broker.settings.var_dir, self.queue_name, worker_num))
         self._consumer: Consumer | None = None

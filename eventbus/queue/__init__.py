@@ -1,8 +1,9 @@
 """The RabbitMQ layer: publish and consume JSON events.
 
 Producers call ``queue_json_publish(queue, event)``; workers call
-``consume(queue, callback)``; the Tornado server uses ``TornadoQueueClient``.
-``EVENTBUS_BROKER=memory`` swaps RabbitMQ for the in-process ``MemoryBroker``.
+``consume(queue, callback)``; the Tornado server uses the ``TornadoClient``
+its broker makes (``broker.tornado_client()``). ``EVENTBUS_BROKER=memory``
+swaps RabbitMQ for the in-process ``MemoryBroker``.
 """
 
 from eventbus.queue.broker import (
@@ -18,7 +19,7 @@ from eventbus.queue.broker import (
 from eventbus.queue.consumer import Consumer
 from eventbus.queue.error_store import ErrorStore, check_queue_name
 from eventbus.queue.memory import MemoryBroker
-from eventbus.queue.tornado_client import MemoryTornadoClient, TornadoQueueClient, tornado_client_for
+from eventbus.queue.tornado_client import MemoryTornadoClient, TornadoClient, TornadoQueueClient
 
 __all__ = [
     "Broker",
@@ -27,6 +28,7 @@ __all__ = [
     "MemoryBroker",
     "MemoryTornadoClient",
     "QueueInfo",
+    "TornadoClient",
     "TornadoQueueClient",
     "check_queue_name",
     "consume",
@@ -35,5 +37,4 @@ __all__ = [
     "queue_json_publish",
     "queue_json_publish_many",
     "set_broker",
-    "tornado_client_for",
 ]

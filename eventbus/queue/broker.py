@@ -12,13 +12,16 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventbus import codec
 from eventbus.queue.consumer import BatchCallback, Consumer
 from eventbus.queue.delay import delay_queue_name
 from eventbus.queue.error_store import ErrorStore, check_queue_name
 from eventbus.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from eventbus.queue.tornado_client import TornadoClient
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,10 @@ class Broker(ABC):
 
     def close(self) -> None:
         """Release connections held by this broker (for the calling thread, where they are per thread)."""
+
+    @abstractmethod
+    def tornado_client(self, name: str = "tornado") -> TornadoClient:
+        """A client of this broker's queues for use inside a running Tornado IOLoop (see ``TornadoClient``)."""
 
 
 _lock = threading.Lock()

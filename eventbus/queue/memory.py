@@ -18,6 +18,7 @@ from eventbus import codec
 from eventbus.queue.broker import Broker, QueueInfo
 from eventbus.queue.consumer import BatchCallback, Consumer, Delivery
 from eventbus.queue.error_store import check_queue_name
+from eventbus.queue.tornado_client import MemoryTornadoClient, TornadoClient
 from eventbus.settings import Settings
 
 
@@ -80,6 +81,9 @@ class MemoryBroker(Broker):
     ) -> Consumer:
         return MemoryConsumer(self._queue(queue), queue, callback, batch_size=batch_size, timeout=timeout,
                               error_store=self.error_store, on_idle=on_idle)
+
+    def tornado_client(self, name: str = "tornado") -> TornadoClient:
+        return MemoryTornadoClient(self, name=name)
 
     def join(self, queue: str, timeout: float | None = None) -> None:
         """Wait until ``queue`` has no event left, delivered, delayed or not; TimeoutError after ``timeout`` s."""

@@ -23,6 +23,7 @@ from eventbus.queue.consumer import BatchCallback, Consumer, Delivery
 from eventbus.queue.error_store import check_queue_name
 from eventbus.queue.frames import FastSelectConnection
 from eventbus.queue.publisher import BlockingPublisher
+from eventbus.queue.tornado_client import TornadoClient, TornadoQueueClient
 from eventbus.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ class RabbitMQBroker(Broker):
 
     def publish_bodies(self, queue: str, bodies: list[bytes]) -> None:
         self._publisher().publish_many(queue, bodies)
+
+    def tornado_client(self, name: str = "tornado") -> TornadoClient:
+        return TornadoQueueClient(self.settings, error_store=self.error_store, name=name)
 
     def close(self) -> None:
         publisher = getattr(self._local, "publisher", None)

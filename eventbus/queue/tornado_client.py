@@ -1,13 +1,18 @@
-"""RabbitMQ inside a running Tornado IOLoop, through pika's TornadoConnection.
+"""Queues inside a running Tornado IOLoop: one interface, ``TornadoClient``, and a client per kind of broker.
+
+A broker makes the client of its kind (``broker.tornado_client(name)``):
+``TornadoQueueClient`` for RabbitMQ, through pika's TornadoConnection, and
+``MemoryTornadoClient`` for the in-process broker. The server uses either
+through ``TornadoClient`` alone.
 
 ``TornadoQueueClient`` never blocks the loop: connecting (even to a host that
 does not answer, pika issue 889), reconnecting (with backoff through
 ``IOLoop.call_later``), publishing and acking are all asynchronous, and the
-error store is written from a thread of the loop's executor.
+error store is written from a thread of its own.
 
-Thread rule: create it, start it and call it from the IOLoop's thread only;
-from another thread, go through ``IOLoop.add_callback``, the only thread-safe
-method of Tornado's IOLoop.
+Thread rule: create a client, start it and call it from the IOLoop's thread
+only; from another thread, go through ``IOLoop.add_callback``, the only
+thread-safe method of Tornado's IOLoop.
 """
 
 from __future__ import annotations
@@ -17,21 +22,23 @@ import concurrent.futures
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import IOLoop
 
 from eventbus import codec
 from eventbus.errors import EventEncodingError
-from eventbus.queue.broker import Broker, get_broker
 from eventbus.queue.client import AmqpClient
-from eventbus.queue.consumer import Consumer
 from eventbus.queue.error_store import ErrorStore, check_queue_name, describe
 from eventbus.queue.frames import FastTornadoConnection
-from eventbus.queue.memory import MemoryBroker
-from eventbus.settings import Settings, get_settings
+from eventbus.settings import Settings
+
+if TYPE_CHECKING:
+    from eventbus.queue.consumer import Consumer
+    from eventbus.queue.memory import MemoryBroker
 
 logger = logging.getLogger(__name__)
 
@@ -41,40 +48,121 @@ CLOSE_POLL_SECONDS = 0.01
 EventCallback = Callable[[Any], Awaitable[None] | None]
 
 
-class TornadoQueueClient:
+class TornadoClient(ABC):
     """Publishes and consumes JSON events from within Tornado's IOLoop.
 
-    - ``publish(queue, event)`` returns a Future that resolves once RabbitMQ
-      confirmed the event. Publishes made while disconnected are held and
-      sent once connected.
+    - ``publish(queue, event)`` returns a Future that resolves once the broker
+      has the event; ``publish_nowait`` does not wait, and logs and counts a
+      failure.
     - ``consume(queue, callback)`` calls ``callback(event)`` for each event and
       acks it after the callback returns (or its awaitable finishes). An event
       that is not JSON, or whose callback raises, is logged and moved to the
       error store, then acked: it never wedges the consumer.
+    - ``statistics()`` is a plain record: the connection's state, and the
+      consumed, failed and publish_failures counts.
     """
+
+    def __init__(self, error_store: ErrorStore, name: str) -> None:
+        self.error_store = error_store
+        self.name = name
+        self.consumed = 0
+        self.failed = 0
+        self.publish_failures = 0
+        self._ioloop: IOLoop | None = None  # set by start()
+        self._consumers: dict[str, EventCallback] = {}
+        # One thread writes the error store: entries land in the order the events failed in (the loop's shared
+        # executor would race them), and a slow disk holds up no other work of the loop's executor.
+        self._recorder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name} error store")
+
+    def start(self) -> None:
+        """Begin connecting and consuming; call from the running IOLoop's thread. Returns at once."""
+        if self._ioloop is not None:
+            return
+        self._ioloop = IOLoop.current()
+        self._connect()
+        for queue, callback in self._consumers.items():
+            self._start_consumer(queue, callback)
+
+    def consume(self, queue: str, callback: EventCallback) -> None:
+        """Call ``callback(event)`` for every event of ``queue``, from ``start()`` on (and on every reconnection)."""
+        self._consumers[check_queue_name(queue)] = callback
+        if self._ioloop is not None:
+            self._start_consumer(queue, callback)
+
+    def statistics(self) -> dict[str, Any]:
+        """A plain record: the connection's state and the consumed and failed counts."""
+        return {**self._connection_statistics(), "consumed": self.consumed, "failed": self.failed,
+                "publish_failures": self.publish_failures}
+
+    def _forget_consumers(self, queues: Iterable[str] | None) -> list[str]:
+        """Take ``queues`` (all by default) out of those consumed from now on; their names."""
+        names = list(self._consumers) if queues is None else list(queues)
+        for name in names:
+            self._consumers.pop(name, None)
+        return names
+
+    def _record(self, queue: str, **entry: Any) -> asyncio.Future[None]:
+        """Count a failed event and write it to the error store (which logs it), off the loop and in order."""
+        self.failed += 1
+        assert self._ioloop is not None
+        return self._ioloop.run_in_executor(self._recorder, partial(self.error_store.record, queue, **entry))
+
+    @property
+    @abstractmethod
+    def ready(self) -> bool:
+        """Whether events can go out right now."""
+
+    @abstractmethod
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until connected (asyncio.TimeoutError after ``timeout`` s)."""
+
+    @abstractmethod
+    def publish(self, queue: str, event: Any) -> asyncio.Future[None]:
+        """Publish one event; the Future resolves once the broker has it. Not JSON: EventEncodingError at once."""
+
+    @abstractmethod
+    def publish_nowait(self, queue: str, event: Any) -> None:
+        """Publish without waiting for the broker; a failure is logged (and counted), not raised."""
+
+    @abstractmethod
+    async def stop_consuming(self, queues: Iterable[str] | None = None, timeout: float = 5.0) -> None:
+        """Stop consuming ``queues`` (all by default) for good, then wait (up to ``timeout`` s) until every event
+        handed out is acked; the rest stay queued for the next consumer."""
+
+    @abstractmethod
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop consuming (see ``stop_consuming``), then let go of the broker."""
+
+    @abstractmethod
+    def _connect(self) -> None:
+        """Begin connecting (``start()`` calls it, in the loop)."""
+
+    @abstractmethod
+    def _start_consumer(self, queue: str, callback: EventCallback) -> None:
+        """Begin consuming ``queue`` (once started)."""
+
+    @abstractmethod
+    def _connection_statistics(self) -> dict[str, Any]:
+        """The connection's part of ``statistics()``, with ``ready`` in it."""
+
+
+class TornadoQueueClient(TornadoClient):
+    """``TornadoClient`` over RabbitMQ. Publishes made while disconnected are held and sent once connected;
+    after a reconnection, consuming resumes by itself."""
 
     def __init__(
         self,
-        settings: Settings | None = None,
+        settings: Settings,
         *,
         prefetch: int | None = None,
         error_store: ErrorStore | None = None,
         name: str = "tornado",
     ) -> None:
-        self.settings = settings or get_settings()
-        self.prefetch = prefetch or self.settings.prefetch
-        self.error_store = error_store or ErrorStore(self.settings.var_dir)
-        self.name = name
+        super().__init__(error_store or ErrorStore(settings.var_dir), name)
+        self.settings = settings
+        self.prefetch = prefetch or settings.prefetch
         self._client: AmqpClient | None = None
-        self._ioloop: IOLoop | None = None
         self._ready_waiters: list[asyncio.Future[None]] = []
-        self._consumers: dict[str, EventCallback] = {}
-        self.consumed = 0
-        self.failed = 0
-        self.publish_failures = 0
-        # One thread writes the error store: entries land in the order the events failed in (the loop's shared
-        # executor would race them), and a slow disk holds up no other work of the loop's executor.
-        self._recorder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name} error store")
         self._in_flight = 0  # events handed to a callback and not yet acked
         self._drained: asyncio.Event | None = None  # set when _in_flight drops to 0 during close()
 
@@ -84,17 +172,12 @@ class TornadoQueueClient:
             raise RuntimeError("TornadoQueueClient.start() was not called")
         return self._client
 
-    def start(self) -> None:
-        """Begin connecting; call from the running IOLoop's thread. Returns at once."""
-        if self._client is not None:
-            return
-        self._ioloop = IOLoop.current()
+    def _connect(self) -> None:
+        assert self._ioloop is not None
         self._client = AmqpClient(
             self.settings, self._ioloop, partial(FastTornadoConnection, custom_ioloop=self._ioloop),
             prefetch=self.prefetch, name=self.name, on_ready=self._on_ready,
         )
-        for queue, callback in self._consumers.items():
-            self._add_consumer(queue, callback)
         self._client.start()
 
     @property
@@ -103,7 +186,6 @@ class TornadoQueueClient:
         return self._client is not None and self._client.ready
 
     async def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until connected (asyncio.TimeoutError after ``timeout`` s)."""
         if self.ready:
             return
         waiter = asyncio.get_running_loop().create_future()
@@ -147,13 +229,7 @@ class TornadoQueueClient:
             self.publish_failures += 1
             logger.error("%s: an event for %s was not published: %s", self.name, queue, error)
 
-    def consume(self, queue: str, callback: EventCallback) -> None:
-        """Call ``callback(event)`` for every event of ``queue``, on this and every later connection."""
-        self._consumers[check_queue_name(queue)] = callback
-        if self._client is not None:
-            self._add_consumer(queue, callback)
-
-    def _add_consumer(self, queue: str, callback: EventCallback) -> None:
+    def _start_consumer(self, queue: str, callback: EventCallback) -> None:
         self.client.add_consumer(queue, partial(self._on_message, queue, callback))
 
     def _on_message(self, queue: str, callback: EventCallback, generation: int, tag: int, body: bytes) -> None:
@@ -200,11 +276,7 @@ class TornadoQueueClient:
         self._store_failure(queue, ack, event=event, error=reason, traceback=trace)
 
     def _store_failure(self, queue: str, ack: Callable[[], None], **entry: Any) -> None:
-        """Write the error store (which logs the entry) off the loop, in order, then ack: the event is kept
-        before it is let go."""
-        self.failed += 1
-        assert self._ioloop is not None
-        done = self._ioloop.run_in_executor(self._recorder, partial(self.error_store.record, queue, **entry))
+        """Write the error store, then ack: the event is kept before it is let go."""
 
         def on_recorded(f: asyncio.Future[None]) -> None:
             if f.exception() is not None:
@@ -213,7 +285,7 @@ class TornadoQueueClient:
                 return
             ack()
 
-        asyncio.ensure_future(done).add_done_callback(on_recorded)
+        asyncio.ensure_future(self._record(queue, **entry)).add_done_callback(on_recorded)
 
     async def stop_consuming(self, queues: Iterable[str] | None = None, timeout: float = 5.0) -> None:
         """Stop consuming ``queues`` (all by default) for good, then wait (up to ``timeout`` s) until every event
@@ -224,9 +296,7 @@ class TornadoQueueClient:
         already or not, go back to their queue for the next consumer (the
         next process). Call it before saving what the callbacks built.
         """
-        names = list(self._consumers) if queues is None else list(queues)
-        for name in names:
-            self._consumers.pop(name, None)
+        names = self._forget_consumers(queues)
         if self._client is None:
             return
         cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -266,14 +336,12 @@ class TornadoQueueClient:
         except TimeoutError:
             logger.warning("%s: connection did not close within %.0f s", self.name, timeout)
 
-    def statistics(self) -> dict[str, Any]:
-        """A plain record: the connection's state and the consumed and failed counts."""
-        stats = self.client.statistics() if self._client is not None else {"ready": False}
-        return {**stats, "consumed": self.consumed, "failed": self.failed, "publish_failures": self.publish_failures}
+    def _connection_statistics(self) -> dict[str, Any]:
+        return self.client.statistics() if self._client is not None else {"ready": False}
 
 
-class MemoryTornadoClient:
-    """TornadoQueueClient's interface over the in-process broker (EVENTBUS_BROKER=memory).
+class MemoryTornadoClient(TornadoClient):
+    """``TornadoClient`` over the in-process broker (EVENTBUS_BROKER=memory).
 
     Each consumed queue has a consumer thread on the memory broker that hands
     events to the IOLoop with ``add_callback`` and waits for the callback to
@@ -281,25 +349,16 @@ class MemoryTornadoClient:
     """
 
     def __init__(self, broker: MemoryBroker, name: str = "tornado") -> None:
+        super().__init__(broker.error_store, name)
         self.broker = broker
-        self.name = name
-        self.error_store = broker.error_store
-        self.consumed = 0
-        self.failed = 0
-        self.publish_failures = 0
-        self._ioloop: IOLoop | None = None
-        self._consumers: dict[str, EventCallback] = {}
         self._running: list[tuple[Consumer, threading.Thread]] = []
 
     @property
     def ready(self) -> bool:
         return self._ioloop is not None
 
-    def start(self) -> None:
-        if self._ioloop is None:
-            self._ioloop = IOLoop.current()
-            for queue, callback in self._consumers.items():
-                self._start_consumer(queue, callback)
+    def _connect(self) -> None:
+        pass  # nothing to connect to: the queues are in this process
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         return None
@@ -312,11 +371,6 @@ class MemoryTornadoClient:
 
     def publish_nowait(self, queue: str, event: Any) -> None:
         self.broker.publish(queue, event)  # in memory: nothing can fail later
-
-    def consume(self, queue: str, callback: EventCallback) -> None:
-        self._consumers[check_queue_name(queue)] = callback
-        if self._ioloop is not None:
-            self._start_consumer(queue, callback)
 
     def _start_consumer(self, queue: str, callback: EventCallback) -> None:
         loop = self._ioloop
@@ -341,21 +395,17 @@ class MemoryTornadoClient:
                 await result
             self.consumed += 1
         except Exception as e:
-            self.failed += 1
             error, trace = describe(e)
-            await IOLoop.current().run_in_executor(None, partial(
-                self.error_store.record, queue, event, error=error, traceback=trace))
+            await self._record(queue, event=event, error=error, traceback=trace)
         finally:
             done.set_result(None)
 
     async def stop_consuming(self, queues: Iterable[str] | None = None, timeout: float = 5.0) -> None:
         """Stop the consumer threads of ``queues`` (all by default): an event being handled is finished and acked,
         the rest stay queued."""
-        names = set(self._consumers if queues is None else queues)
+        names = set(self._forget_consumers(queues))
         stopping = [(consumer, thread) for consumer, thread in self._running if consumer.queue in names]
         self._running = [running for running in self._running if running not in stopping]
-        for name in names:
-            self._consumers.pop(name, None)
         for consumer, _ in stopping:
             consumer.stop()
         for _, thread in stopping:
@@ -364,22 +414,10 @@ class MemoryTornadoClient:
     async def close(self, timeout: float = 5.0) -> None:
         await self.stop_consuming(timeout=timeout)
 
-    def statistics(self) -> dict[str, Any]:
-        return {"ready": self.ready, "consumers": sorted(self._consumers), "consumed": self.consumed,
-                "failed": self.failed, "publish_failures": self.publish_failures}
+    def _connection_statistics(self) -> dict[str, Any]:
+        return {"ready": self.ready, "consumers": sorted(self._consumers)}
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def tornado_client_for(settings: Settings, broker: Broker | None = None, *,
-                       name: str = "tornado") -> TornadoQueueClient | MemoryTornadoClient:
-    """The Tornado-side client the settings ask for: RabbitMQ's, or the in-process broker's."""
-    if settings.broker == "memory":
-        memory = broker or get_broker()
-        if not isinstance(memory, MemoryBroker):
-            raise TypeError("EVENTBUS_BROKER=memory needs the process's broker to be a MemoryBroker")
-        return MemoryTornadoClient(memory, name=name)
-    return TornadoQueueClient(settings, name=name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from eventbus.queue import get_broker
+from eventbus.queue import Broker
 
 NOTIFY_QUEUE = "notify_tornado"
 RETURN_QUEUE = "tornado_return"
@@ -30,11 +30,14 @@ def return_queue_name(server_id: str) -> str:
     return RETURN_QUEUE if server_id == "tornado" else f"{RETURN_QUEUE}.{server_id}"
 
 
-def send_event(event: dict[str, Any], user_ids: Iterable[Recipient]) -> None:
-    """Deliver ``event`` to every client of the users; returns once RabbitMQ has it."""
+def send_event(broker: Broker, event: dict[str, Any], user_ids: Iterable[Recipient]) -> None:
+    """Deliver ``event`` to every client of the users through ``broker``; returns once the broker has it.
+
+    The broker is the caller's (a processor's ``self.broker``): a process-wide one only at an entry point.
+    """
     notice = {"event": event, "users": list(user_ids)}
     check_notice(notice)
-    get_broker().publish(notify_queue_name(), notice)
+    broker.publish(notify_queue_name(), notice)
 
 
 def check_notice(notice: Any) -> tuple[dict[str, Any], list[Recipient]]:

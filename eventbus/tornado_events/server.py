@@ -31,7 +31,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from eventbus import __version__
 from eventbus.accounts import deactivated_user
 from eventbus.messages import MessageStore
-from eventbus.queue import Broker, MemoryTornadoClient, make_broker, tornado_client_for
+from eventbus.queue import Broker, make_broker
 from eventbus.sessions import CsrfTokens, SessionStore, session_key
 from eventbus.settings import Settings
 from eventbus.tornado_events.away import AwayNotifier
@@ -80,7 +80,8 @@ class EventServer:
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
         self.registry = ClientRegistry(settings.max_queue_events, settings.max_queues_per_user)
-        self.queue_client = tornado_client_for(settings, broker, name=f"tornado {settings.server_id}")
+        self.broker = broker if broker is not None else make_broker(settings)
+        self.queue_client = self.broker.tornado_client(name=f"tornado {settings.server_id}")
         self.away = AwayNotifier(self.registry, self.queue_client.publish_nowait)
         self.registry.after_last_queue_expired.append(self.away.on_queues_expired)
         self.messages = MessageStore(settings.database)
@@ -245,11 +246,8 @@ class EventServer:
             respond(dict(REQUEST_TIMED_OUT))
 
     def monitoring_broker(self) -> Broker:
-        """A blocking broker for reading queue depths (in an executor): the in-process one this server uses,
-        or one on this server's RabbitMQ."""
-        if isinstance(self.queue_client, MemoryTornadoClient):
-            return self.queue_client.broker
-        return make_broker(self.settings)
+        """A blocking broker for reading queue depths (in an executor): the one this server consumes from."""
+        return self.broker
 
     def restart_event(self) -> dict[str, Any]:
         """The event each restored queue gets first, as Zulip's: when this process started (whole seconds)."""

@@ -265,7 +265,7 @@ class UserPresenceWorker(QueueProcessingWorker):
             return
         peers = self.users.active_ids(besides=latest.user_id)
         if peers:
-            send_event(latest.event(email), peers)
+            send_event(self.broker, latest.event(email), peers)
         self.store.mark_announced(latest.user_id, latest.status, now)
 
 

@@ -237,7 +237,7 @@ class EmailMirrorWorker(QueueProcessingWorker):
             content = content[: MAX_CONTENT - len(TRUNCATED)] + TRUNCATED
         request = {"type": "stream", "to": stream.name, "topic": mail.topic(), "content": content}
         try:
-            message = send(self.store, check_request(self.store, sender, request), mail.request_id(stream))
+            message = send(self.broker, self.store, check_request(self.store, sender, request), mail.request_id(stream))
         except MessageError as e:
             raise PermanentError(str(e)) from None
         logger.info("email from %s posted as message %d on stream %s", sender.email, message.id, stream.name)

@@ -144,7 +144,7 @@ class SlowQueryWorker(LoopQueueProcessingWorker):
             draft = check_request(self.store, self.bot, request)
         except MessageError as e:
             raise PermanentError(f"cannot post the slow query summary: {e}") from None
-        send(self.store, draft, stable_id("slow_queries", events))
+        send(self.broker, self.store, draft, stable_id("slow_queries", events))
 
 
 def slow_query_summary(events: list[Event]) -> str:

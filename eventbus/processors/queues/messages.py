@@ -47,7 +47,7 @@ class MessageSenderWorker(QueueProcessingWorker):
             try:
                 draft = check_request(self.store, sender, request,
                                       client if isinstance(client, str) and client else INTERNAL_CLIENT)
-                response = {"result": "success", "msg": "", "id": send(self.store, draft, request_id).id}
+                response = {"result": "success", "msg": "", "id": send(self.broker, self.store, draft, request_id).id}
             except MessageError as e:
                 response = e.response()
             except REQUEST_DATA_ERRORS as e:
