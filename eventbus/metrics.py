@@ -2,10 +2,10 @@
 
 Queue figures come from where they live: depth and consumers from RabbitMQ,
 what each worker consumed and failed and its consume time histogram from the
-workers' stats files (``<var>/queue_stats``), the rest from the event server
-itself (handed to the handler as the server, with the broker to read).
-Only loopback may ask, or whoever sends ``Authorization: Bearer <shared
-secret>``.
+workers' stats files (``<var>/queue_stats``), the rest from the event
+server's ``statistics()``; the handler is handed the server and the broker
+to read. Only loopback may ask, or whoever sends ``Authorization: Bearer
+<shared secret>``.
 """
 
 from __future__ import annotations
