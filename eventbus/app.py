@@ -2,12 +2,16 @@
 
 The top layer wires the components together: the event core
 (``eventbus.tornado_events``) with the metrics, the web pages and the
-development pages, served by one Tornado HTTP server.
+development pages, served by one Tornado HTTP server. ``make_app`` hands
+each handler, through Tornado's ``initialize``, the parts of the
+``EventServer`` it uses (``handlers.handler_args`` for what every handler
+gets) and the ``auth.Auth`` kind its requests authenticate by.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -19,6 +23,7 @@ from tornado.httpserver import HTTPServer
 from eventbus.metrics import metrics_handlers
 from eventbus.queue import Broker
 from eventbus.settings import Settings
+from eventbus.tornado_events.auth import Auth
 from eventbus.tornado_events.body_limit import BodyLimit
 from eventbus.tornado_events.handlers import (
     EventsHandler,
@@ -31,6 +36,7 @@ from eventbus.tornado_events.handlers import (
     RegisterHandler,
     ReportErrorHandler,
     ServerSettingsHandler,
+    handler_args,
 )
 from eventbus.tornado_events.server import EventServer
 from eventbus.tornado_events.websocket import EventSocket
@@ -53,31 +59,34 @@ def extra_handlers(server: EventServer) -> list[Any]:
 
 
 def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> tornado.web.Application:
-    """The Tornado application: every URL of the event server."""
-    api = {"server": server, "auth": "api"}
-    session = {"server": server, "auth": "session"}
+    """The Tornado application: every URL of the event server, each handler handed what it uses."""
+    args = functools.partial(handler_args, server)
+    sending = {"submissions": server.submissions, "messages": server.messages}
+    publish = server.queue_client.publish
     handlers: list[Any] = [
-        (r"/api/v1/register", RegisterHandler, api),
-        (r"/json/register", RegisterHandler, session),
-        (r"/api/v1/events", EventsHandler, api),
-        (r"/json/events", EventsHandler, session),
-        (r"/json/events/websocket", EventSocket, {"server": server}),
-        (r"/api/internal/notify_tornado", NotifyHandler, {"server": server, "auth": "internal"}),
-        (r"/api/v1/messages", MessagesHandler, api),
-        (r"/json/messages", MessagesHandler, session),
-        (r"/json/report/error", ReportErrorHandler, session),
-        (r"/json/users/me/presence", PresenceHandler, session),
-        (r"/api/v1/users/me/presence", PresenceHandler, api),
-        (r"/api/v1/server_settings", ServerSettingsHandler, {"server": server, "auth": "none"}),
-        (r"/accounts/login", LoginHandler, {"server": server, "auth": "none"}),
-        (r"/accounts/logout", LogoutHandler, {"server": server, "auth": "session"}),
+        (r"/api/v1/register", RegisterHandler, args(Auth.API, server=server)),
+        (r"/json/register", RegisterHandler, args(Auth.SESSION, server=server)),
+        (r"/api/v1/events", EventsHandler, args(Auth.API, server=server)),
+        (r"/json/events", EventsHandler, args(Auth.SESSION, server=server)),
+        (r"/json/events/websocket", EventSocket, {
+            "server": server, "authenticator": server.authenticator, "rate_limits": server.rate_limits,
+            "submissions": server.submissions, "sockets": server.sockets}),
+        (r"/api/internal/notify_tornado", NotifyHandler, args(Auth.INTERNAL, server=server)),
+        (r"/api/v1/messages", MessagesHandler, args(Auth.API, **sending)),
+        (r"/json/messages", MessagesHandler, args(Auth.SESSION, **sending)),
+        (r"/json/report/error", ReportErrorHandler, args(Auth.SESSION, publish=publish)),
+        (r"/json/users/me/presence", PresenceHandler, args(Auth.SESSION, publish=publish)),
+        (r"/api/v1/users/me/presence", PresenceHandler, args(Auth.API, publish=publish)),
+        (r"/api/v1/server_settings", ServerSettingsHandler, args(Auth.NONE, server=server)),
+        (r"/accounts/login", LoginHandler, args(Auth.NONE)),
+        (r"/accounts/logout", LogoutHandler, args(Auth.SESSION)),
         *(extra_handlers or []),
     ]
     return tornado.web.Application(
         handlers,
-        cookie_secret=server.cookie_secret,
+        cookie_secret=server.authenticator.cookie_secret,
         default_handler_class=NotFoundHandler,
-        default_handler_args={"server": server, "auth": "none"},
+        default_handler_args=args(Auth.NONE),
         websocket_ping_interval=PING_INTERVAL,
         websocket_ping_timeout=PING_INTERVAL,
         websocket_max_message_size=server.settings.max_body_bytes,  # a frame is a request like any other

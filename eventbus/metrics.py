@@ -2,14 +2,14 @@
 
 Queue figures come from where they live: depth and consumers from RabbitMQ,
 what each worker consumed and failed and its consume time histogram from the
-workers' stats files (``<var>/queue_stats``), the rest from the event server
-itself. Only loopback may ask, or whoever sends ``Authorization: Bearer
+workers' stats files (``<var>/queue_stats``), the rest from the event
+server's ``statistics()``; the handler is handed the server and the broker
+to read. Only loopback may ask, or whoever sends ``Authorization: Bearer
 <shared secret>``.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +22,8 @@ from eventbus.errors import BrokerError
 from eventbus.processors.registry import registered_queues
 from eventbus.processors.stats import read_stats
 from eventbus.queue import Broker
-from eventbus.tornado_events.handlers import ApiError, BaseHandler, is_loopback
+from eventbus.tornado_events.auth import Auth, is_loopback
+from eventbus.tornado_events.handlers import ApiError, BaseHandler, handler_args
 from eventbus.tornado_events.server import EventServer
 
 
@@ -77,16 +78,15 @@ class Snapshot(Collector):
 class MetricsHandler(BaseHandler):
     """GET /metrics: loopback, or the shared secret as a bearer token."""
 
-    def initialize(self, server: EventServer, auth: str = "none", broker: Broker | None = None) -> None:
-        super().initialize(server, auth)
+    def initialize(self, server: EventServer, broker: Broker, **base: Any) -> None:
+        super().initialize(**base)
+        self.server = server
         # The server's own broker: the queue depths of where its queues are (metrics_handlers makes it once).
-        self.broker = broker if broker is not None else server.monitoring_broker()
+        self.broker = broker
 
     async def get(self) -> None:
-        secret = self.server.settings.shared_secret
         given = self.request.headers.get("Authorization", "").removeprefix("Bearer ")
-        allowed = is_loopback(self.request.remote_ip) or (
-            bool(secret) and hmac.compare_digest(given.encode(), str(secret).encode()))
+        allowed = is_loopback(self.request.remote_ip) or self.authenticator.secret_ok(given)
         if not allowed:
             raise ApiError(401, "UNAUTHORIZED", "Metrics: loopback or the shared secret required")
         queues = await IOLoop.current().run_in_executor(None, queue_snapshot, self.broker)
@@ -102,4 +102,5 @@ class MetricsHandler(BaseHandler):
 
 
 def metrics_handlers(server: EventServer) -> list[Any]:
-    return [(r"/metrics", MetricsHandler, {"server": server, "auth": "none", "broker": server.monitoring_broker()})]
+    return [(r"/metrics", MetricsHandler, handler_args(server, Auth.NONE, server=server,
+                                                       broker=server.monitoring_broker()))]

@@ -78,8 +78,7 @@ class WebServer(ServerThread):
 
     async def _close_sockets(self) -> None:
         assert self.server is not None
-        for socket in list(self.server.sockets.values()):
-            socket.close(1012, "server restart")
+        self.server.sockets.close(1012, "server restart")
         deadline = time.monotonic() + 5
         while self.server.sockets and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

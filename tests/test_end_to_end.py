@@ -173,7 +173,7 @@ async def server_submit(server: ServerThread, user: User, n: int) -> None:
     """Queue a send as the server does for a websocket request (the answer is not awaited)."""
     request = {"type": "stream", "to": "Denmark", "topic": "count", "content": f"message {n}"}
     await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-        server.server.submit(user, request, lambda response: None), server.loop))
+        server.server.submissions.submit(user, request, lambda response: None), server.loop))
 
 
 def test_zulip_client_send_message_and_call_on_each_event(system: dict[str, Any]) -> None:

@@ -438,7 +438,8 @@ def test_bad_notice_on_the_queue_goes_to_the_error_store(start_server: StartServ
 
 def test_server_errors_and_slow_requests_are_reported(event_settings: Settings, event_broker: MemoryBroker,
                                                       users: tuple[User, User]) -> None:
-    from eventbus.tornado_events.handlers import BaseHandler
+    from eventbus.tornado_events.auth import Auth
+    from eventbus.tornado_events.handlers import BaseHandler, handler_args
 
     class Broken(BaseHandler):
         async def get(self) -> None:
@@ -450,7 +451,8 @@ def test_server_errors_and_slow_requests_are_reported(event_settings: Settings, 
             self.success()
 
     def extra(server: Any) -> list[Any]:
-        return [(r"/api/v1/broken", Broken, {"server": server}), (r"/api/v1/slow", Slow, {"server": server})]
+        return [(r"/api/v1/broken", Broken, handler_args(server, Auth.API)),
+                (r"/api/v1/slow", Slow, handler_args(server, Auth.API))]
 
     server = ServerThread(event_settings.replace(slow_request_seconds=0.2), event_broker, extra_handlers=extra).start()
     try:
@@ -490,7 +492,7 @@ def test_api_requests_are_counted_into_user_activity(start_server: StartServer, 
             assert (await api.events(queue_id, dont_block=True))[0] == 200
 
     run(scenario)
-    server.call(server.server.flush_activity)
+    server.call(server.server.activity.flush)
     activity: list[Any] = []
     consumer = event_broker.consumer("user_activity", activity.extend)
     threading.Thread(target=consumer.run, daemon=True).start()

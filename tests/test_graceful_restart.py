@@ -224,7 +224,7 @@ def test_a_message_submitted_before_shutdown_gets_its_answer(start_server: Start
         # Given a message submitted while message_sender is slow to answer (here: not running yet),
         sent = asyncio.ensure_future(api.call("POST", "/messages", type="private", to=othello.email,
                                               content="sent just before the restart"))
-        await until(lambda: server.call(lambda: len(state(server).pending)) == 1, what="the request sent")
+        await until(lambda: server.call(lambda: len(state(server).submissions)) == 1, what="the request sent")
         # when the server stops, and message_sender answers meanwhile,
         stopping = asyncio.ensure_future(stop(server))
         await until(lambda: state(server).stopping, what="the shutdown")

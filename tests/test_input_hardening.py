@@ -132,7 +132,7 @@ def test_a_private_message_to_a_huge_user_id_is_refused_at_once(start_server: St
                                                                 sender_worker: WorkerThreads) -> None:
     server = start_server()
     assert server.server is not None
-    server.server.request_timeout = 10  # a retried request would take 0.5+1+2+4 s, then time out: a 504
+    server.server.submissions.request_timeout = 10  # a retried request would take 0.5+1+2+4 s, then time out: a 504
 
     async def scenario() -> None:
         api = Api(server, users[0])

@@ -231,7 +231,8 @@ def test_slow_consumer_is_closed_and_its_queue_stays(
     [client] = server.call(lambda: list(server.server.registry))
     blob = "x" * 100_000
     deadline = time.monotonic() + 30
-    while not server.call(lambda: server.server.slow_consumers_closed):  # events the client does not read
+    # Events the client does not read, until the server closes it.
+    while not server.call(lambda: server.server.statistics()["slow_consumers_closed"]):
         assert time.monotonic() < deadline, "the slow socket was never closed"
         for _ in range(10):
             send_event(event_broker, {"type": "custom", "blob": blob}, [iago.id])
@@ -254,7 +255,7 @@ def test_slow_consumer_is_closed_and_its_queue_stays(
 def test_a_request_nobody_answers_times_out_on_both_paths(start_server: StartServer, users: tuple[User, User]) -> None:
     # No message_sender processor runs here: the server answers for it once its wait is over, and forgets it.
     server = start_server()
-    server.call(lambda: setattr(server.server, "request_timeout", 0.3))
+    server.call(lambda: setattr(server.server.submissions, "request_timeout", 0.3))
     iago = users[0]
 
     async def scenario() -> None:
@@ -267,4 +268,4 @@ def test_a_request_nobody_answers_times_out_on_both_paths(start_server: StartSer
         assert (status, body["code"]) == (504, "REQUEST_TIMEOUT")
 
     run(scenario)
-    assert server.call(lambda: len(server.server.pending)) == 0
+    assert server.call(lambda: server.server.statistics()["pending_requests"]) == 0

@@ -3,12 +3,16 @@
 Every answer is JSON, errors included: ``{"result": "error", "msg": ...,
 "code": ...}`` with status 400 (``BAD_REQUEST``, ``BAD_EVENT_QUEUE_ID``), 401
 (``UNAUTHORIZED``), 404 or 429 (``RATE_LIMIT_HIT``, with ``retry-after``
-seconds and a ``Retry-After`` header), never an HTML page. Handlers get the
-server through ``initialize`` and say how they authenticate: ``api`` (HTTP
-Basic ``email:api_key``), ``session`` (the session cookie, plus the session's
-CSRF token in ``X-CSRFToken`` for anything but GET; see ``eventbus.sessions``),
-``internal`` (loopback and the shared secret) or ``none``; and which per-user
-rate limit an authenticated request counts against (``rate_limit_category``, a
+seconds and a ``Retry-After`` header), never an HTML page.
+
+Handlers get what they use through ``initialize``, as Tornado's own do, and
+``eventbus.app.make_app`` wires them: every handler the ``Authenticator``
+(with the ``auth.Auth`` kind its requests authenticate by), the
+``RateLimits`` and the ``ActivityRecorder`` (``handler_args`` spells these);
+the handlers of the event queues (``CoreHandler``) the ``EventServer``, the
+others what they need besides (the message store, ``Submissions``, the
+queue client's ``publish``). A handler also says which per-user rate limit
+an authenticated request counts against (``rate_limit_category``, a
 category of ``rate_limit.RateLimits``).
 """
 
@@ -16,12 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
-import ipaddress
 import logging
 import math
 import time
-import traceback
 import urllib.parse
 from asyncio import Future
 from collections.abc import Callable, Iterable
@@ -32,11 +33,21 @@ from tornado.ioloop import IOLoop
 
 from eventbus import codec
 from eventbus.errors import EventEncodingError
-from eventbus.messages import ANCHORS, LARGER_THAN_MAX_MESSAGE_ID, MAX_MESSAGES_PER_REQUEST, HistoryQuery
+from eventbus.messages import (
+    ANCHORS,
+    LARGER_THAN_MAX_MESSAGE_ID,
+    MAX_MESSAGES_PER_REQUEST,
+    HistoryQuery,
+    MessageStore,
+)
 from eventbus.narrow import NarrowError, parse_narrow
 from eventbus.tornado_events import rate_limit
+from eventbus.tornado_events.activity import ActivityRecorder
+from eventbus.tornado_events.auth import Auth, Authenticator
 from eventbus.tornado_events.clients import TooManyQueues
 from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
+from eventbus.tornado_events.rate_limit import RateLimits
+from eventbus.tornado_events.submissions import Publish, Submissions
 from eventbus.users import User
 from eventbus.validation import MAX_ID, excerpt, is_id
 
@@ -45,9 +56,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The session id (HttpOnly), and the session's CSRF token for the pages' scripts (readable; Django's name).
-SESSION_COOKIE = "eventbus_session"
-CSRF_COOKIE = "csrftoken"
 #: What a held GET is answered when nothing came for a while, or when the server stops: the client polls again.
 HEARTBEAT = {"type": "heartbeat"}
 NARROW_OPERATORS = frozenset({"stream", "topic"})
@@ -63,14 +71,6 @@ MAX_CLIENT_CHARS = 30
 WEB_CLIENT = "website"
 #: How many ignored parameters an answer names: a request of thousands gets no answer of thousands.
 MAX_IGNORED_NAMED = 20
-
-
-def is_loopback(address: str | None) -> bool:
-    """Whether a peer address is this machine's loopback (127.0.0.0/8, ::1)."""
-    try:
-        return ipaddress.ip_address(address or "").is_loopback
-    except ValueError:
-        return False
 
 
 class ApiError(tornado.web.HTTPError):
@@ -117,9 +117,9 @@ def api_error_body(handler: tornado.web.RequestHandler, error: ApiError) -> dict
     return {"result": "error", "msg": error.msg, "code": error.code, **error.extra}
 
 
-def check_rate_limit(server: EventServer, category: str, user: User, **extra: Any) -> None:
+def check_rate_limit(rate_limits: RateLimits, category: str, user: User, **extra: Any) -> None:
     """Count a request of ``category`` against ``user``'s limit; RATE_LIMIT_HIT (with ``extra``) when over."""
-    wait = server.rate_limits.acquire(category, user.id)
+    wait = rate_limits.acquire(category, user.id)
     if wait:
         raise rate_limit_hit(wait, **extra)
 
@@ -204,36 +204,54 @@ class JsonErrors(tornado.web.RequestHandler):
         """Invoked for a server error (Tornado has logged it already); a handler may report it further."""
 
 
+def handler_args(server: EventServer, auth: Auth, /, **more: Any) -> dict[str, Any]:
+    """The ``initialize`` arguments of a ``BaseHandler`` authenticating by ``auth``, from ``server``'s parts,
+    with ``more`` for the handler's own."""
+    return {"authenticator": server.authenticator, "rate_limits": server.rate_limits, "activity": server.activity,
+            "auth": auth, **more}
+
+
 class BaseHandler(JsonErrors):
     """Authentication, arguments and JSON answers for every endpoint."""
 
-    server: EventServer
-    auth: str
+    authenticator: Authenticator
+    rate_limits: RateLimits
+    activity: ActivityRecorder
+    auth: Auth
     user: User
     #: The per-user limit an authenticated request here counts against (a category of ``RateLimits``).
     rate_limit_category = rate_limit.API
 
-    def initialize(self, server: EventServer, auth: str = "api") -> None:
-        self.server = server
+    def _initialize_base(self, authenticator: Authenticator, rate_limits: RateLimits, activity: ActivityRecorder,
+                         auth: Auth = Auth.API) -> None:
+        if not isinstance(auth, Auth):  # URL specs are not type-checked: a misspelt kind must not mean "none"
+            raise TypeError(f"a handler's auth must be an Auth kind, not {auth!r}")
+        self.authenticator = authenticator
+        self.rate_limits = rate_limits
+        self.activity = activity
         self.auth = auth
 
+    # Typed loosely, as Tornado types it: a handler's initialize takes these and what it needs besides.
+    initialize: Callable[..., None] = _initialize_base
+
     async def prepare(self) -> None:
-        if self.auth == "api":
-            user = await self.server.authenticate_basic(self.request.headers.get("Authorization", ""))
-        elif self.auth == "session":
-            user = await self.server.session_user(self)
-            if user is not None and self.request.method not in ("GET", "HEAD", "OPTIONS"):
-                self.check_csrf()
-        elif self.auth == "internal":
-            self.check_internal()
-            return
-        else:
-            return
+        match self.auth:
+            case Auth.API:
+                user = await self.authenticator.authenticate_basic(self.request.headers.get("Authorization", ""))
+            case Auth.SESSION:
+                user = await self.authenticator.session_user(self)
+                if user is not None and self.request.method not in ("GET", "HEAD", "OPTIONS"):
+                    self.check_csrf()
+            case Auth.INTERNAL:
+                self.check_internal()
+                return
+            case Auth.NONE:
+                return
         if user is None:
             raise ApiError(401, "UNAUTHORIZED", "Not logged in: API authentication or user session required")
         self.user = user
         if self.counts_against_rate_limit():
-            check_rate_limit(self.server, self.rate_limit_category, user)
+            check_rate_limit(self.rate_limits, self.rate_limit_category, user)
 
     def counts_against_rate_limit(self) -> bool:
         """Whether this authenticated request counts against its user's rate limit (all do, unless told)."""
@@ -245,16 +263,13 @@ class BaseHandler(JsonErrors):
     def on_finish(self) -> None:
         """Every authenticated API request is recorded as a user_activity event; a slow one is reported too."""
         user = getattr(self, "user", None)
-        if user is not None and self.auth in ("api", "session"):
-            self.server.record_activity(user, self)
-        seconds = self.request.request_time()
-        if self.slow_requests_reported and seconds >= self.server.settings.slow_request_seconds:
-            self.server.queue_client.publish_nowait("slow_queries", {
-                "path": self.request.path, "method": self.request.method, "time_ms": round(seconds * 1000, 1),
-                "status": self.get_status(), "user_email": user.email if user else None, "time": time.time()})
+        if user is not None and self.auth in (Auth.API, Auth.SESSION):
+            self.activity.record(user, self)
+        if self.slow_requests_reported:
+            self.activity.report_if_slow(self, user)
 
     def check_csrf(self) -> None:
-        if not self.server.csrf_ok(self):
+        if not self.authenticator.csrf_ok(self):
             raise ApiError(401, "UNAUTHORIZED", "CSRF token missing or incorrect")
 
     def check_same_origin(self, action: str) -> None:
@@ -264,10 +279,7 @@ class BaseHandler(JsonErrors):
             raise ApiError(403, "UNAUTHORIZED", f"{action} from another site's page is refused")
 
     def check_internal(self) -> None:
-        secret = self.server.settings.shared_secret
-        given = self.get_body_argument("secret", "")
-        if not is_loopback(self.request.remote_ip) or not secret or not hmac.compare_digest(
-                given.encode(), secret.encode()):
+        if not self.authenticator.internal_ok(self, self.get_body_argument("secret", "")):
             raise ApiError(401, "UNAUTHORIZED", "Internal endpoint: loopback and the shared secret required")
 
     # -- arguments --------------------------------------------------------------
@@ -300,13 +312,6 @@ class BaseHandler(JsonErrors):
     def bool_arg(self, name: str, default: bool) -> bool:
         return bool(self.arg(name, parse_bool, default))
 
-    def client(self) -> ClientDescriptor:
-        queue_id = self.arg("queue_id")
-        client = self.server.registry.get(queue_id, self.user.id)
-        if client is None:
-            raise bad_queue(queue_id)
-        return client
-
     # -- answers ----------------------------------------------------------------
 
     def compute_etag(self) -> None:
@@ -325,12 +330,7 @@ class BaseHandler(JsonErrors):
 
     def report_error(self, exc_info: Any) -> None:
         """A server error goes to the administrators through error_reports (it is logged by Tornado too)."""
-        user = getattr(self, "user", None)
-        stacktrace = "".join(traceback.format_exception(*exc_info)) if exc_info and exc_info[0] else ""
-        self.server.queue_client.publish_nowait("error_reports", {
-            "type": "server", "message": f"{self.request.method} {self.request.path}: "
-                                          f"{exc_info[1] if exc_info else 'error'}"[:2000],
-            "stacktrace": stacktrace[-20000:], "user_email": user.email if user else None, "time": time.time()})
+        self.activity.report_error(self, exc_info, getattr(self, "user", None))
 
 
 def parse_bool(raw: str) -> bool:
@@ -343,13 +343,40 @@ def parse_bool(raw: str) -> bool:
 
 
 class NotFoundHandler(BaseHandler):
-    """Any URL the server does not have: a JSON 404 (``make_app`` gives it the server, like every handler)."""
+    """Any URL the server does not have: a JSON 404 (``make_app`` hands it what every handler gets)."""
 
     async def prepare(self) -> None:
         raise tornado.web.HTTPError(404)
 
 
-class RegisterHandler(BaseHandler):
+class CoreHandler(BaseHandler):
+    """A handler of the event core's endpoints (queues, notices, the server's settings): handed the server too."""
+
+    server: EventServer
+
+    def initialize(self, server: EventServer, **base: Any) -> None:
+        super().initialize(**base)
+        self.server = server
+
+    def client(self) -> ClientDescriptor:
+        queue_id = self.arg("queue_id")
+        client = self.server.registry.get(queue_id, self.user.id)
+        if client is None:
+            raise bad_queue(queue_id)
+        return client
+
+
+class PublishingHandler(BaseHandler):
+    """A handler that puts what it is sent on a queue: handed the queue client's ``publish``."""
+
+    publish: Publish
+
+    def initialize(self, publish: Publish, **base: Any) -> None:
+        super().initialize(**base)
+        self.publish = publish
+
+
+class RegisterHandler(CoreHandler):
     """POST /api/v1/register, /json/register: a new event queue for the caller."""
 
     rate_limit_category = rate_limit.REGISTER
@@ -361,7 +388,7 @@ class RegisterHandler(BaseHandler):
         self.success(queue_id=client.queue_id, last_event_id=-1, **self.server.initial_state(self.user))
 
 
-class EventsHandler(BaseHandler):
+class EventsHandler(CoreHandler):
     """GET /api/v1/events (long-poll) and DELETE /api/v1/events, and their /json twins.
 
     A GET with nothing to return is held: the handler becomes its client's
@@ -483,6 +510,11 @@ class MessagesHandler(BaseHandler):
                                 "client_gravatar", "use_first_unread_anchor", "message_ids",
                                 "allow_empty_topic_name"})  # no topic is ever empty here: nothing to do for it
 
+    def initialize(self, submissions: Submissions, messages: MessageStore, **base: Any) -> None:
+        super().initialize(**base)
+        self.submissions = submissions
+        self.messages = messages
+
     async def post(self) -> None:
         request = {name: self.get_argument(name) for name in self.SEND_FIELDS
                    if self.get_argument(name, None) is not None}
@@ -492,7 +524,7 @@ class MessagesHandler(BaseHandler):
             if not answer.done():
                 answer.set_result(response)
 
-        await self.server.submit(self.user, request, respond, client=client_name(self))
+        await self.submissions.submit(self.user, request, respond, client=client_name(self))
         response = await answer  # the processor's answer, or REQUEST_TIMEOUT from the server
         if not isinstance(response, dict) or response.get("result") != "success":
             error = dict(response) if isinstance(response, dict) else {}
@@ -504,7 +536,7 @@ class MessagesHandler(BaseHandler):
     async def get(self) -> None:
         query = self.history_query()
         try:
-            answer = await IOLoop.current().run_in_executor(None, self.server.messages.history, self.user.id, query)
+            answer = await IOLoop.current().run_in_executor(None, self.messages.history, self.user.id, query)
         except NarrowError as e:  # a stream or user named in the narrow does not exist
             raise ApiError(400, "BAD_NARROW", str(e), desc=e.desc) from None
         self.success(**answer, **ignored_parameters(self, self.HISTORY_FIELDS))
@@ -565,7 +597,7 @@ def parse_anchor(raw: str) -> int | str:
 def client_name(handler: BaseHandler) -> str:
     """Zulip's client string of a request: "website" for the browser session, else the User-Agent's product
     ("ZulipPython/0.9.1 (Linux)" is "ZulipPython")."""
-    if handler.auth == "session":
+    if handler.auth is Auth.SESSION:
         return WEB_CLIENT
     product = handler.request.headers.get("User-Agent", "").split("/")[0].split(" ")[0]
     return product[:MAX_CLIENT_CHARS] or "API"
@@ -578,7 +610,7 @@ def ignored_parameters(handler: BaseHandler, known: Iterable[str]) -> dict[str, 
     return {"ignored_parameters_unsupported": ignored} if ignored else {}
 
 
-class ReportErrorHandler(BaseHandler):
+class ReportErrorHandler(PublishingHandler):
     """POST /json/report/error: a browser traceback, rate-limited per user, queued to error_reports."""
 
     rate_limit_category = rate_limit.ERROR_REPORTS
@@ -587,11 +619,11 @@ class ReportErrorHandler(BaseHandler):
         report = {"type": "browser", "user_id": self.user.id, "user_email": self.user.email,
                   "message": self.arg("message")[:2000], "stacktrace": self.arg("stacktrace", str, "")[:20000],
                   "href": self.arg("href", str, "")[:500], "user_agent": self.request.headers.get("User-Agent", "")}
-        await self.server.queue_client.publish("error_reports", report)
+        await self.publish("error_reports", report)
         self.success()
 
 
-class PresenceHandler(BaseHandler):
+class PresenceHandler(PublishingHandler):
     """POST /json/users/me/presence (status: active or idle): queued to user_presence.
 
     Rate-limited on its own (``EVENTBUS_RATE_LIMIT_PRESENCE``): every change reaches every other user,
@@ -604,13 +636,13 @@ class PresenceHandler(BaseHandler):
         status = self.arg("status")
         if status not in ("active", "idle"):
             raise bad_request("Invalid 'status' argument: must be 'active' or 'idle'")
-        client = self.request.headers.get("User-Agent", "website")[:100] if self.auth == "api" else "website"
-        await self.server.queue_client.publish("user_presence", {
+        client = self.request.headers.get("User-Agent", "website")[:100] if self.auth == Auth.API else "website"
+        await self.publish("user_presence", {
             "user_id": self.user.id, "status": status, "time": time.time(), "client": client})
         self.success()
 
 
-class NotifyHandler(BaseHandler):
+class NotifyHandler(CoreHandler):
     """POST /api/internal/notify_tornado: send_event over HTTP, for producers without RabbitMQ."""
 
     def post(self) -> None:
@@ -627,14 +659,14 @@ class LoginHandler(BaseHandler):
     async def post(self) -> None:
         self.check_same_origin("Login")  # another site's form must not log a visitor in as someone else
         email, api_key = self.arg("email"), self.arg("api_key")
-        user = await self.server.authenticate(email, api_key)
+        user = await self.authenticator.authenticate(email, api_key)
         if user is None:
             raise ApiError(401, "UNAUTHORIZED", "Wrong email or API key")
-        csrf_token = await self.server.start_session(self, user)
+        csrf_token = await self.authenticator.start_session(self, user)
         self.success(user_id=user.id, email=user.email, full_name=user.full_name, csrf_token=csrf_token)
 
 
-class ServerSettingsHandler(BaseHandler):
+class ServerSettingsHandler(CoreHandler):
     """GET /api/v1/server_settings: what the zulip client asks before anything else (no login needed)."""
 
     def get(self) -> None:
@@ -646,5 +678,5 @@ class LogoutHandler(BaseHandler):
 
     async def post(self) -> None:
         self.check_same_origin("Logout")
-        await self.server.end_session(self)
+        await self.authenticator.end_session(self)
         self.success()

@@ -26,6 +26,11 @@ A socket with more than ``EVENTBUS_WEBSOCKET_BUFFER_BYTES`` unsent is closed
 with code 4008; its queue stays, so the client reconnects and resumes. A
 socket whose session ends (logout, deactivation) is closed with code 4401:
 the user must log in again.
+
+The socket gets what it uses through ``initialize`` (wired in
+``eventbus.app.make_app``): the event server (the client queues), the
+``Authenticator``, the ``RateLimits``, ``Submissions`` for its request frames
+and the ``OpenSockets`` registry it adds itself to while open.
 """
 
 from __future__ import annotations
@@ -43,9 +48,9 @@ from eventbus import codec
 from eventbus.errors import EventEncodingError
 from eventbus.sessions import session_key
 from eventbus.tornado_events import rate_limit
+from eventbus.tornado_events.auth import SESSION_COOKIE, Authenticator
 from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
 from eventbus.tornado_events.handlers import (
-    SESSION_COOKIE,
     WEB_CLIENT,
     ApiError,
     api_error_body,
@@ -55,6 +60,9 @@ from eventbus.tornado_events.handlers import (
     check_rate_limit,
     register_client,
 )
+from eventbus.tornado_events.rate_limit import RateLimits
+from eventbus.tornado_events.sockets import OpenSockets
+from eventbus.tornado_events.submissions import Submissions
 from eventbus.users import User
 from eventbus.validation import EXCERPT_CHARS, MAX_ID, excerpt
 
@@ -67,8 +75,6 @@ logger = logging.getLogger(__name__)
 SLOW_CONSUMER = 4008
 #: The per-user rate limit each frame type counts against; the others are free.
 FRAME_RATE_LIMITS = {"register": rate_limit.REGISTER, "request": rate_limit.API}
-#: Close code: the session this socket was opened with ended (4000 + HTTP's 401).
-SESSION_ENDED = 4401
 
 
 class EventSocket(tornado.websocket.WebSocketHandler):
@@ -79,8 +85,13 @@ class EventSocket(tornado.websocket.WebSocketHandler):
     session_key = ""  # of the session it was opened with: logout closes it
     wants_heartbeats = False  # pings keep a socket alive
 
-    def initialize(self, server: EventServer) -> None:
+    def initialize(self, server: EventServer, authenticator: Authenticator, rate_limits: RateLimits,
+                   submissions: Submissions, sockets: OpenSockets) -> None:
         self.server = server
+        self.authenticator = authenticator
+        self.rate_limits = rate_limits
+        self.submissions = submissions
+        self.sockets = sockets
         self.socket_id = uuid.uuid4().hex
         self.client: ClientDescriptor | None = None
         self.unsent = 0  # bytes handed to Tornado and not yet written to the socket
@@ -90,11 +101,11 @@ class EventSocket(tornado.websocket.WebSocketHandler):
         return urllib.parse.urlsplit(origin).netloc == self.request.host
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        user = await self.server.session_user(self)
+        user = await self.authenticator.session_user(self)
         try:
             if user is None:
                 raise ApiError(401, "UNAUTHORIZED", "Not logged in")
-            check_rate_limit(self.server, rate_limit.API, user)  # opening a socket is a request as any other
+            check_rate_limit(self.rate_limits, rate_limit.API, user)  # opening a socket is a request as any other
         except ApiError as error:
             self.set_status(error.status_code)
             self.set_header("Content-Type", "application/json")
@@ -105,10 +116,10 @@ class EventSocket(tornado.websocket.WebSocketHandler):
         await super().get(*args, **kwargs)
 
     def open(self, *args: str, **kwargs: str) -> None:
-        self.server.sockets[self.socket_id] = self
+        self.sockets.add(self)
 
     def on_close(self) -> None:
-        self.server.sockets.pop(self.socket_id, None)
+        self.sockets.remove(self)
         if self.client is not None:
             self.client.detach(self)
 
@@ -132,7 +143,7 @@ class EventSocket(tornado.websocket.WebSocketHandler):
     def _check_rate_limit(self, frame: dict[str, Any]) -> None:
         category = FRAME_RATE_LIMITS.get(frame["type"])
         if category is not None:
-            check_rate_limit(self.server, category, self.user,
+            check_rate_limit(self.rate_limits, category, self.user,
                              **({"req_id": frame.get("req_id")} if frame["type"] == "request" else {}))
 
     async def _on_register(self, frame: dict[str, Any]) -> None:
@@ -165,8 +176,8 @@ class EventSocket(tornado.websocket.WebSocketHandler):
             if self.ws_connection is not None:
                 self._send({"type": "response", "req_id": req_id, "response": response})
 
-        await self.server.submit(self.user, request, respond, socket_id=self.socket_id, req_id=req_id,
-                                 client=WEB_CLIENT)
+        await self.submissions.submit(self.user, request, respond, socket_id=self.socket_id, req_id=req_id,
+                                      client=WEB_CLIENT)
 
     def _prune(self, client: ClientDescriptor, frame: dict[str, Any]) -> None:
         client.queue.prune(check_last_event_id(frame.get("last_event_id", -1)))
@@ -218,7 +229,7 @@ class EventSocket(tornado.websocket.WebSocketHandler):
         if self.unsent + size > self.server.settings.websocket_buffer_bytes:
             logger.warning("websocket of user %d: over %d bytes unsent; closing it as a slow consumer",
                            self.user.id, self.server.settings.websocket_buffer_bytes)
-            self.server.slow_consumers_closed += 1
+            self.sockets.slow_consumers_closed += 1
             self.close(SLOW_CONSUMER, "slow consumer: too much unsent data; reconnect and resume")
             return
         try:

@@ -12,7 +12,8 @@ from typing import Any
 from tornado.ioloop import IOLoop
 
 from eventbus.devtools import dev_dir, read
-from eventbus.tornado_events.handlers import BaseHandler
+from eventbus.tornado_events.auth import Auth
+from eventbus.tornado_events.handlers import BaseHandler, handler_args
 from eventbus.tornado_events.server import EventServer
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -29,14 +30,13 @@ a{{color:#9cf}}</style></head><body><header><b>{title}</b> &middot; <a href="/">
 class RecordsHandler(BaseHandler):
     """Shows the records of one JSON lines file of <var>/dev/."""
 
-    kind = ""
-
-    def initialize(self, server: EventServer, auth: str = "none", kind: str = "emails") -> None:
-        super().initialize(server, auth)
+    def initialize(self, var_dir: Path, kind: str, **base: Any) -> None:
+        super().initialize(**base)
+        self.var_dir = var_dir
         self.kind = kind
 
     async def get(self) -> None:
-        path: Path = dev_dir(self.server.settings.var_dir) / f"{self.kind}.jsonl"
+        path = dev_dir(self.var_dir) / f"{self.kind}.jsonl"
         records = await IOLoop.current().run_in_executor(None, read, path)
         if self.get_argument("format", "") == "json":
             self.success(**{self.kind: records})
@@ -61,5 +61,5 @@ def devtools_handlers(server: EventServer) -> list[Any]:
     """The development pages, in development mode only."""
     if not server.settings.development:
         return []
-    return [(r"/devtools/emails", RecordsHandler, {"server": server, "kind": "emails"}),
-            (r"/devtools/pushes", RecordsHandler, {"server": server, "kind": "pushes"})]
+    return [(r"/devtools/" + kind, RecordsHandler, handler_args(server, Auth.NONE, var_dir=server.settings.var_dir,
+                                                                kind=kind)) for kind in ("emails", "pushes")]

@@ -12,11 +12,16 @@ the policy is the second wall behind its sanitizer.
 ``EVENTBUS_DEVELOPMENT=1``. The queue dashboard is open to every logged-in
 user in development mode; otherwise to ``EVENTBUS_ADMIN_EMAILS`` only, and
 without administrators it is not served at all.
+
+Each handler is handed what it uses (``web_handlers`` wires them): the
+``Authenticator`` for the session and its CSRF token, the stores, the
+settings, the dashboard.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +30,12 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 from tornado.ioloop import IOLoop
 
+from eventbus.messages import MessageStore
 from eventbus.queue import Broker
-from eventbus.tornado_events.handlers import ApiError, BaseHandler, JsonErrors
+from eventbus.settings import Settings
+from eventbus.tornado_events.auth import Auth, Authenticator
+from eventbus.tornado_events.handlers import ApiError, BaseHandler, JsonErrors, handler_args
+from eventbus.users import UserStore
 from eventbus.web.dashboard import QueueDashboard, may_watch_queues
 
 if TYPE_CHECKING:
@@ -48,22 +57,23 @@ class PageHandler(JsonErrors):
     """GET one HTML page of ``static/``; with ``login_required``, a visitor without a session goes to /login;
     with ``admin_only``, a user who may not watch the queues gets a 403."""
 
-    def initialize(self, server: EventServer, page: str, login_required: bool = True,
+    def initialize(self, authenticator: Authenticator, config: Settings, page: str, login_required: bool = True,
                    admin_only: bool = False) -> None:
-        self.server = server
+        self.authenticator = authenticator
+        self.config = config
         self.page = STATIC_DIR / page
         self.login_required = login_required
         self.admin_only = admin_only
 
     async def get(self) -> None:
-        user = await self.server.session_user(self)
+        user = await self.authenticator.session_user(self)
         if user is None and self.login_required:
             self.redirect("/login?" + urllib.parse.urlencode({"next": self.request.uri}))
             return
         if user is not None:
-            if self.admin_only and not may_watch_queues(self.server.settings, user):
+            if self.admin_only and not may_watch_queues(self.config, user):
                 raise tornado.web.HTTPError(403)
-            self.server.set_csrf_cookie(self)
+            self.authenticator.set_csrf_cookie(self)
         body = await IOLoop.current().run_in_executor(None, self.page.read_bytes)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.set_header("Content-Security-Policy", content_security_policy(self.request.host))
@@ -120,47 +130,53 @@ class MeHandler(BaseHandler):
 class UsersHandler(BaseHandler):
     """GET /json/users: every active user, as Zulip's ``members``."""
 
+    def initialize(self, users: UserStore, **base: Any) -> None:
+        super().initialize(**base)
+        self.users = users
+
     async def get(self) -> None:
-        users = await IOLoop.current().run_in_executor(None, self.server.users.all)
+        users = await IOLoop.current().run_in_executor(None, self.users.all)
         self.success(members=[user.public() for user in users if user.is_active])
 
 
 class StreamsHandler(BaseHandler):
     """GET /json/streams: the streams the user is subscribed to."""
 
+    def initialize(self, messages: MessageStore, **base: Any) -> None:
+        super().initialize(**base)
+        self.messages = messages
+
     async def get(self) -> None:
-        streams = await IOLoop.current().run_in_executor(None, self.server.messages.subscriptions, self.user.id)
+        streams = await IOLoop.current().run_in_executor(None, self.messages.subscriptions, self.user.id)
         self.success(streams=[{"stream_id": s.id, "name": s.name} for s in streams])
 
 
-class DevLoginHandler(BaseHandler):
+class DevLoginHandler(UsersHandler):
     """/accounts/login/dev, development mode only: GET lists the users, POST ``email`` logs in as that user."""
 
     async def get(self) -> None:
-        users = await IOLoop.current().run_in_executor(None, self.server.users.all)
+        users = await IOLoop.current().run_in_executor(None, self.users.all)
         self.success(users=[user.public() for user in users if user.is_active])
 
     async def post(self) -> None:
         self.check_same_origin("Login")  # another site cannot log a visitor in as someone else
-        user = await IOLoop.current().run_in_executor(None, self.server.users.get_by_email, self.arg("email"))
+        user = await IOLoop.current().run_in_executor(None, self.users.get_by_email, self.arg("email"))
         if user is None or not user.is_active:
             raise ApiError(401, "UNAUTHORIZED", "No such user")
-        csrf_token = await self.server.start_session(self, user)
+        csrf_token = await self.authenticator.start_session(self, user)
         self.success(**user.public(), csrf_token=csrf_token)
 
 
 class QueuesFeedHandler(BaseHandler):
     """GET /devtools/queues.json: what the queue dashboard shows."""
 
-    dashboard: QueueDashboard
-
-    def initialize(self, server: EventServer, auth: str = "session", dashboard: QueueDashboard | None = None) -> None:
-        super().initialize(server, auth)
-        if dashboard is not None:
-            self.dashboard = dashboard
+    def initialize(self, config: Settings, dashboard: QueueDashboard, **base: Any) -> None:
+        super().initialize(**base)
+        self.config = config
+        self.dashboard = dashboard
 
     async def get(self) -> None:
-        if not may_watch_queues(self.server.settings, self.user):
+        if not may_watch_queues(self.config, self.user):
             raise ApiError(403, "UNAUTHORIZED", "The queue dashboard is for the administrators")
         self.success(**await self.dashboard.snapshot())
 
@@ -173,22 +189,24 @@ def web_handlers(server: EventServer, broker: Broker | None = None) -> list[Any]
 
     ``broker`` is where the dashboard reads queue depths (default: ``server.monitoring_broker()``).
     """
-    session = {"server": server, "auth": "session"}
+    session = functools.partial(handler_args, server, Auth.SESSION)
+    pages = {"authenticator": server.authenticator, "config": server.settings}
     handlers: list[Any] = [
-        (r"/", PageHandler, {"server": server, "page": "chat.html"}),
-        (r"/login", PageHandler, {"server": server, "page": "login.html", "login_required": False}),
-        (r"/json/users", UsersHandler, session),
-        (r"/json/users/me", MeHandler, session),
-        (r"/json/streams", StreamsHandler, session),
+        (r"/", PageHandler, {**pages, "page": "chat.html"}),
+        (r"/login", PageHandler, {**pages, "page": "login.html", "login_required": False}),
+        (r"/json/users", UsersHandler, session(users=server.messages.users)),
+        (r"/json/users/me", MeHandler, session()),
+        (r"/json/streams", StreamsHandler, session(messages=server.messages)),
         (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
     ]
     settings = server.settings
     if settings.development or settings.admin_emails:
         dashboard = QueueDashboard(server, broker or server.monitoring_broker())
         handlers += [
-            (r"/devtools/queues", PageHandler, {"server": server, "page": "queues.html", "admin_only": True}),
-            (r"/devtools/queues\.json", QueuesFeedHandler, {**session, "dashboard": dashboard}),
+            (r"/devtools/queues", PageHandler, {**pages, "page": "queues.html", "admin_only": True}),
+            (r"/devtools/queues\.json", QueuesFeedHandler, session(config=settings, dashboard=dashboard)),
         ]
     if settings.development:
-        handlers.append((r"/accounts/login/dev", DevLoginHandler, {"server": server, "auth": "none"}))
+        handlers.append((r"/accounts/login/dev", DevLoginHandler,
+                         handler_args(server, Auth.NONE, users=server.messages.users)))
     return handlers
