@@ -1,9 +1,12 @@
-"""ClientRegistry on its own: the heartbeat sweep, without a server or real minutes."""
+"""ClientRegistry and its queues on their own: the heartbeat sweep, the bounds, what the garbage collector sees."""
 
 from __future__ import annotations
 
+import gc
+
+from eventbus import codec
 from eventbus.tornado_events.clients import ClientRegistry
-from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
+from eventbus.tornado_events.event_queue import ClientDescriptor, EventQueue, QueuedEvent
 
 INTERVAL = 50.0
 
@@ -56,3 +59,35 @@ def test_no_heartbeats_for_websockets_or_clients_without_a_listener() -> None:
     idle.last_connection_time = 0.0
     assert registry.send_heartbeats(INTERVAL, now=10_000.0) == 0
     assert all(not s.got for s in sockets) and len(idle.queue) == 0
+
+
+# -- queues: what they hold, and what the garbage collector sees of it ------------------------
+
+
+def test_a_queue_gives_back_each_event_with_its_id_after_any_prune() -> None:
+    queue = EventQueue(next_id=5)
+    bodies = [codec.encode({"type": "custom", "n": n}) for n in range(700)]  # several chunks and a tail
+    for body in bodies:
+        queue.push(body)
+    for last_event_id, first in [(3, 5), (5, 6), (200, 201), (260, 261), (261, 262), (600, 601), (704, 705)]:
+        queue.prune(last_event_id)
+        assert [q.id for q in queue.events] == list(range(first, 705))
+        assert [q.body for q in queue.events] == bodies[first - 5:]
+        assert queue.size == sum(map(len, bodies[first - 5:])) and len(queue) == 705 - first
+    queue.push(codec.encode({"type": "custom", "n": 700}))
+    assert [q.as_dict() for q in queue.events] == [{"id": 705, "type": "custom", "n": 700}]
+
+
+def test_queued_events_add_nothing_for_the_garbage_collector_to_walk() -> None:
+    # Given 100 idle clients, when 2,000 events reach each of them (200,000 queued events in all)...
+    registry = ClientRegistry()
+    for user_id in range(100):
+        registry.add(ClientDescriptor(user_id=user_id))
+    gc.collect()
+    tracked = len(gc.get_objects())
+    for n in range(2_000):
+        registry.deliver({"type": "custom", "n": n, "text": "x" * 100}, range(100))
+    gc.collect()
+    # ... then the collector tracks no object per queued event: a full pass costs the same as before.
+    assert len(gc.get_objects()) - tracked < 1_000
+    assert all(len(client.queue) == 2_000 for client in registry)
