@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import logging
+
+import pytest
 
 from eventbus import codec
 from eventbus.tornado_events.clients import ClientRegistry
@@ -91,3 +94,43 @@ def test_queued_events_add_nothing_for_the_garbage_collector_to_walk() -> None:
     # ... then the collector tracks no object per queued event: a full pass costs the same as before.
     assert len(gc.get_objects()) - tracked < 1_000
     assert all(len(client.queue) == 2_000 for client in registry)
+
+
+class Dropped:
+    """A listener that records why its queue was dropped."""
+
+    wants_heartbeats = False
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def deliver(self, client: ClientDescriptor, events: list[QueuedEvent]) -> None:
+        pass
+
+    def drop(self, client: ClientDescriptor, reason: str) -> None:
+        self.reasons.append(reason)
+
+    def replace(self, client: ClientDescriptor) -> None:
+        raise AssertionError("not replaced here")
+
+
+def test_a_queue_over_its_bytes_is_dropped_its_listener_told_and_the_drop_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    registry = ClientRegistry(max_queue_events=1_000, max_queue_bytes=1_000)
+    client = registry.add(ClientDescriptor(user_id=1))
+    listener = Dropped()
+    client.attach(listener)
+    event = {"type": "custom", "text": "x" * 280}  # 300 bytes of JSON
+    with caplog.at_level(logging.WARNING, logger="eventbus.tornado_events.clients"):
+        counts = [registry.deliver(event, [1]) for _ in range(5)]
+    assert counts == [1, 1, 1, 1, 0]  # the fourth event took it over 1,000 bytes; the fifth found no queue
+    assert listener.reasons == ["the queue overflowed"] and registry.get(client.queue_id, 1) is None
+    [record] = [r for r in caplog.records if client.queue_id in r.getMessage()]
+    assert "1000 bytes" in record.getMessage() and record.levelno == logging.WARNING
+
+
+def test_one_event_alone_never_overflows_a_queue() -> None:
+    registry = ClientRegistry(max_queue_bytes=1_000)
+    client = registry.add(ClientDescriptor(user_id=1))
+    assert registry.deliver({"type": "custom", "text": "x" * 5_000}, [1]) == 1
+    assert registry.get(client.queue_id, 1) is client

@@ -23,8 +23,9 @@ ExpiryHook = Callable[[int, list[ClientDescriptor]], None]
 class ClientRegistry:
     """The clients of this process, by queue id and by user."""
 
-    def __init__(self, max_queue_events: int = 10_000) -> None:
+    def __init__(self, max_queue_events: int = 10_000, max_queue_bytes: int = 4 * 1024 * 1024) -> None:
         self.max_queue_events = max_queue_events
+        self.max_queue_bytes = max_queue_bytes
         self._clients: dict[str, ClientDescriptor] = {}
         self._by_user: defaultdict[int, dict[str, ClientDescriptor]] = defaultdict(dict)
         self.after_last_queue_expired: list[ExpiryHook] = []
@@ -69,6 +70,10 @@ class ClientRegistry:
 
         ``users`` holds user ids, or ``{"id": N, "flags": [...]}`` for per-user
         message flags, as ``check_notice`` passed them. Each variant of the event is encoded once.
+        A queue left holding more than ``max_queue_events`` events, or more than
+        ``max_queue_bytes`` bytes of them in more than one event, is dropped: its
+        listener is told (BAD_EVENT_QUEUE_ID), and so is the client when it comes
+        back. One event alone never overflows a queue, whatever its size.
         """
         bodies: dict[tuple[bool, tuple[str, ...]], tuple[dict[str, Any], bytes]] = {}
         count = 0
@@ -90,12 +95,23 @@ class ClientRegistry:
                 variant, body = bodies[key]
                 client.add(variant, body)
                 count += 1
-                if len(client.queue) > self.max_queue_events:
-                    logger.warning("queue %s of user %d holds over %d events; dropping it",
-                                   client.queue_id, client.user_id, self.max_queue_events)
+                if self._overflows(client):
                     self.remove(client, "the queue overflowed")
         self.events_delivered += count
         return count
+
+    def _overflows(self, client: ClientDescriptor) -> bool:
+        """Whether ``client``'s queue is past a bound (and say which, in the log)."""
+        queue = client.queue
+        if len(queue) > self.max_queue_events:
+            bound = f"{self.max_queue_events} events"
+        elif queue.size > self.max_queue_bytes and len(queue) > 1:
+            bound = f"{self.max_queue_bytes} bytes"
+        else:
+            return False
+        logger.warning("queue %s of user %d holds over %s (%d events, %d bytes); dropping it",
+                       client.queue_id, client.user_id, bound, len(queue), queue.size)
+        return True
 
     def send_heartbeats(self, interval: float, now: float | None = None) -> int:
         """A heartbeat event to each listener that wants them and has waited long enough; how many.

@@ -82,7 +82,7 @@ class EventServer:
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
-        self.registry = ClientRegistry(settings.max_queue_events)
+        self.registry = ClientRegistry(settings.max_queue_events, settings.max_queue_bytes)
         self.queue_client = tornado_client_for(settings, broker, name=f"tornado {settings.server_id}")
         self.away = AwayNotifier(self.registry, self.queue_client.publish_nowait)
         self.registry.after_last_queue_expired.append(self.away.on_queues_expired)
