@@ -94,8 +94,8 @@ class EventQueue:
         #: The bytes of JSON queued: what the client would be sent (bodies shared with other clients count here too).
         self.size = 0
 
-    def push(self, body: bytes) -> QueuedEvent:
-        """Queue the event whose JSON (without its id) is ``body``."""
+    def push(self, body: bytes) -> int:
+        """Queue the event whose JSON (without its id) is ``body``; its id."""
         tail = self._tail
         tail.append(body)
         if len(tail) == CHUNK:
@@ -103,7 +103,7 @@ class EventQueue:
             tail.clear()
         self.size += len(body)
         self.next_id += 1
-        return QueuedEvent(self.next_id - 1, body)
+        return self.next_id - 1
 
     @property
     def first_id(self) -> int:
@@ -234,12 +234,13 @@ class ClientDescriptor:
 
     # -- events -----------------------------------------------------------------
 
-    def add(self, event: dict[str, Any], body: bytes | None = None) -> QueuedEvent:
-        """Queue ``event`` and hand it to the listener, if one is attached."""
-        queued = self.queue.push(codec.encode(event) if body is None else body)
+    def add(self, event: dict[str, Any], body: bytes | None = None) -> None:
+        """Queue ``event`` (``body``: its JSON, if encoded already) and hand it to the listener, if one is attached."""
+        if body is None:
+            body = codec.encode(event)
+        id = self.queue.push(body)
         if self.listener is not None:
-            self.listener.deliver(self, [queued])
-        return queued
+            self.listener.deliver(self, [QueuedEvent(id, body)])
 
     def pending(self) -> list[QueuedEvent]:
         return self.queue.events
