@@ -134,3 +134,17 @@ def test_one_event_alone_never_overflows_a_queue() -> None:
     client = registry.add(ClientDescriptor(user_id=1))
     assert registry.deliver({"type": "custom", "text": "x" * 5_000}, [1]) == 1
     assert registry.get(client.queue_id, 1) is client
+
+
+def test_a_saved_queue_splices_its_events_json_and_restores_the_same_events() -> None:
+    client = ClientDescriptor(user_id=7, event_types=frozenset({"custom"}), narrow=(("stream", "Denmark"),))
+    for n in range(300):
+        client.add({"type": "custom", "n": n, "text": "é\u2028"})
+    client.queue.prune(9)
+    saved = client.to_json()
+    assert codec.decode(saved) == client.to_dict()
+    restored = ClientDescriptor.from_dict(codec.decode(saved))
+    assert [q.as_dict() for q in restored.queue.events] == [q.as_dict() for q in client.queue.events]
+    assert (restored.queue.first_id, restored.queue.next_id, restored.queue.size) == (10, 300, client.queue.size)
+    assert (restored.queue_id, restored.narrow, restored.event_types) == (client.queue_id, client.narrow,
+                                                                          client.event_types)

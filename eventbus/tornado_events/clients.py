@@ -156,7 +156,7 @@ class ClientRegistry:
         """Write every queue to ``path`` (atomically); how many."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(codec.encode([c.to_dict() for c in self._clients.values()]))
+        tmp.write_bytes(b"[" + b",".join(c.to_json() for c in self._clients.values()) + b"]")
         os.replace(tmp, path)
         return len(self._clients)
 
