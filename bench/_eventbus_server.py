@@ -7,14 +7,18 @@ Its settings come from the ``EVENTBUS_*`` environment, as those of
 listening only once it consumes ``notify_tornado``. It serves one URL more
 than ``make_app``'s, for the benchmark's clients to know when their
 requests are held: ``GET /bench/stats``, ``{"longpoll": N, "websocket": N,
-"clients": N}``, the clients served by a held GET, by a websocket, and in
-all. See ``bench._serving`` for the rest.
+"idle": N, "clients": N, "gc": {...}}``, the clients served by a held GET,
+by a websocket, by nothing, and in all, and the garbage collector's passes
+so far (``CollectorWatch``). See ``bench._serving`` for the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
+import time
+from typing import Any
 
 import tornado.web
 
@@ -29,18 +33,47 @@ from eventbus.tornado_events.websocket import EventSocket
 READY_TIMEOUT = 30.0
 
 
-class StatsHandler(tornado.web.RequestHandler):
-    """GET /bench/stats: how many clients each kind of listener serves."""
+class CollectorWatch:
+    """The garbage collector's passes in this process, timed through ``gc.callbacks``.
 
-    def initialize(self, server: EventServer) -> None:
+    A full pass (of the oldest generation) stops the IOLoop for as long as
+    it walks every object the collector tracks: what ``bench.pauses`` is about.
+    """
+
+    def __init__(self) -> None:
+        self.passes = [0, 0, 0]
+        self.longest_ms = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        gc.callbacks.append(self.on_gc)
+
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        """Invoked by the garbage collector as a pass starts and as it stops."""
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.passes[generation] += 1
+        self.longest_ms[generation] = max(self.longest_ms[generation], (time.perf_counter() - self._started) * 1000)
+
+    def statistics(self) -> dict[str, Any]:
+        return {"passes": self.passes, "longest_ms": [round(ms, 2) for ms in self.longest_ms]}
+
+
+class StatsHandler(tornado.web.RequestHandler):
+    """GET /bench/stats: how many clients each kind of listener serves, and the collector's passes."""
+
+    def initialize(self, server: EventServer, collector: CollectorWatch) -> None:
         self.server = server
+        self.collector = collector
 
     def get(self) -> None:
         listeners = [client.listener for client in self.server.registry]
         self.write({
             "longpoll": sum(isinstance(listener, EventsHandler) for listener in listeners),
             "websocket": sum(isinstance(listener, EventSocket) for listener in listeners),
+            "idle": sum(listener is None for listener in listeners),
             "clients": len(listeners),
+            "gc": self.collector.statistics(),
         })
 
 
@@ -51,7 +84,8 @@ async def build(args: argparse.Namespace) -> _serving.Built:
     server.start()
     if isinstance(server.queue_client, TornadoQueueClient):
         await server.queue_client.wait_ready(READY_TIMEOUT)
-    return make_app(server, [(r"/bench/stats", StatsHandler, {"server": server})]), server.shutdown
+    stats = {"server": server, "collector": CollectorWatch()}
+    return make_app(server, [(r"/bench/stats", StatsHandler, stats)]), server.shutdown
 
 
 def main(argv: list[str] | None = None) -> int:
