@@ -9,7 +9,7 @@ than ``make_app``'s, for the benchmark's clients to know when their
 requests are held: ``GET /bench/stats``, ``{"longpoll": N, "websocket": N,
 "idle": N, "clients": N, "gc": {...}}``, the clients served by a held GET,
 by a websocket, by nothing, and in all, and the garbage collector's passes
-so far (``CollectorWatch``). See ``bench._serving`` for the rest.
+so far (``CollectorWatch``); ``?reset=1`` starts counting those again. See ``bench._serving`` for the rest.
 """
 
 from __future__ import annotations
@@ -41,22 +41,30 @@ class CollectorWatch:
     """
 
     def __init__(self) -> None:
-        self.passes = [0, 0, 0]
-        self.longest_ms = [0.0, 0.0, 0.0]
-        self._started = 0.0
+        self.reset()
+        self._started = (0.0, 0.0)
         gc.callbacks.append(self.on_gc)
 
     def on_gc(self, phase: str, info: dict[str, Any]) -> None:
         """Invoked by the garbage collector as a pass starts and as it stops."""
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started = (time.perf_counter(), time.thread_time())
             return
         generation = info["generation"]
         self.passes[generation] += 1
-        self.longest_ms[generation] = max(self.longest_ms[generation], (time.perf_counter() - self._started) * 1000)
+        wall, cpu = time.perf_counter() - self._started[0], time.thread_time() - self._started[1]
+        self.longest_ms[generation] = max(self.longest_ms[generation], wall * 1000)
+        self.longest_cpu_ms[generation] = max(self.longest_cpu_ms[generation], cpu * 1000)
 
     def statistics(self) -> dict[str, Any]:
-        return {"passes": self.passes, "longest_ms": [round(ms, 2) for ms in self.longest_ms]}
+        """Passes by generation; the longest of each, in ms, as the loop waited, and of CPU time (without the
+        time the process waited for a core, on a busy machine)."""
+        return {"passes": self.passes, "longest_ms": [round(ms, 2) for ms in self.longest_ms],
+                "longest_cpu_ms": [round(ms, 2) for ms in self.longest_cpu_ms]}
+
+    def reset(self) -> None:
+        self.passes = [0, 0, 0]
+        self.longest_ms, self.longest_cpu_ms = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
 
 
 class StatsHandler(tornado.web.RequestHandler):
@@ -75,6 +83,8 @@ class StatsHandler(tornado.web.RequestHandler):
             "clients": len(listeners),
             "gc": self.collector.statistics(),
         })
+        if self.get_query_argument("reset", ""):
+            self.collector.reset()
 
 
 async def build(args: argparse.Namespace) -> _serving.Built:

@@ -119,9 +119,10 @@ class Process:
 class Server(Process):
     """A server of ``bench._serving``: its port once it listens."""
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, *, reset: bool = False) -> dict[str, Any]:
         """What an eventbus server's ``GET /bench/stats`` says (see ``bench._eventbus_server``)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/bench/stats", timeout=ANSWER_TIMEOUT) as answer:
+        url = f"http://127.0.0.1:{self.port}/bench/stats{'?reset=1' if reset else ''}"
+        with urllib.request.urlopen(url, timeout=ANSWER_TIMEOUT) as answer:
             return dict(json.loads(answer.read()))
 
     def __init__(self, argv: Sequence[str], log: Path, env: dict[str, str]) -> None:

@@ -101,12 +101,13 @@ def _case(servers: EventServers, url: str, live: User, everyone: Sequence[User],
             if idle:
                 stack.enter_context(servers.clients("idle", "eventbus", server, idle, f"{name}-idle"))
             clients = stack.enter_context(servers.clients("live", "eventbus", server, [live], f"{name}-live"))
+            server.stats(reset=True)  # the collections while the events flow, not while clients connected
             latencies = measure(servers, clients, "eventbus", RATE, seconds, next(first_ids), url,
                                 to_all=[live, *everyone])
             collector = server.stats()["gc"]
         logger.info("  %d idle queues: p50 %.2f ms, p99 %.2f ms, max %.1f ms; garbage collections by generation "
-                    "%s, the longest %s ms", len(idle), latencies.p50, latencies.p99, latencies.max,
-                    collector["passes"], collector["longest_ms"])
+                    "%s, the longest %s ms (CPU: %s ms)", len(idle), latencies.p50, latencies.p99, latencies.max,
+                    collector["passes"], collector["longest_ms"], collector["longest_cpu_ms"])
         return Run(latencies, max(collector["longest_ms"]))
 
     return run
