@@ -18,14 +18,17 @@ frozen dataclass per queued event, 2,000 idle queues filling up gave a live
 client a p99 latency of 196 ms and pauses up to 460 ms, the length of the
 longest collection. Bytes are no containers, and the queue seals them by
 ``CHUNK`` into tuples, which the collector stops tracking once it has seen
-that they hold nothing it tracks: a full pass then costs about 2 ms over 20
+that they hold nothing it tracks: a full pass then costs 2 to 4 ms over 20
 million queued events, against 130 ms over 2 million event objects, and
-queueing allocates no tracked object per event, so passes come seldom.
-Tuning the collector's thresholds or ``gc.freeze()`` would only have spaced
-the passes out: what stays queued is always new, and each pass would still
-walk it all. The event is decoded again only where a dict is needed (saving
-the queues, the missed-message notices of an expired queue); the ids are
-not stored either: they are consecutive, from ``next_id - len(queue)``.
+queueing allocates no tracked object per event, so full passes come seldom
+(none in a run of ``python -m bench pauses``, against 7 to 10 of 160 to 250
+ms of CPU each before; see docs/benchmarks.md). Tuning the
+collector's thresholds or ``gc.freeze()`` would only have spaced the passes
+out: what stays queued is always new, and each pass would still walk it
+all. An event is decoded again only where a dict is needed (the
+missed-message notices of an expired queue; saving the queues splices
+their JSON); the ids are not stored either: they are consecutive, from
+``next_id - len(queue)``.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ ALWAYS_DELIVERED = frozenset({"heartbeat", "restart"})
 #: Message ids a client remembers, so that a message delivered twice upstream reaches it once.
 RECENT_MESSAGES = 1000
 #: Queued events are sealed in tuples of this many: a full garbage collection visits a queue's chunks and its
-#: tail, not its events. Fewer, longer chunks leave more in the tail (a list the collector walks item by item):
-#: over 2,000 queues of 10,000 events, a full pass took 10 ms with chunks of 64, 2 ms with 256, 8 ms with 1,024.
+#: tail, not its events. Shorter chunks mean more of them to visit, longer ones a longer tail (a list the collector
+#: walks item by item): over 2,000 queues of 10,000 events, a full pass took 10 ms with chunks of 64, 2 ms with 256,
+#: 8 ms with 1,024 (tails of 783); with 1,000 events (tails of 232), 4 ms with 256.
 CHUNK = 256
 
 
