@@ -3,7 +3,9 @@
     python -m bench._load_client KIND FLAVOR PORT USERS_FILE
 
 KIND is how every client listens (``longpoll``, ``websocket``,
-``socketio``), FLAVOR the server on 127.0.0.1:PORT (``eventbus``,
+``socketio``; on eventbus also ``live``, a long-poll that polls again as
+soon as it is answered, as Zulip's clients do, and ``idle``, a queue
+registered and never polled), FLAVOR the server on 127.0.0.1:PORT (``eventbus``,
 ``bare``, ``socketio``), USERS_FILE a JSON list of ``[id, email,
 api_key]``, one client per user. The shared secret of eventbus's
 ``/api/internal/notify_tornado`` comes from ``EVENTBUS_BENCH_SECRET``.
@@ -60,7 +62,7 @@ import ujson
 
 logger = logging.getLogger("bench.client")
 
-KINDS = ("longpoll", "websocket", "socketio")
+KINDS = ("longpoll", "websocket", "socketio", "live", "idle")
 FLAVORS = ("eventbus", "bare", "socketio")
 #: The longest any step may take: connecting thousands of clients, a fan-out, a report.
 TIMEOUT = 120.0
@@ -68,6 +70,8 @@ TIMEOUT = 120.0
 CONNECTING_AT_ONCE = 50
 #: How often the server's count of held clients is asked while it grows.
 POLL = 0.005
+#: Which count of the server's ``/bench/stats`` a client of each kind is in once held, where it is not its own.
+HELD_AS = {"live": "longpoll"}
 #: The first message id this process sends; eventbus delivers a message to a client once (by id).
 FIRST_MESSAGE_ID = 1_000_000
 
@@ -373,7 +377,7 @@ class Server:
             return
         while True:
             counts = ujson.loads(_check(await self.control.request("GET", "/bench/stats"), "stats").body)
-            if counts[kind] >= clients:
+            if counts[HELD_AS.get(kind, kind)] >= clients:
                 return
             await asyncio.sleep(POLL)
 
@@ -433,6 +437,22 @@ class LongPollClient:
     async def close(self) -> None:
         if self.http is not None:
             self.http.close()
+
+
+class LiveClient(LongPollClient):
+    """A long-poll client that polls again as soon as it has its answer (the fan-out re-arms its clients itself)."""
+
+    def _on_answer(self, future: asyncio.Future[Response]) -> None:
+        super()._on_answer(future)
+        if not future.exception():
+            self.arm()
+
+
+class IdleClient(LongPollClient):
+    """A client that registers its queue and never comes back for it: the queue only fills."""
+
+    def arm(self) -> None:
+        pass
 
 
 class SocketClient:
@@ -512,7 +532,8 @@ class SocketIOClient:
 
 
 CLIENTS: dict[str, Callable[[Server, User, Tally], Client]] = {
-    "longpoll": LongPollClient, "websocket": SocketClient, "socketio": SocketIOClient,
+    "longpoll": LongPollClient, "websocket": SocketClient, "socketio": SocketIOClient, "live": LiveClient,
+    "idle": IdleClient,
 }
 
 

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, Self
@@ -118,6 +119,12 @@ class Process:
 class Server(Process):
     """A server of ``bench._serving``: its port once it listens."""
 
+    def stats(self, *, reset: bool = False) -> dict[str, Any]:
+        """What an eventbus server's ``GET /bench/stats`` says (see ``bench._eventbus_server``)."""
+        url = f"http://127.0.0.1:{self.port}/bench/stats{'?reset=1' if reset else ''}"
+        with urllib.request.urlopen(url, timeout=ANSWER_TIMEOUT) as answer:
+            return dict(json.loads(answer.read()))
+
     def __init__(self, argv: Sequence[str], log: Path, env: dict[str, str]) -> None:
         profile_dir = os.environ.get(PROFILE_ENV)
         if profile_dir:
@@ -135,8 +142,7 @@ class LoadClient(Process):
 
     def __init__(self, kind: str, flavor: str, server: Server, users: Sequence[User], log: Path,
                  env: dict[str, str]) -> None:
-        self.users_file = log.with_suffix(".users.json")
-        self.users_file.write_text(json.dumps([[u.id, u.email, u.api_key] for u in users]))
+        self.users_file = write_users(log.with_suffix(".users.json"), users)
         super().__init__(["bench._load_client", kind, flavor, str(server.port), str(self.users_file)], log, env,
                          stdin=True)
         try:
@@ -163,6 +169,12 @@ class LoadClient(Process):
             with contextlib.suppress(BrokenPipeError):
                 self.process.stdin.close()
         self._reap()
+
+
+def write_users(path: Path, users: Sequence[User]) -> Path:
+    """Write ``users`` to ``path`` as the helper processes read them: a JSON list of ``[id, email, api_key]``."""
+    path.write_text(json.dumps([[u.id, u.email, u.api_key] for u in users]))
+    return path
 
 
 def environment(**variables: str) -> dict[str, str]:
@@ -220,12 +232,16 @@ class EventServers:
         return Server(["bench._socketio_server"], self.dir / f"{name}.log", environment())
 
     def send(self, flavor: str, clients: LoadClient, *, rate: float, seconds: float, first_id: int,
-             amqp_url: str, queue: str | None = None) -> Process:
-        """A ``bench._sender`` process sending to the users of ``clients``; it prints what it sent, and exits."""
+             amqp_url: str, queue: str | None = None, to_all: Sequence[User] | None = None) -> Process:
+        """A ``bench._sender`` process sending to the users of ``clients``, one user an event, round robin, or
+        each event to every user of ``to_all``; it prints what it sent, and exits."""
         env = environment(EVENTBUS_BROKER="amqp", EVENTBUS_AMQP_URL=amqp_url,
                           EVENTBUS_VAR_DIR=str(self.dir / "sender"))
-        argv = ["bench._sender", flavor, str(rate), str(seconds), str(first_id), str(clients.users_file),
-                *(["--queue", queue] if queue else [])]
+        users_file = clients.users_file
+        if to_all is not None:
+            users_file = write_users(self.dir / f"sender-{flavor}.users.json", to_all)
+        argv = ["bench._sender", flavor, str(rate), str(seconds), str(first_id), str(users_file),
+                *(["--queue", queue] if queue else []), *(["--to-all"] if to_all is not None else [])]
         return Process(argv, self.dir / f"sender-{flavor}.log", env)
 
     def clients(self, kind: str, flavor: str, server: Server, users: Sequence[User], name: str) -> LoadClient:

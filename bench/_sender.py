@@ -1,9 +1,11 @@
 """The producer of the latency benchmark: message events at a steady rate, each to one user, round robin.
 
-    python -m bench._sender FLAVOR RATE SECONDS FIRST_ID USERS_FILE [--queue QUEUE] [--threads N]
+    python -m bench._sender FLAVOR RATE SECONDS FIRST_ID USERS_FILE [--queue QUEUE] [--threads N] [--to-all]
 
 Each event is ``bench._load_client.message_event`` with message ids from
-FIRST_ID on, stamped ``"sent": time.time()`` just before it is handed over.
+FIRST_ID on, stamped ``"sent": time.time()`` just before it is handed over;
+with ``--to-all``, each goes to every user of USERS_FILE (a message to a
+stream they are all subscribed to).
 Events are due every 1/RATE s from the start, shared round robin by
 ``--threads`` threads (default ``THREADS``), as by the threads of a web
 server; an event that is due is sent at once, so a thread that falls
@@ -67,7 +69,7 @@ def pika_sender(queue: str) -> Send:
 
 
 def run(connect: Callable[[], Send], rate: float, seconds: float, first_id: int, user_ids: list[int],
-        threads: int) -> dict[str, Any]:
+        threads: int, to_all: bool = False) -> dict[str, Any]:
     total = int(rate * seconds)
     connected = threading.Barrier(threads + 1)
     go = threading.Event()
@@ -88,7 +90,7 @@ def run(connect: Callable[[], Send], rate: float, seconds: float, first_id: int,
             wait = start + i / rate - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            send(message_event(first_id + i, sent=time.time()), [user_ids[i % len(user_ids)]])
+            send(message_event(first_id + i, sent=time.time()), user_ids if to_all else [user_ids[i % len(user_ids)]])
 
     workers = [threading.Thread(target=produce, args=(t,), daemon=True) for t in range(threads)]
     for worker in workers:
@@ -112,10 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("users", type=Path, help="a JSON list of [id, email, api_key]")
     parser.add_argument("--queue", help="the queue the pika producer publishes to")
     parser.add_argument("--threads", type=int, default=THREADS, help=f"producer threads (default {THREADS})")
+    parser.add_argument("--to-all", action="store_true", help="send each event to every user, not to one")
     args = parser.parse_args(argv)
     user_ids = [entry[0] for entry in json.loads(args.users.read_text())]
     connect = eventbus_sender if args.flavor == "eventbus" else partial(pika_sender, args.queue)
-    print(json.dumps(run(connect, args.rate, args.seconds, args.first_id, user_ids, args.threads)), flush=True)
+    sent = run(connect, args.rate, args.seconds, args.first_id, user_ids, args.threads, args.to_all)
+    print(json.dumps(sent), flush=True)
     return 0
 
 

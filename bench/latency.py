@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -37,6 +37,7 @@ from bench._processes import EventServers, LoadClient
 from bench.harness import BenchError, Context, Figure, in_rounds
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.settings import Settings
+from eventbus.users import User
 
 CLIENTS = 1_000
 QUICK_CLIENTS = 100
@@ -55,10 +56,11 @@ SENDER_MARGIN = 60.0
 
 @dataclass(frozen=True)
 class Latencies:
-    """One run: the percentiles of its events' latencies, in ms."""
+    """One run: the percentiles of its events' latencies, and the longest, in ms."""
 
     p50: float
     p99: float
+    max: float
 
 
 BARE = "bare Tornado + pika"
@@ -83,7 +85,7 @@ def latency(context: Context) -> list[Figure]:
             servers.clients("websocket", "eventbus", eventbus, users, "latency-eventbus-clients"))
 
         def case(flavor: str, clients: LoadClient, queue: str | None = None) -> Callable[[], Latencies]:
-            return lambda: _run(servers, clients, flavor, rate, seconds, first_ids, url, queue)
+            return lambda: measure(servers, clients, flavor, rate, seconds, next(first_ids), url, queue)
 
         runs = [case("pika", bare_clients, BARE_QUEUE), case("eventbus", eventbus_clients)]
         bare_runs, eventbus_runs = in_rounds(runs, repeats=context.repeats)
@@ -98,12 +100,13 @@ def latency(context: Context) -> list[Figure]:
     ]
 
 
-def _run(servers: EventServers, clients: LoadClient, flavor: str, rate: float, seconds: float,
-         first_ids: Iterator[int], url: str, queue: str | None) -> Latencies:
-    """One run: the producer sends, the clients record, every event must arrive."""
+def measure(servers: EventServers, clients: LoadClient, flavor: str, rate: float, seconds: float, first_id: int,
+            url: str, queue: str | None = None, to_all: Sequence[User] | None = None) -> Latencies:
+    """One run: the producer sends (to the users of ``clients``, or each event to all of ``to_all``), the
+    clients record, every event must arrive."""
     clients.ask("collect")
-    with servers.send(flavor, clients, rate=rate, seconds=seconds, first_id=next(first_ids), amqp_url=url,
-                      queue=queue) as sender:
+    with servers.send(flavor, clients, rate=rate, seconds=seconds, first_id=first_id, amqp_url=url,
+                      queue=queue, to_all=to_all) as sender:
         sent = sender.read(seconds + SENDER_MARGIN)
     latencies = clients.ask(f"report {sent['sent']} {ARRIVAL_TIMEOUT}")["latencies"]
     if len(latencies) != sent["sent"]:
@@ -112,7 +115,7 @@ def _run(servers: EventServers, clients: LoadClient, flavor: str, rate: float, s
         raise BenchError(f"latency, {flavor}: the producer fell behind ({sent['sent']} events in "
                          f"{sent['seconds']:.1f} s, not {seconds:.0f} s): the rate was not the one asked for")
     percentiles = statistics.quantiles(latencies, n=100, method="inclusive")
-    return Latencies(percentiles[49], percentiles[98])
+    return Latencies(percentiles[49], percentiles[98], max(latencies))
 
 
 def _delete_queue(context: Context, url: str) -> None:

@@ -59,6 +59,8 @@ class Settings:
     max_queue_lifespan_seconds: float = 7 * 24 * 3600.0
     #: A client queue holding more unacknowledged events than this is dropped.
     max_queue_events: int = 10_000
+    #: ... or more bytes of events (their JSON): 2,000 idle clients at 10,000 events of any size could hold gigabytes.
+    max_queue_bytes: int = 4 * 1024 * 1024
     #: A websocket with more unsent bytes than this is closed as a slow consumer.
     websocket_buffer_bytes: int = 1_000_000
     #: The largest request body (and websocket message) the server reads; a larger one is answered 413 unread.
@@ -127,6 +129,7 @@ class Settings:
             queue_gc_seconds=_number(env, "EVENTBUS_QUEUE_GC_SECONDS", cls.queue_gc_seconds),
             queue_lifespan_seconds=_number(env, "EVENTBUS_QUEUE_LIFESPAN_SECONDS", cls.queue_lifespan_seconds),
             max_queue_events=int(_number(env, "EVENTBUS_MAX_QUEUE_EVENTS", cls.max_queue_events)),
+            max_queue_bytes=int(_number(env, "EVENTBUS_MAX_QUEUE_BYTES", cls.max_queue_bytes)),
             websocket_buffer_bytes=int(_number(env, "EVENTBUS_WEBSOCKET_BUFFER_BYTES", cls.websocket_buffer_bytes)),
             max_body_bytes=int(_number(env, "EVENTBUS_MAX_BODY_BYTES", cls.max_body_bytes)),
             rate_limit_api=_rate(env, "EVENTBUS_RATE_LIMIT_API", cls.rate_limit_api),
@@ -175,7 +178,7 @@ class Settings:
             "EVENTBUS_PUBLISH_TIMEOUT": self.publish_timeout, "EVENTBUS_PREFETCH": self.prefetch,
             "EVENTBUS_HEARTBEAT_SECONDS": self.heartbeat_seconds, "EVENTBUS_QUEUE_GC_SECONDS": self.queue_gc_seconds,
             "EVENTBUS_QUEUE_LIFESPAN_SECONDS": self.queue_lifespan_seconds,
-            "EVENTBUS_MAX_QUEUE_EVENTS": self.max_queue_events,
+            "EVENTBUS_MAX_QUEUE_EVENTS": self.max_queue_events, "EVENTBUS_MAX_QUEUE_BYTES": self.max_queue_bytes,
             "EVENTBUS_WEBSOCKET_BUFFER_BYTES": self.websocket_buffer_bytes,
             "EVENTBUS_MAX_BODY_BYTES": self.max_body_bytes,
             "EVENTBUS_MAX_QUEUES_PER_USER": self.max_queues_per_user,

@@ -60,3 +60,10 @@ def test_redacted_url_hides_the_password() -> None:
 def test_bad_values_get_a_clear_error(variable: str, value: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         Settings.from_env({variable: value})
+
+
+def test_queues_are_bounded_by_bytes_as_well_as_by_events() -> None:
+    assert Settings.from_env({}).max_queue_bytes == 4 * 1024 * 1024
+    assert Settings.from_env({"EVENTBUS_MAX_QUEUE_BYTES": "65536"}).max_queue_bytes == 65536
+    with pytest.raises(ConfigurationError, match="EVENTBUS_MAX_QUEUE_BYTES must be positive"):
+        Settings.from_env({"EVENTBUS_MAX_QUEUE_BYTES": "0"})

@@ -211,7 +211,8 @@ def test_submission_round_trip_through_message_sender_and_tornado_return(
 
 def test_slow_consumer_is_closed_and_its_queue_stays(
         start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
-    server = start_server(websocket_buffer_bytes=256 * 1024)
+    # The queue may hold more than the kernel's socket buffers, so that the socket is what overflows first.
+    server = start_server(websocket_buffer_bytes=256 * 1024, max_queue_bytes=64 * 1024 * 1024)
     iago = users[0]
     cookie, _ = asyncio.run(login(server, iago))
     # A raw socket that does the handshake and then reads nothing: a client that cannot keep up.

@@ -29,8 +29,10 @@ class TooManyQueues(Exception):
 class ClientRegistry:
     """The clients of this process, by queue id and by user."""
 
-    def __init__(self, max_queue_events: int = 10_000, max_queues_per_user: int = 100) -> None:
+    def __init__(self, max_queue_events: int = 10_000, max_queue_bytes: int = 4 * 1024 * 1024,
+                 max_queues_per_user: int = 100) -> None:
         self.max_queue_events = max_queue_events
+        self.max_queue_bytes = max_queue_bytes
         self.max_queues_per_user = max_queues_per_user
         self._clients: dict[str, ClientDescriptor] = {}
         self._by_user: defaultdict[int, dict[str, ClientDescriptor]] = defaultdict(dict)
@@ -88,6 +90,10 @@ class ClientRegistry:
 
         ``users`` holds user ids, or ``{"id": N, "flags": [...]}`` for per-user
         message flags, as ``check_notice`` passed them. Each variant of the event is encoded once.
+        A queue left holding more than ``max_queue_events`` events, or more than
+        ``max_queue_bytes`` bytes of them in more than one event, is dropped: its
+        listener is told (BAD_EVENT_QUEUE_ID), and so is the client when it comes
+        back. One event alone never overflows a queue, whatever its size.
         """
         bodies: dict[tuple[bool, tuple[str, ...]], tuple[dict[str, Any], bytes]] = {}
         count = 0
@@ -114,12 +120,23 @@ class ClientRegistry:
                 else:
                     client.add(variant, body)
                 count += 1
-                if len(client.queue) > self.max_queue_events:
-                    logger.warning("queue %s of user %d holds over %d events; dropping it",
-                                   client.queue_id, client.user_id, self.max_queue_events)
+                if self._overflows(client):
                     self.remove(client, "the queue overflowed")
         self.events_delivered += count
         return count
+
+    def _overflows(self, client: ClientDescriptor) -> bool:
+        """Whether ``client``'s queue is past a bound (and say which, in the log)."""
+        queue = client.queue
+        if len(queue) > self.max_queue_events:
+            bound = f"{self.max_queue_events} events"
+        elif queue.size > self.max_queue_bytes and len(queue) > 1:
+            bound = f"{self.max_queue_bytes} bytes"
+        else:
+            return False
+        logger.warning("queue %s of user %d holds over %s (%d events, %d bytes); dropping it",
+                       client.queue_id, client.user_id, bound, len(queue), queue.size)
+        return True
 
     def send_heartbeats(self, interval: float, now: float | None = None) -> int:
         """A heartbeat event to each listener that wants them and has waited long enough; how many.
@@ -171,7 +188,7 @@ class ClientRegistry:
         saved = []
         for client in self._clients.values():
             try:
-                saved.append(codec.encode(client.to_dict()))
+                saved.append(client.to_json())  # each event's JSON spliced in: nothing decoded again
             except (ValueError, TypeError) as e:  # EventEncodingError is a ValueError
                 logger.error("event queue %s of user %d cannot be saved, left out: %s",
                              client.queue_id, client.user_id, e)

@@ -429,7 +429,8 @@ class EventsHandler(CoreHandler):
             return self._answer(client, events)
         if self.server.stopping:  # nothing is held any more: the next process answers the next poll
             client.attach(None)
-            return self._answer(client, [client.add(HEARTBEAT)])
+            client.add(HEARTBEAT)
+            return self._answer(client, client.queue.events)
         # Held: this handler is the client's listener until answered or the connection closes.
         self._shed_what_was_read()
         self._held = client

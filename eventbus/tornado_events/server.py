@@ -60,7 +60,8 @@ class EventServer:
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
-        self.registry = ClientRegistry(settings.max_queue_events, settings.max_queues_per_user)
+        self.registry = ClientRegistry(settings.max_queue_events, settings.max_queue_bytes,
+                                       settings.max_queues_per_user)
         self.broker = broker if broker is not None else make_broker(settings)
         self.queue_client = self.broker.tornado_client(name=f"tornado {settings.server_id}")
         self.away = AwayNotifier(self.registry, self.queue_client.publish_nowait)
