@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from eventbus.contracts import check_queue_name
 from eventbus.errors import ConfigurationError
-from eventbus.queue.error_store import check_queue_name
 
 if TYPE_CHECKING:
     from eventbus.processors.worker import Worker

@@ -5,6 +5,7 @@ Producers call ``queue_json_publish(queue, event)``; workers call
 ``EVENTBUS_BROKER=memory`` swaps RabbitMQ for the in-process ``MemoryBroker``.
 """
 
+from eventbus.contracts import check_queue_name
 from eventbus.queue.broker import (
     Broker,
     QueueInfo,
@@ -16,7 +17,7 @@ from eventbus.queue.broker import (
     set_broker,
 )
 from eventbus.queue.consumer import Consumer
-from eventbus.queue.error_store import ErrorStore, check_queue_name
+from eventbus.queue.error_store import ErrorStore
 from eventbus.queue.memory import MemoryBroker
 from eventbus.queue.tornado_client import MemoryTornadoClient, TornadoQueueClient, tornado_client_for
 

@@ -24,11 +24,12 @@ from typing import Any
 from tornado.ioloop import IOLoop
 
 from eventbus import codec
+from eventbus.contracts import check_queue_name
 from eventbus.errors import EventEncodingError
 from eventbus.queue.broker import Broker, get_broker
 from eventbus.queue.client import AmqpClient
 from eventbus.queue.consumer import Consumer
-from eventbus.queue.error_store import ErrorStore, check_queue_name, describe
+from eventbus.queue.error_store import ErrorStore, describe
 from eventbus.queue.frames import FastTornadoConnection
 from eventbus.queue.memory import MemoryBroker
 from eventbus.settings import Settings, get_settings
