@@ -30,6 +30,7 @@ import tornado.web
 from tornado.ioloop import IOLoop
 
 from eventbus import codec
+from eventbus.contracts import ERROR_REPORTS, SLOW_QUERIES, USER_PRESENCE, ErrorReport, PresenceUpdate, SlowQuery
 from eventbus.errors import EventEncodingError
 from eventbus.tornado_events import rate_limit
 from eventbus.tornado_events.clients import TooManyQueues
@@ -236,9 +237,9 @@ class BaseHandler(JsonErrors):
             self.server.record_activity(user, self)
         seconds = self.request.request_time()
         if self.slow_requests_reported and seconds >= self.server.settings.slow_request_seconds:
-            self.server.queue_client.publish_nowait("slow_queries", {
-                "path": self.request.path, "method": self.request.method, "time_ms": round(seconds * 1000, 1),
-                "status": self.get_status(), "user_email": user.email if user else None, "time": time.time()})
+            report = SlowQuery(round(seconds * 1000, 1), path=self.request.path, method=self.request.method,
+                               status=self.get_status(), user_email=user.email if user else None, time=time.time())
+            self.server.queue_client.publish_nowait(SLOW_QUERIES, report.event())
 
     def check_csrf(self) -> None:
         if not self.server.csrf_ok(self):
@@ -314,10 +315,10 @@ class BaseHandler(JsonErrors):
         """A server error goes to the administrators through error_reports (it is logged by Tornado too)."""
         user = getattr(self, "user", None)
         stacktrace = "".join(traceback.format_exception(*exc_info)) if exc_info and exc_info[0] else ""
-        self.server.queue_client.publish_nowait("error_reports", {
-            "type": "server", "message": f"{self.request.method} {self.request.path}: "
-                                          f"{exc_info[1] if exc_info else 'error'}"[:2000],
-            "stacktrace": stacktrace[-20000:], "user_email": user.email if user else None, "time": time.time()})
+        report = ErrorReport("server", f"{self.request.method} {self.request.path}: "
+                                       f"{exc_info[1] if exc_info else 'error'}"[:2000],
+                             stacktrace[-20000:], user.email if user else None, extra={"time": time.time()})
+        self.server.queue_client.publish_nowait(ERROR_REPORTS, report.event())
 
 
 def parse_bool(raw: str) -> bool:
@@ -501,10 +502,10 @@ class ReportErrorHandler(BaseHandler):
     rate_limit_category = rate_limit.ERROR_REPORTS
 
     async def post(self) -> None:
-        report = {"type": "browser", "user_id": self.user.id, "user_email": self.user.email,
-                  "message": self.arg("message")[:2000], "stacktrace": self.arg("stacktrace", str, "")[:20000],
-                  "href": self.arg("href", str, "")[:500], "user_agent": self.request.headers.get("User-Agent", "")}
-        await self.server.queue_client.publish("error_reports", report)
+        report = ErrorReport("browser", self.arg("message")[:2000], self.arg("stacktrace", str, "")[:20000],
+                             self.user.email, self.arg("href", str, "")[:500],
+                             extra={"user_id": self.user.id, "user_agent": self.request.headers.get("User-Agent", "")})
+        await self.server.queue_client.publish(ERROR_REPORTS, report.event())
         self.success()
 
 
@@ -522,8 +523,8 @@ class PresenceHandler(BaseHandler):
         if status not in ("active", "idle"):
             raise bad_request("Invalid 'status' argument: must be 'active' or 'idle'")
         client = self.request.headers.get("User-Agent", "website")[:100] if self.auth == "api" else "website"
-        await self.server.queue_client.publish("user_presence", {
-            "user_id": self.user.id, "status": status, "time": time.time(), "client": client})
+        await self.server.queue_client.publish(USER_PRESENCE, PresenceUpdate(self.user.id, status, client,
+                                                                             time.time()).event())
         self.success()
 
 

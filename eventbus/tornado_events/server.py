@@ -30,6 +30,16 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from eventbus import __version__
 from eventbus.accounts import deactivated_user
+from eventbus.contracts import (
+    MESSAGE_SENDER,
+    USER_ACTIVITY,
+    MessageRequest,
+    MessageResponse,
+    Notice,
+    UserActivity,
+    notify_queue_name,
+    return_queue_name,
+)
 from eventbus.messages import MessageStore
 from eventbus.queue import Broker, MemoryTornadoClient, make_broker, tornado_client_for
 from eventbus.sessions import CsrfTokens, SessionStore, session_key
@@ -42,7 +52,6 @@ from eventbus.tornado_events.handlers import (
     SESSION_COOKIE,
     EventsHandler,
 )
-from eventbus.tornado_events.notify import MESSAGE_SENDER_QUEUE, check_notice, notify_queue_name, return_queue_name
 from eventbus.tornado_events.rate_limit import RateLimits
 from eventbus.tornado_events.websocket import SESSION_ENDED, EventSocket
 from eventbus.users import User
@@ -187,7 +196,7 @@ class EventServer:
             await asyncio.sleep(SHUTDOWN_POLL_SECONDS)
         if self.sockets or self.pending:
             logger.warning("stopping with %d websocket(s) not closed and %d request(s) not answered by %s",
-                           len(self.sockets), len(self.pending), MESSAGE_SENDER_QUEUE)
+                           len(self.sockets), len(self.pending), MESSAGE_SENDER)
 
     # -- queues in and out ----------------------------------------------------------
 
@@ -197,8 +206,9 @@ class EventServer:
 
     def notify(self, notice: Any) -> int:
         """A notice, from notify_tornado or POSTed: queue its event for every client that wants it, and
-        notify its away recipients. How many clients got it; ValueError for a bad notice."""
-        event, users = check_notice(notice)
+        notify its away recipients. How many clients got it; ContractError (a ValueError) for a bad notice."""
+        checked = Notice.from_event(notice)
+        event, users = checked.client_event, checked.users
         deactivated = deactivated_user(event)
         if deactivated is not None:
             self.forget_user(deactivated)
@@ -208,13 +218,12 @@ class EventServer:
 
     def on_return(self, message: Any) -> None:
         """Invoked for each answer a processor put on the return queue."""
-        if not isinstance(message, dict) or not isinstance(message.get("request_id"), str):
-            raise ValueError("a return message must be an object with a 'request_id'")
-        responder = self.pending.pop(message["request_id"], None)
+        answer = MessageResponse.from_event(message)
+        responder = self.pending.pop(answer.request_id, None)
         if responder is None:
-            logger.info("answer to request %s came after its requester left", message["request_id"])
+            logger.info("answer to request %s came after its requester left", answer.request_id)
             return
-        responder(message.get("response"))
+        responder(answer.response)
 
     async def submit(self, user: User, request: dict[str, Any], respond: Responder, **tags: Any) -> str:
         """Send a client's request to the message_sender processor; ``respond`` gets its answer, once.
@@ -224,13 +233,11 @@ class EventServer:
         late answer is logged and dropped).
         """
         request_id = str(uuid.uuid4())
+        server_id = self.settings.server_id
+        submitted = MessageRequest(request_id, user.id, request, return_queue_name(server_id), server_id, **tags)
         self.pending[request_id] = respond
         try:
-            await self.queue_client.publish(MESSAGE_SENDER_QUEUE, {
-                "request_id": request_id, "server_id": self.settings.server_id,
-                "return_queue": return_queue_name(self.settings.server_id),
-                "user_id": user.id, "request": request, **tags,
-            })
+            await self.queue_client.publish(MESSAGE_SENDER, submitted.event())
         except Exception:
             self.pending.pop(request_id, None)
             raise
@@ -240,7 +247,7 @@ class EventServer:
     def _expire(self, request_id: str) -> None:
         respond = self.pending.pop(request_id, None)
         if respond is not None:
-            logger.warning("request %s got no answer from %s within %.0f s", request_id, MESSAGE_SENDER_QUEUE,
+            logger.warning("request %s got no answer from %s within %.0f s", request_id, MESSAGE_SENDER,
                            self.request_timeout)
             respond(dict(REQUEST_TIMED_OUT))
 
@@ -275,17 +282,17 @@ class EventServer:
         thousands of users does not hold up the loop; at shutdown, all at once.
         """
         activity, self._activity = self._activity, {}
-        events = [{"user_id": user_id, "client": client, "query": query, "time": last, "count": count}
+        events = [UserActivity(user_id, query, client, last, count).event()
                   for (user_id, client, query), (count, last) in activity.items()]
         if at_once:
             for event in events:
-                self.queue_client.publish_nowait("user_activity", event)
+                self.queue_client.publish_nowait(USER_ACTIVITY, event)
         else:
             self._publish_activity(events, 0)
 
     def _publish_activity(self, events: list[dict[str, Any]], start: int) -> None:
         for event in events[start:start + ACTIVITY_SLICE]:
-            self.queue_client.publish_nowait("user_activity", event)
+            self.queue_client.publish_nowait(USER_ACTIVITY, event)
         if start + ACTIVITY_SLICE < len(events):
             IOLoop.current().add_callback(self._publish_activity, events, start + ACTIVITY_SLICE)
 
