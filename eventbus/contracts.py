@@ -25,7 +25,9 @@ Queues and their events::
     missedmessage_mobile_notifications   MissedMessage     a message a user missed while away
     email_mirror                         MirrorMail        an email sent to a stream's address
 
-``failed_tries`` is reserved in every event: the workers count retries in it.
+Ids are checked by ``check_id``: an integer from 1 to 2**63 - 1 (SQLite's
+range), never a bool. ``failed_tries`` is reserved in every event: the
+workers count retries in it.
 """
 
 from __future__ import annotations
@@ -103,18 +105,18 @@ def return_queue_name(server_id: str) -> str:
 def check_id(value: Any, name: str) -> int:
     """``value`` if it is an id (an integer from 1 to MAX_ID, not a bool); ContractError naming ``name``."""
     if not is_id(value):
-        raise ContractError(f"'{name}' must be an id (an integer from 1 to 2**63 - 1), not {shown(value)}")
+        raise ContractError(f"'{name}' must be an id (an integer from 1 to 2**63 - 1), not {_shown(value)}")
     return int(value)
 
 
-def shown(value: Any) -> str:
+def _shown(value: Any) -> str:
     """``value`` as an error message quotes it: its repr, cut short (never a client's input whole)."""
     return excerpt(repr(value)) if isinstance(value, str) else excerpt(value)
 
 
 def _text(value: Any, name: str, *, empty: bool = True) -> str:
     if not isinstance(value, str) or not (empty or value):
-        raise ContractError(f"'{name}' must be a {'' if empty else 'non-empty '}string, not {shown(value)}")
+        raise ContractError(f"'{name}' must be a {'' if empty else 'non-empty '}string, not {_shown(value)}")
     return value
 
 
@@ -124,7 +126,7 @@ def _optional_text(value: Any, name: str) -> str | None:
 
 def _number(value: Any, name: str, what: str = "a number") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ContractError(f"'{name}' must be {what}, not {shown(value)}")
+        raise ContractError(f"'{name}' must be {what}, not {_shown(value)}")
     return value
 
 
@@ -140,7 +142,7 @@ def _without_none(**fields: Any) -> dict[str, Any]:
 
 def _object(event: Any, kind: str) -> Mapping[str, Any]:
     if not isinstance(event, Mapping):
-        raise ContractError(f"a {kind} event must be a JSON object, not {shown(event)}")
+        raise ContractError(f"a {kind} event must be a JSON object, not {_shown(event)}")
     return event
 
 
@@ -184,7 +186,7 @@ class Notice:
                 raise ContractError("a 'message' event must carry a 'message' object with an integer 'id'")
         for user in self.users:
             if not _is_recipient(user):
-                raise ContractError(f"'users' holds {shown(user)}: each must be a user id or "
+                raise ContractError(f"'users' holds {_shown(user)}: each must be a user id or "
                                     "{\"id\": N, \"flags\": [...]}")
 
     @classmethod
@@ -269,7 +271,7 @@ class MessageRequest:
         _optional_text(self.socket_id, "socket_id")
         if self.req_id is not None and not is_req_id(self.req_id):
             raise ContractError(f"'req_id' must be a string of at most {EXCERPT_CHARS} characters or an integer, "
-                                f"not {shown(self.req_id)}")
+                                f"not {_shown(self.req_id)}")
 
     @classmethod
     def from_event(cls, event: Any) -> Self:
@@ -316,7 +318,7 @@ class UserActivity:
         _text(self.client, "client")
         _time(self.time, "time")
         if not is_id(self.count):
-            raise ContractError(f"'count' must be a positive integer, not {shown(self.count)}")
+            raise ContractError(f"'count' must be a positive integer, not {_shown(self.count)}")
 
     @classmethod
     def from_event(cls, event: Any) -> Self:
@@ -366,7 +368,7 @@ class PresenceUpdate:
     def __post_init__(self) -> None:
         check_id(self.user_id, "user_id")
         if self.status not in STATUSES:
-            raise ContractError(f"'status' must be one of {', '.join(STATUSES)}, not {shown(self.status)}")
+            raise ContractError(f"'status' must be one of {', '.join(STATUSES)}, not {_shown(self.status)}")
         _text(self.client, "client")
         _time(self.time, "time")
 
@@ -431,7 +433,7 @@ class SlowQuery:
 
     def __post_init__(self) -> None:
         if _number(self.time_ms, "time_ms", "a number of milliseconds") < 0:
-            raise ContractError(f"'time_ms' must not be negative, not {shown(self.time_ms)}")
+            raise ContractError(f"'time_ms' must not be negative, not {_shown(self.time_ms)}")
         for name in ("query", "path", "method", "user_email"):
             _optional_text(getattr(self, name), name)
         if self.status is not None:
@@ -473,7 +475,7 @@ class Email:
         to = self.to
         if not isinstance(to, tuple) or not to or not all(isinstance(a, str) and _address(a) for a in to):
             listed = list(to) if isinstance(to, tuple) else to
-            raise ContractError(f"'to' must be a non-empty list of email addresses, not {shown(listed)}")
+            raise ContractError(f"'to' must be a non-empty list of email addresses, not {_shown(listed)}")
         if not isinstance(self.subject, str) or "\n" in self.subject or "\r" in self.subject:
             raise ContractError("'subject' must be a string of one line")
         if not isinstance(self.body, str) or not (self.html is None or isinstance(self.html, str)):
@@ -485,7 +487,7 @@ class Email:
         to = event.get("to")
         to = [to] if isinstance(to, str) else to
         if not isinstance(to, list):
-            raise ContractError(f"'to' must be a non-empty list of email addresses, not {shown(to)}")
+            raise ContractError(f"'to' must be a non-empty list of email addresses, not {_shown(to)}")
         return cls(event.get("email_id"), tuple(to), event.get("subject"), event.get("body"),
                    event.get("html"))
 
@@ -520,7 +522,7 @@ class Signup:
 
     def __post_init__(self) -> None:
         if not isinstance(self.email, str) or not EMAIL.fullmatch(self.email):
-            raise ContractError(f"a signup needs an 'email' address, not {shown(self.email)}")
+            raise ContractError(f"a signup needs an 'email' address, not {_shown(self.email)}")
         _optional_text(self.full_name, "full_name")
 
     @classmethod
@@ -628,7 +630,7 @@ class MirrorMail:
         if not isinstance(self.raw, bytes):
             raise ContractError("an email_mirror event needs 'raw': the email, base64-encoded")
         if self.rcpt_to is not None and not isinstance(self.rcpt_to, str):
-            raise ContractError(f"'rcpt_to' must be an address, not {shown(self.rcpt_to)}")
+            raise ContractError(f"'rcpt_to' must be an address, not {_shown(self.rcpt_to)}")
 
     @classmethod
     def from_event(cls, event: Any) -> Self:
