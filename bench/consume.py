@@ -56,13 +56,14 @@ from bench import register
 from bench._processes import ROOT, environment
 from bench.harness import BenchError, Context, Figure, Outcome, Result, in_rounds
 from bench.publish import Event, make_event
+from eventbus.contracts import NOOP, NOOP_BATCH
 from eventbus.processors.stats import read_stats, stats_path
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.settings import Settings
 
 #: The queues of the shipped NoopWorker and NoopBatchWorker.
-ONE_QUEUE = "noop"
-BATCH_QUEUE = "noop_batch"
+ONE_QUEUE = NOOP
+BATCH_QUEUE = NOOP_BATCH
 #: Events per run: a run then lasts one to several seconds, against a few ms of uncertainty at its start.
 EVENTS = 20_000
 QUICK_EVENTS = 1_000

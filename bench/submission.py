@@ -60,12 +60,19 @@ from bench._load_client import User as Credentials
 from bench._processes import PROFILE_ENV, START_TIMEOUT, EventServers, Process, environment
 from bench.harness import BenchError, Context, Figure, Outcome, Result, in_rounds
 from bench.markdown import corpus
+from eventbus.contracts import (
+    MESSAGE_SENDER,
+    NOTIFY_TORNADO,
+    SLOW_QUERIES,
+    TORNADO_RETURN,
+    USER_ACTIVITY,
+    MessageRequest,
+)
 from eventbus.messages import MessageStore
 from eventbus.processors.queues.messages import MessageSenderWorker
 from eventbus.queue import MemoryBroker
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.settings import Settings
-from eventbus.tornado_events.notify import MESSAGE_SENDER_QUEUE, NOTIFY_QUEUE, RETURN_QUEUE
 from eventbus.users import User
 
 #: The stream's subscribers, each with a long-polling client: every message goes to this many queues.
@@ -85,7 +92,7 @@ DELIVERY_TIMEOUT = 30.0
 POLL = 0.05
 #: What the server publishes besides (a user_activity event per authenticated request, a report per request
 #: slower than 2 s); nothing consumes them here.
-UNCONSUMED_QUEUES = ("user_activity", "slow_queries")
+UNCONSUMED_QUEUES = (USER_ACTIVITY, SLOW_QUERIES)
 
 _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -254,15 +261,12 @@ class InProcess:
     def run(self, count: int) -> Run:
         start = time.perf_counter()
         for i in range(count):
-            self.worker.consume({
-                "request_id": str(uuid.uuid4()), "server_id": "bench", "return_queue": RETURN_QUEUE,
-                "user_id": self.users[i % len(self.users)].id,
-                "request": {"type": "stream", "to": STREAM, "topic": TOPIC,
-                            "content": self.contents[i % len(self.contents)]},
-            })
+            request = {"type": "stream", "to": STREAM, "topic": TOPIC, "content": self.contents[i % len(self.contents)]}
+            self.worker.consume(MessageRequest(str(uuid.uuid4()), self.users[i % len(self.users)].id, request,
+                                               TORNADO_RETURN, "bench").event())
         seconds = time.perf_counter() - start
-        delivered = self.broker.purge(NOTIFY_QUEUE)
-        answered = self.broker.purge(RETURN_QUEUE)
+        delivered = self.broker.purge(NOTIFY_TORNADO)
+        answered = self.broker.purge(TORNADO_RETURN)
         if delivered != count or answered != count:
             raise BenchError(f"in process: {count} messages sent, {delivered} delivered, {answered} answered")
         return Run(seconds)
@@ -297,7 +301,7 @@ def submission(context: Context) -> list[Outcome]:
     with ExitStack() as stack:
         admin = RabbitMQBroker(settings)
         stack.callback(admin.close)
-        for queue in (MESSAGE_SENDER_QUEUE, RETURN_QUEUE, *UNCONSUMED_QUEUES):
+        for queue in (MESSAGE_SENDER, TORNADO_RETURN, *UNCONSUMED_QUEUES):
             admin.delete_queue(queue)  # a broker given with --amqp-url may hold old ones
             stack.callback(admin.delete_queue, queue)
         server = stack.enter_context(servers.start("submission", url))
@@ -342,7 +346,7 @@ def _worker(servers: EventServers, settings: Settings) -> Iterator[Process]:
     env = environment(EVENTBUS_BROKER="amqp", EVENTBUS_AMQP_URL=settings.amqp_url,
                       EVENTBUS_VAR_DIR=str(settings.var_dir), EVENTBUS_DATABASE=str(servers.database),
                       EVENTBUS_SECRETS_FILE=str(servers.secrets_file))
-    argv = ["eventbus", "process_queue", f"--queue={MESSAGE_SENDER_QUEUE}"]
+    argv = ["eventbus", "process_queue", f"--queue={MESSAGE_SENDER}"]
     profile_dir = os.environ.get(PROFILE_ENV)
     if profile_dir:
         profile = Path(profile_dir).resolve() / f"message_sender.{int(time.time())}.prof"
@@ -354,9 +358,9 @@ def _worker(servers: EventServers, settings: Settings) -> Iterator[Process]:
 def _wait_consuming(admin: RabbitMQBroker, worker: Process) -> None:
     """Until RabbitMQ counts the worker as ``message_sender``'s consumer; BenchError if it exits first."""
     deadline = time.monotonic() + START_TIMEOUT
-    while admin.queue_info(MESSAGE_SENDER_QUEUE).consumers == 0:
+    while admin.queue_info(MESSAGE_SENDER).consumers == 0:
         if worker.process.poll() is not None:
             raise worker.failed(f"exited with {worker.process.returncode}")
         if time.monotonic() > deadline:
-            raise worker.failed(f"did not consume {MESSAGE_SENDER_QUEUE} in {START_TIMEOUT:.0f} s")
+            raise worker.failed(f"did not consume {MESSAGE_SENDER} in {START_TIMEOUT:.0f} s")
         time.sleep(POLL)

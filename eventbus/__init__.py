@@ -9,7 +9,8 @@ Three layers; imports point down only (tests/test_layers.py checks it)::
                 processors/      @assign_queue, the worker base classes, the processors
                 tornado_events/  the event core: client queues, HTTP and websocket handlers,
                                  the notify consumer
-    core        settings  codec  errors  validation  sqlite  users  sessions  accounts  messages
+    core        settings  codec  errors  validation  contracts (queue names, event shapes)
+                sqlite  users  sessions  accounts  messages
 
 The top wires the components together and faces users; the components never
 import it. tornado_events and processors use queue; queue imports neither, and

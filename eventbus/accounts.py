@@ -20,6 +20,7 @@ from typing import Any
 
 from eventbus.sessions import SessionStore
 from eventbus.users import User, UserError, UserStore
+from eventbus.validation import is_id
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def deactivated_user(event: dict[str, Any]) -> int | None:
     if not isinstance(person, dict) or person.get("is_active") is not False:
         return None
     user_id = person.get("user_id")
-    return user_id if isinstance(user_id, int) and not isinstance(user_id, bool) else None
+    return user_id if is_id(user_id) else None
 
 
 def deactivate_user(users: UserStore, sessions: SessionStore, email: str, send_event: SendEvent) -> Deactivation:

@@ -28,11 +28,11 @@ from django.conf import settings as django_settings
 from django.db import transaction
 
 from eventbus import codec
+from eventbus.contracts import Notice, Recipient, notify_queue_name
 from eventbus.errors import BrokerError
 from eventbus.queue import check_queue_name, get_broker, queue_json_publish
 from eventbus.settings import Settings, set_settings
 from eventbus.tornado_events import send_event
-from eventbus.tornado_events.notify import Recipient, check_notice, notify_queue_name
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,9 @@ def queue_event_on_commit(queue_name: str, event: Any, using: str | None = None)
 
 def send_event_on_commit(event: dict[str, Any], user_ids: Iterable[Recipient], using: str | None = None) -> None:
     """``send_event(event, user_ids)`` through the process's broker once the current transaction commits."""
-    users = list(user_ids)
-    notice = {"event": event, "users": users}
-    check_notice(notice)  # a bad event fails here, inside the view, not after the commit
-    transaction.on_commit(lambda: _publish(notify_queue_name(), notice, lambda: send_event(get_broker(), event, users)),
+    notice = Notice.of(event, user_ids)  # a bad event fails here, inside the view, not after the commit
+    transaction.on_commit(lambda: _publish(notify_queue_name(), notice.event(),
+                                           lambda: send_event(get_broker(), notice.client_event, notice.users)),
                           using=using)
 
 

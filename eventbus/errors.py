@@ -6,6 +6,8 @@ at the boundary, into this tree::
     EventBusError
      +-- ConfigurationError        a setting has a value that cannot work
      +-- EventEncodingError        an event is not JSON-serializable, or a body is not JSON
+     +-- PermanentError            an event can never be processed: stored at once, never retried
+     |    +-- ContractError        an event breaks its queue's contract (eventbus.contracts); names the field
      +-- BrokerError               anything between us and RabbitMQ
           +-- BrokerUnreachable    could not connect (within the retry budget)
           +-- PublishError         RabbitMQ did not take an event
@@ -29,6 +31,19 @@ class ConfigurationError(EventBusError):
 
 class EventEncodingError(EventBusError, ValueError):
     """An event cannot be encoded to JSON, or a body cannot be decoded."""
+
+
+class PermanentError(EventBusError):
+    """An event that can never be processed (malformed, refers to nothing): no retries, straight to the error store."""
+
+
+class ContractError(PermanentError, ValueError):
+    """An event does not have the shape its queue's contract says (``eventbus.contracts``); the text names the field.
+
+    A ValueError, so that callers checking input catch it as they catch any
+    bad value; a PermanentError, so that a worker stores such an event at once:
+    trying again cannot give it the field it lacks.
+    """
 
 
 class BrokerError(EventBusError):

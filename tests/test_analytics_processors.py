@@ -96,7 +96,7 @@ def test_a_batch_is_counted_per_user_client_and_query_in_one_upsert(
     assert store.activity(othello.id) == {("ZulipPython", "/api/v1/events"): (2, 400.0)}
     [bad] = event_broker.error_store.read("user_activity")
     assert bad["event"] == {"user_id": othello.id, "client": "ZulipPython", "time": 250.0}
-    assert bad["error"] == "PermanentError: 'query' must be a non-empty string, not None"
+    assert bad["error"] == "ContractError: 'query' must be a non-empty string, not None"
 
 
 def test_a_later_batch_never_moves_last_visit_back(event_broker: MemoryBroker, start: Start,
@@ -133,8 +133,8 @@ def test_an_interval_that_ends_before_it_starts_is_a_permanent_error(
     ])
     event_broker.join("user_activity_interval", timeout=10)
     assert [e["error"] for e in event_broker.error_store.read("user_activity_interval")] == [
-        "PermanentError: 'start' (30.0) is after 'end' (20.0)",
-        "PermanentError: 'start' must be a number (Unix time), not 'yesterday'",
+        "ContractError: 'start' (30.0) is after 'end' (20.0)",
+        "ContractError: 'start' must be a number (Unix time), not 'yesterday'",
     ]
     assert store.intervals(users[0].id) == []
 
@@ -226,9 +226,9 @@ def test_bad_presence_events_go_to_the_error_store(event_broker: MemoryBroker, s
     ])
     event_broker.join("user_presence", timeout=10)
     assert [e["error"] for e in event_broker.error_store.read("user_presence")] == [
-        "PermanentError: 'status' must be one of active, idle, offline, not 'away'",
+        "ContractError: 'status' must be one of active, idle, offline, not 'away'",
         "PermanentError: no user 9999",
-        "PermanentError: 'user_id' must be an integer, not None",
+        "ContractError: 'user_id' must be an id (an integer from 1 to 2**63 - 1), not None",
     ]
     assert take_notices(event_broker) == []
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from eventbus.contracts import EMAIL_MIRROR, MirrorMail
 from eventbus.messages import MessageStore, Stream
-from eventbus.processors.queues.email_mirror import MIRROR_QUEUE, html_to_text, mail_event
+from eventbus.processors.queues.email_mirror import html_to_text
 from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import MemoryBroker
 from eventbus.queue.rabbitmq import RabbitMQBroker
@@ -27,6 +28,10 @@ from tests.conftest import wait_for
 from tests.workers import ROOT, WorkerProcess, cli_env
 
 DOMAIN = "streams.eventbus.localhost"
+
+
+def mail_event(raw: bytes, rcpt_to: str | None = None) -> dict[str, Any]:
+    return MirrorMail(raw, rcpt_to).event()
 
 
 def stream_address(stream: Stream) -> str:
@@ -55,7 +60,7 @@ def denmark(event_settings: Settings, event_broker: MemoryBroker, users: tuple[U
 @pytest.fixture
 def mirror(event_broker: MemoryBroker, denmark: Stream) -> Iterator[MemoryBroker]:
     """The email_mirror processor in a thread on the in-process broker."""
-    threads = WorkerThreads([MIRROR_QUEUE], event_broker)
+    threads = WorkerThreads([EMAIL_MIRROR], event_broker)
     threads.start()
     yield event_broker
     threads.stop()
@@ -64,8 +69,8 @@ def mirror(event_broker: MemoryBroker, denmark: Stream) -> Iterator[MemoryBroker
 
 def mirrored(broker: MemoryBroker, *events: dict[str, Any]) -> list[dict[str, Any]]:
     """Queue the events, wait until they are processed, and return every message of the stream Denmark."""
-    broker.publish_many(MIRROR_QUEUE, events)
-    broker.join(MIRROR_QUEUE, timeout=10)
+    broker.publish_many(EMAIL_MIRROR, events)
+    broker.join(EMAIL_MIRROR, timeout=10)
     store = MessageStore(broker.settings.database)
     stream = store.get_stream("Denmark")
     assert stream is not None
@@ -73,7 +78,7 @@ def mirrored(broker: MemoryBroker, *events: dict[str, Any]) -> list[dict[str, An
 
 
 def errors(broker: MemoryBroker) -> list[str]:
-    return [e["error"].removeprefix("PermanentError: ") for e in broker.error_store.read(MIRROR_QUEUE)]
+    return [e["error"].partition(": ")[2] for e in broker.error_store.read(EMAIL_MIRROR)]
 
 
 # -- the processor ----------------------------------------------------------------------
@@ -226,8 +231,8 @@ def start_mirror_server() -> Iterator[Any]:
 @pytest.fixture
 def amqp_denmark(settings: Settings, broker: RabbitMQBroker) -> Stream:
     """The stream Denmark in the test's database, and an empty email_mirror queue on the session's node."""
-    if broker.queue_info(MIRROR_QUEUE).exists:
-        broker.purge(MIRROR_QUEUE)
+    if broker.queue_info(EMAIL_MIRROR).exists:
+        broker.purge(EMAIL_MIRROR)
     store = MessageStore(settings.database)
     iago = store.users.create_user("iago@example.com", "Iago")
     return store.create_stream("Denmark", [iago.id])
@@ -257,17 +262,17 @@ def test_the_server_queues_each_email_for_its_stream_recipients(
         server.send(mail, ["horatio@example.com"])
     assert refused.value.recipients["horatio@example.com"][0] == 550
 
-    [event] = take(broker, MIRROR_QUEUE, 1)
+    [event] = take(broker, EMAIL_MIRROR, 1)
     assert event["rcpt_to"] == address
     raw = base64.b64decode(event["raw"])
     assert b"Subject: The castle" in raw and b"Sent over SMTP." in raw
     assert server.terminate() == 0, server.log
-    assert broker.queue_info(MIRROR_QUEUE).depth == 0
+    assert broker.queue_info(EMAIL_MIRROR).depth == 0
 
 
 def test_an_email_sent_over_smtp_becomes_a_message_on_the_stream(
         settings: Settings, broker: RabbitMQBroker, amqp_denmark: Stream, start_mirror_server: Any) -> None:
-    worker = WorkerProcess(settings, "--queue", MIRROR_QUEUE)
+    worker = WorkerProcess(settings, "--queue", EMAIL_MIRROR)
     try:
         server = start_mirror_server(settings)
         address = stream_address(amqp_denmark)

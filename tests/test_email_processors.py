@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from eventbus.contracts import Email, MissedMessage
 from eventbus.messages import MessageStore, StoredMessage
-from eventbus.processors.mailer import Email, queue_email
+from eventbus.processors.mailer import queue_email
 from eventbus.processors.message_send import check_request, send
-from eventbus.processors.queues.missed_emails import Missed, PendingMissed
+from eventbus.processors.queues.missed_emails import PendingMissed
 from eventbus.processors.registry import get_worker_class
 from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import Broker, MemoryBroker
@@ -142,7 +143,7 @@ def test_refused_and_malformed_emails_go_to_the_error_store_and_the_rest_are_sen
         ("Fine", ("othello@example.com",)), ("Partly", ("iago@example.com",))]
     errors = {e["event"]["email_id"]: e for e in memory.error_store.read("email_senders")}
     assert len(errors) == 2
-    assert errors["no-subject"]["error"] == "PermanentError: 'subject' must be a string of one line"
+    assert errors["no-subject"]["error"] == "ContractError: 'subject' must be a string of one line"
     [refused] = [e for email_id, e in errors.items() if email_id != "no-subject"]
     assert "refused every recipient" in refused["error"] and f"ghost{REFUSED_DOMAIN}" in refused["error"]
     assert refused["tries"] == 1
@@ -266,9 +267,9 @@ def test_missed_messages_a_crash_left_pending_are_sent_on_start(memory: MemoryBr
     first = post(memory, store, iago, type="private", to=othello.email, content="first")
     second = post(memory, store, iago, type="private", to=othello.email, content="second")
     pending = PendingMissed(memory.settings.database)
-    pending.add([Missed(othello.id, first.id, "private_message")])
+    pending.add([MissedMessage(othello.id, first.id, "private_message")])
     pending.claim(othello.id)  # a flush crashed after claiming
-    pending.add([Missed(othello.id, second.id, "private_message")])  # and the next flush was lost
+    pending.add([MissedMessage(othello.id, second.id, "private_message")])  # and the next flush was lost
 
     running("missedmessage_emails", "email_senders")
     wait_for(lambda: len(smtp.to(othello.email)) == 2, what="both emails")
@@ -283,7 +284,7 @@ def test_a_malformed_missed_message_event_goes_to_the_error_store(memory: Memory
     memory.publish("missedmessage_emails", {"user_id": "seven", "message_id": 1})
     join(memory, "missedmessage_emails")
     [entry] = memory.error_store.read("missedmessage_emails")
-    assert entry["error"] == "PermanentError: a user id must be a whole number, not 'seven'"
+    assert entry["error"] == "ContractError: 'user_id' must be an id (an integer from 1 to 2**63 - 1), not 'seven'"
 
 
 # -- error reports and slow queries -------------------------------------------------------

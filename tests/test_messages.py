@@ -189,7 +189,8 @@ def test_malformed_message_sender_events_go_to_the_error_store(world: Any, event
     ])
     wait_for(lambda: event_broker.error_store.count("message_sender") == 2, what="both events in the error store")
     errors = [e["error"] for e in event_broker.error_store.read("message_sender")]
-    assert all("needs an integer 'user_id'" in error for error in errors), errors
+    assert errors == ["ContractError: 'user_id' must be an id (an integer from 1 to 2**63 - 1), not '1'",
+                      "ContractError: 'user_id' must be an id (an integer from 1 to 2**63 - 1), not 1.5"]
     assert [e["tries"] for e in event_broker.error_store.read("message_sender")] == [1, 1]  # not retried
 
 

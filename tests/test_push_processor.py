@@ -211,9 +211,11 @@ def test_events_that_refer_to_nothing_are_permanent_errors(
         {"user_id": users[1].id, "message_id": mention.id},
     ])
     pusher.join(QUEUE, timeout=10)
-    assert [e["error"].removeprefix("PermanentError: ") for e in pusher.error_store.read(QUEUE)] == [
-        "no message 9999", "no user 9999", f"user {outsider.id} is not a recipient of message {mention.id}",
-        "'user_id' must be an integer, not 'othello'", "'trigger' must be a non-empty string, not None",
+    assert [e["error"] for e in pusher.error_store.read(QUEUE)] == [
+        "PermanentError: no message 9999", "PermanentError: no user 9999",
+        f"PermanentError: user {outsider.id} is not a recipient of message {mention.id}",
+        "ContractError: 'user_id' must be an id (an integer from 1 to 2**63 - 1), not 'othello'",
+        "ContractError: 'trigger' must be a non-empty string, not None",
     ]
     assert gateway.requests == []
 

@@ -1,5 +1,7 @@
 """Outgoing email: ``queue_email`` for whoever wants one sent, ``Mailer`` for the ``email_senders`` processor.
 
+An email's event is the ``Email`` contract (``eventbus.contracts``).
+
 Every email carries an ``email_id`` and ``email_senders`` sends each id once.
 An id derived from what caused the email (``stable_id``) therefore makes the
 whole path idempotent: a redelivered signup, invitation or flush event queues
@@ -16,75 +18,18 @@ import ssl
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import parseaddr
 from typing import Any
 
-from eventbus.processors.worker import FAILED_TRIES
+from eventbus.contracts import EMAIL_SENDERS, FAILED_TRIES, Email
 from eventbus.queue import Broker
 from eventbus.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-EMAIL_QUEUE = "email_senders"
 #: Seconds a connect or a server reply may take: a hung server then counts as down, and the email is retried.
 #: Well under email_senders' time limit per email (30 s), so that a hang ends as this clean error first.
 SMTP_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class Email:
-    """One email to send: the body of an ``email_senders`` event."""
-
-    email_id: str
-    to: tuple[str, ...]
-    subject: str
-    body: str
-    html: str | None = None
-
-    @classmethod
-    def from_event(cls, event: dict[str, Any]) -> Email:
-        """The email an event describes; ValueError saying what is wrong with it."""
-        email_id, to, subject, body, html = (event.get(k) for k in ("email_id", "to", "subject", "body", "html"))
-        if not isinstance(email_id, str) or not email_id:
-            raise ValueError("an email needs an 'email_id' string")
-        if isinstance(to, str):
-            to = [to]
-        if not isinstance(to, list) or not to or not all(isinstance(a, str) and _address(a) for a in to):
-            raise ValueError(f"'to' must be a non-empty list of email addresses, not {to!r}")
-        if not isinstance(subject, str) or "\n" in subject or "\r" in subject:
-            raise ValueError("'subject' must be a string of one line")
-        if not isinstance(body, str) or not (html is None or isinstance(html, str)):
-            raise ValueError("'body' must be a string, and 'html' a string if given")
-        return cls(email_id, tuple(to), subject, body, html)
-
-    def event(self) -> dict[str, Any]:
-        """The ``email_senders`` event of this email."""
-        event: dict[str, Any] = {"email_id": self.email_id, "to": list(self.to), "subject": self.subject,
-                                 "body": self.body}
-        if self.html is not None:
-            event["html"] = self.html
-        return event
-
-    def message(self, sender: str) -> EmailMessage:
-        """The email as a MIME message from ``sender``: text, with an HTML alternative when there is one."""
-        message = EmailMessage()
-        message["From"] = sender
-        message["To"] = ", ".join(self.to)
-        message["Subject"] = self.subject
-        # Derived from the email id, so that a resend after a crash (see SentEmails) looks like the same email.
-        domain = parseaddr(sender)[1].rpartition("@")[2] or "eventbus.localhost"
-        message["Message-ID"] = f"<{hashlib.sha256(self.email_id.encode()).hexdigest()[:32]}@{domain}>"
-        message.set_content(self.body)
-        if self.html is not None:
-            message.add_alternative(self.html, subtype="html")
-        return message
-
-
-def _address(text: str) -> bool:
-    """Whether ``text`` looks like one address (``a@b.c`` or ``Name <a@b.c>``), with nothing that could add a header."""
-    return "@" in parseaddr(text)[1] and not any(c in text for c in "\r\n")
 
 
 def queue_email(broker: Broker, to: Sequence[str], subject: str, body: str, html: str | None = None, *,
@@ -95,7 +40,7 @@ def queue_email(broker: Broker, to: Sequence[str], subject: str, body: str, html
     caller may run twice for the same cause: the email is then sent once.
     """
     email = Email(email_id or f"email:{uuid.uuid4().hex}", tuple(to), subject, body, html)
-    broker.publish(EMAIL_QUEUE, email.event())
+    broker.publish(EMAIL_SENDERS, email.event())
     return email.email_id
 
 

@@ -4,7 +4,7 @@ An aiosmtpd server on this process's asyncio loop. Recipients outside the
 gateway domain (``EVENTBUS_EMAIL_GATEWAY_DOMAIN``) are refused at RCPT (550);
 whether a stream has the token is for the processor to say, as this server
 may run where the database is not. Each accepted email becomes one
-``email_mirror`` event per recipient (``mail_event``), and the client gets
+``email_mirror`` event (``MirrorMail``) per recipient, and the client gets
 250 only once RabbitMQ confirmed them all; if it cannot have them, 451, so
 the sending server keeps the mail and tries again later (the processor
 deduplicates an email that arrives twice).
@@ -24,7 +24,7 @@ from functools import partial
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from eventbus.processors.queues.email_mirror import MIRROR_QUEUE, mail_event
+from eventbus.contracts import EMAIL_MIRROR, MirrorMail
 from eventbus.queue import Broker
 
 logger = logging.getLogger(__name__)
@@ -57,12 +57,12 @@ class MirrorHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""  # the bytes as received (decode_data is off)
-        events = [mail_event(raw, recipient) for recipient in envelope.rcpt_tos]
+        events = [MirrorMail(raw, recipient).event() for recipient in envelope.rcpt_tos]
         self.queueing += 1
         self.idle.clear()
         try:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self.executor, partial(self.broker.publish_many, MIRROR_QUEUE, events))
+            await loop.run_in_executor(self.executor, partial(self.broker.publish_many, EMAIL_MIRROR, events))
         except Exception as e:
             logger.warning("could not queue an email from %s to %s: %s", envelope.mail_from,
                            ", ".join(envelope.rcpt_tos), e)

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from eventbus.contracts import check_queue_name
 from eventbus.errors import ConfigurationError
-from eventbus.queue.error_store import check_queue_name
 from eventbus.settings import get_settings
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ Both give each event the same guarantees:
   delay queue, so the events behind it are not held up; after the last try it
   goes to the error store with the error and traceback;
 - an event that is not a JSON object, or whose processing raises
-  ``PermanentError``, goes to the error store at once.
+  ``PermanentError`` (a ``ContractError`` among them: the event breaks its
+  queue's contract), goes to the error store at once.
 
 ``failed_tries`` is therefore a reserved key of events (as in Zulip). A batch
 processor that finished part of a batch calls ``fail(events, error)`` for the
@@ -30,8 +31,10 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
+from eventbus.contracts import FAILED_TRIES
+from eventbus.errors import ContractError, PermanentError
 from eventbus.processors.registry import QueueOptions
 from eventbus.processors.stats import QueueStats, stats_path
 from eventbus.processors.timeouts import ProcessingTimeout, deadline, run_coroutine
@@ -40,14 +43,9 @@ from eventbus.queue.error_store import describe, encoding_problem
 
 logger = logging.getLogger(__name__)
 
-class PermanentError(Exception):
-    """An event that can never be processed (malformed, refers to nothing): no retries, straight to the error store."""
-
-
-#: The key a retried event carries its count of failed tries in.
-FAILED_TRIES = "failed_tries"
-
 Event = dict[str, Any]
+#: What a queue's contract reads from an event.
+C = TypeVar("C")
 
 
 class Worker(ABC):
@@ -248,3 +246,14 @@ class LoopQueueProcessingWorker(Worker):
 
     def _process(self, events: list[Event]) -> None:
         self._attempt(events, partial(self.consume_batch, events))
+
+    def parse(self, events: list[Event], contract: Callable[[Event], C]) -> list[tuple[Event, C]]:
+        """Each event with what ``contract`` (a ``from_event``) reads from it; an event that breaks the contract
+        goes to the error store at once, and the rest of the batch is processed."""
+        parsed = []
+        for event in events:
+            try:
+                parsed.append((event, contract(event)))
+            except ContractError as error:
+                self.fail([event], error)  # not failed again if the batch fails later
+        return parsed

@@ -6,6 +6,7 @@ its broker makes (``broker.tornado_client()``). ``EVENTBUS_BROKER=memory``
 swaps RabbitMQ for the in-process ``MemoryBroker``.
 """
 
+from eventbus.contracts import check_queue_name
 from eventbus.queue.broker import (
     Broker,
     QueueInfo,
@@ -17,7 +18,7 @@ from eventbus.queue.broker import (
     set_broker,
 )
 from eventbus.queue.consumer import Consumer
-from eventbus.queue.error_store import ErrorStore, check_queue_name
+from eventbus.queue.error_store import ErrorStore
 from eventbus.queue.memory import MemoryBroker
 from eventbus.queue.tornado_client import MemoryTornadoClient, TornadoClient, TornadoQueueClient
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from eventbus import codec
+from eventbus.contracts import check_queue_name
 from eventbus.queue.consumer import BatchCallback, Consumer
 from eventbus.queue.delay import delay_queue_name
-from eventbus.queue.error_store import ErrorStore, check_queue_name
+from eventbus.queue.error_store import ErrorStore
 from eventbus.settings import Settings, get_settings
 
 if TYPE_CHECKING:

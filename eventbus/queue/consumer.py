@@ -21,8 +21,9 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from eventbus import codec
+from eventbus.contracts import check_queue_name
 from eventbus.errors import EventEncodingError
-from eventbus.queue.error_store import ErrorStore, check_queue_name
+from eventbus.queue.error_store import ErrorStore
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ import base64
 import fcntl
 import logging
 import os
-import re
 import reprlib
 import time
 from collections.abc import Callable, Iterator
@@ -35,24 +34,13 @@ from traceback import format_exception
 from typing import Any
 
 from eventbus import codec
+from eventbus.contracts import check_queue_name
 from eventbus.errors import EventEncodingError
 
 logger = logging.getLogger(__name__)
 
-#: Queue names become file names: no separators, no leading dot, a sane length.
-QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}")
 #: Counts of tries are clamped to this: a bigger integer would be written, then refused when read back.
 MAX_TRIES = 2**31
-
-
-def check_queue_name(queue: str) -> str:
-    """Return ``queue`` if it is a valid queue name, else raise ValueError saying what is allowed."""
-    if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
-        raise ValueError(
-            f"invalid queue name {queue!r}: use 1 to 200 letters, digits, '_', '.', ':' or '-', "
-            "not starting with '.', ':' or '-'"
-        )
-    return queue
 
 
 class ErrorStore:

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from eventbus import codec
+from eventbus.contracts import check_queue_name
 from eventbus.queue.broker import Broker, QueueInfo
 from eventbus.queue.consumer import BatchCallback, Consumer, Delivery
-from eventbus.queue.error_store import check_queue_name
 from eventbus.queue.tornado_client import MemoryTornadoClient, TornadoClient
 from eventbus.settings import Settings
 

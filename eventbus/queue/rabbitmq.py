@@ -16,11 +16,11 @@ import pika.adapters.blocking_connection
 import pika.exceptions
 from pika.adapters.select_connection import IOLoop
 
+from eventbus.contracts import check_queue_name
 from eventbus.errors import BrokerError, BrokerUnreachable, ConsumerError, QueueNotFound
 from eventbus.queue.broker import Broker, QueueInfo
 from eventbus.queue.client import AmqpClient
 from eventbus.queue.consumer import BatchCallback, Consumer, Delivery
-from eventbus.queue.error_store import check_queue_name
 from eventbus.queue.frames import FastSelectConnection
 from eventbus.queue.publisher import BlockingPublisher
 from eventbus.queue.tornado_client import TornadoClient, TornadoQueueClient

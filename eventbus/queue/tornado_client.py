@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 from tornado.ioloop import IOLoop
 
 from eventbus import codec
+from eventbus.contracts import check_queue_name
 from eventbus.errors import EventEncodingError
 from eventbus.queue.client import AmqpClient
-from eventbus.queue.error_store import ErrorStore, check_queue_name, describe
+from eventbus.queue.error_store import ErrorStore, describe
 from eventbus.queue.frames import FastTornadoConnection
 from eventbus.settings import Settings
 

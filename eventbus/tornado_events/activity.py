@@ -20,6 +20,7 @@ from typing import Any
 import tornado.web
 from tornado.ioloop import IOLoop, PeriodicCallback
 
+from eventbus.contracts import ERROR_REPORTS, SLOW_QUERIES, USER_ACTIVITY, ErrorReport, SlowQuery, UserActivity
 from eventbus.users import User
 
 #: How often the counted API requests go to user_activity, and how many events per loop iteration.
@@ -65,17 +66,17 @@ class ActivityRecorder:
         thousands of users does not hold up the loop; at shutdown, all at once.
         """
         activity, self._activity = self._activity, {}
-        events = [{"user_id": user_id, "client": client, "query": query, "time": last, "count": count}
+        events = [UserActivity(user_id, query, client, last, count).event()
                   for (user_id, client, query), (count, last) in activity.items()]
         if at_once:
             for event in events:
-                self.publish_nowait("user_activity", event)
+                self.publish_nowait(USER_ACTIVITY, event)
         else:
             self._publish_activity(events, 0)
 
     def _publish_activity(self, events: list[dict[str, Any]], start: int) -> None:
         for event in events[start:start + SLICE]:
-            self.publish_nowait("user_activity", event)
+            self.publish_nowait(USER_ACTIVITY, event)
         if start + SLICE < len(events):
             IOLoop.current().add_callback(self._publish_activity, events, start + SLICE)
 
@@ -83,14 +84,14 @@ class ActivityRecorder:
         """A finished request that took ``slow_request_seconds`` or more goes to slow_queries."""
         seconds = handler.request.request_time()
         if seconds >= self.slow_request_seconds:
-            self.publish_nowait("slow_queries", {
-                "path": handler.request.path, "method": handler.request.method, "time_ms": round(seconds * 1000, 1),
-                "status": handler.get_status(), "user_email": user.email if user else None, "time": time.time()})
+            report = SlowQuery(round(seconds * 1000, 1), path=handler.request.path, method=handler.request.method,
+                               status=handler.get_status(), user_email=user.email if user else None, time=time.time())
+            self.publish_nowait(SLOW_QUERIES, report.event())
 
     def report_error(self, handler: tornado.web.RequestHandler, exc_info: Any, user: User | None) -> None:
         """A server error goes to the administrators through error_reports (Tornado has logged it already)."""
         stacktrace = "".join(traceback.format_exception(*exc_info)) if exc_info and exc_info[0] else ""
-        self.publish_nowait("error_reports", {
-            "type": "server", "message": f"{handler.request.method} {handler.request.path}: "
-                                          f"{exc_info[1] if exc_info else 'error'}"[:2000],
-            "stacktrace": stacktrace[-20000:], "user_email": user.email if user else None, "time": time.time()})
+        report = ErrorReport("server", f"{handler.request.method} {handler.request.path}: "
+                                       f"{exc_info[1] if exc_info else 'error'}"[:2000],
+                             stacktrace[-20000:], user.email if user else None, extra={"time": time.time()})
+        self.publish_nowait(ERROR_REPORTS, report.event())

@@ -13,12 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
+from eventbus.contracts import (
+    MISSEDMESSAGE_EMAILS,
+    MISSEDMESSAGE_MOBILE_NOTIFICATIONS,
+    MissedMessage,
+    Recipient,
+    recipient,
+)
 from eventbus.tornado_events.clients import ClientRegistry
 from eventbus.tornado_events.event_queue import ClientDescriptor
-from eventbus.tornado_events.notify import Recipient, recipient
-
-MOBILE_QUEUE = "missedmessage_mobile_notifications"
-EMAIL_QUEUE = "missedmessage_emails"
 
 #: publish_nowait(queue, event): failures are logged by the queue client.
 Publish = Callable[[str, dict[str, Any]], None]
@@ -55,7 +58,7 @@ class AwayNotifier:
         self.sent = 0
 
     def on_message(self, event: dict[str, Any], users: Iterable[Recipient]) -> None:
-        """After a message event was delivered (checked by ``check_notice``): notify its recipients that have
+        """After a message event was delivered (a checked ``Notice``): notify its recipients that have
         no live queue."""
         if event["type"] != "message":
             return
@@ -82,6 +85,6 @@ class AwayNotifier:
 
     def _notify(self, user_id: int, message_id: int, trigger: str) -> None:
         self.sent += 1
-        notice = {"user_id": user_id, "message_id": message_id, "trigger": trigger}
-        for queue in (MOBILE_QUEUE, EMAIL_QUEUE):
+        notice = MissedMessage(user_id, message_id, trigger).event()
+        for queue in (MISSEDMESSAGE_MOBILE_NOTIFICATIONS, MISSEDMESSAGE_EMAILS):
             self.publish(queue, notice)

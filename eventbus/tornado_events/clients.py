@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from eventbus import codec
+from eventbus.contracts import Recipient, recipient
 from eventbus.tornado_events.event_queue import ClientDescriptor
-from eventbus.tornado_events.notify import Recipient, recipient
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class ClientRegistry:
         """Queue ``event`` for every client of ``users`` that accepts it; how many clients got it.
 
         ``users`` holds user ids, or ``{"id": N, "flags": [...]}`` for per-user
-        message flags, as ``check_notice`` passed them. Each variant of the event is encoded once.
+        message flags, as a checked ``Notice`` holds them. Each variant of the event is encoded once.
         A queue left holding more than ``max_queue_events`` events, or more than
         ``max_queue_bytes`` bytes of them in more than one event, is dropped: its
         listener is told (BAD_EVENT_QUEUE_ID), and so is the client when it comes

@@ -32,6 +32,7 @@ import tornado.web
 from tornado.ioloop import IOLoop
 
 from eventbus import codec
+from eventbus.contracts import ERROR_REPORTS, USER_PRESENCE, ErrorReport, PresenceUpdate
 from eventbus.errors import EventEncodingError
 from eventbus.messages import (
     ANCHORS,
@@ -617,10 +618,10 @@ class ReportErrorHandler(PublishingHandler):
     rate_limit_category = rate_limit.ERROR_REPORTS
 
     async def post(self) -> None:
-        report = {"type": "browser", "user_id": self.user.id, "user_email": self.user.email,
-                  "message": self.arg("message")[:2000], "stacktrace": self.arg("stacktrace", str, "")[:20000],
-                  "href": self.arg("href", str, "")[:500], "user_agent": self.request.headers.get("User-Agent", "")}
-        await self.publish("error_reports", report)
+        report = ErrorReport("browser", self.arg("message")[:2000], self.arg("stacktrace", str, "")[:20000],
+                             self.user.email, self.arg("href", str, "")[:500],
+                             extra={"user_id": self.user.id, "user_agent": self.request.headers.get("User-Agent", "")})
+        await self.publish(ERROR_REPORTS, report.event())
         self.success()
 
 
@@ -638,8 +639,7 @@ class PresenceHandler(PublishingHandler):
         if status not in ("active", "idle"):
             raise bad_request("Invalid 'status' argument: must be 'active' or 'idle'")
         client = self.request.headers.get("User-Agent", "website")[:100] if self.auth == Auth.API else "website"
-        await self.publish("user_presence", {
-            "user_id": self.user.id, "status": status, "time": time.time(), "client": client})
+        await self.publish(USER_PRESENCE, PresenceUpdate(self.user.id, status, client, time.time()).event())
         self.success()
 
 

@@ -28,6 +28,12 @@ from tornado.ioloop import PeriodicCallback
 
 from eventbus import __version__
 from eventbus.accounts import deactivated_user
+from eventbus.contracts import (
+    MESSAGE_SENDER,
+    Notice,
+    notify_queue_name,
+    return_queue_name,
+)
 from eventbus.messages import MessageStore
 from eventbus.queue import Broker, make_broker
 from eventbus.settings import Settings
@@ -37,7 +43,6 @@ from eventbus.tornado_events.away import AwayNotifier
 from eventbus.tornado_events.clients import ClientRegistry
 from eventbus.tornado_events.event_queue import ClientDescriptor
 from eventbus.tornado_events.handlers import EventsHandler
-from eventbus.tornado_events.notify import MESSAGE_SENDER_QUEUE, check_notice, notify_queue_name, return_queue_name
 from eventbus.tornado_events.rate_limit import RateLimits
 from eventbus.tornado_events.sockets import OpenSockets
 from eventbus.tornado_events.submissions import Submissions
@@ -150,7 +155,7 @@ class EventServer:
             await asyncio.sleep(SHUTDOWN_POLL_SECONDS)
         if self.sockets or self.submissions:
             logger.warning("stopping with %d websocket(s) not closed and %d request(s) not answered by %s",
-                           len(self.sockets), len(self.submissions), MESSAGE_SENDER_QUEUE)
+                           len(self.sockets), len(self.submissions), MESSAGE_SENDER)
 
     # -- queues in and out ----------------------------------------------------------
 
@@ -160,8 +165,9 @@ class EventServer:
 
     def notify(self, notice: Any) -> int:
         """A notice, from notify_tornado or POSTed: queue its event for every client that wants it, and
-        notify its away recipients. How many clients got it; ValueError for a bad notice."""
-        event, users = check_notice(notice)
+        notify its away recipients. How many clients got it; ContractError (a ValueError) for a bad notice."""
+        checked = Notice.from_event(notice)
+        event, users = checked.client_event, checked.users
         deactivated = deactivated_user(event)
         if deactivated is not None:
             self.forget_user(deactivated)

@@ -17,7 +17,7 @@ from typing import Any
 
 from tornado.ioloop import IOLoop
 
-from eventbus.tornado_events.notify import MESSAGE_SENDER_QUEUE, return_queue_name
+from eventbus.contracts import MESSAGE_SENDER, MessageRequest, MessageResponse, return_queue_name
 from eventbus.users import User
 
 logger = logging.getLogger(__name__)
@@ -54,13 +54,11 @@ class Submissions:
         late answer is logged and dropped).
         """
         request_id = str(uuid.uuid4())
+        submitted = MessageRequest(request_id, user.id, request, return_queue_name(self.server_id), self.server_id,
+                                   **tags)
         self.pending[request_id] = respond
         try:
-            await self.publish(MESSAGE_SENDER_QUEUE, {
-                "request_id": request_id, "server_id": self.server_id,
-                "return_queue": return_queue_name(self.server_id),
-                "user_id": user.id, "request": request, **tags,
-            })
+            await self.publish(MESSAGE_SENDER, submitted.event())
         except Exception:
             self.pending.pop(request_id, None)
             raise
@@ -69,13 +67,12 @@ class Submissions:
 
     def on_return(self, message: Any) -> None:
         """Invoked by the queue client for each answer a processor put on the return queue."""
-        if not isinstance(message, dict) or not isinstance(message.get("request_id"), str):
-            raise ValueError("a return message must be an object with a 'request_id'")
-        responder = self.pending.pop(message["request_id"], None)
+        answer = MessageResponse.from_event(message)
+        responder = self.pending.pop(answer.request_id, None)
         if responder is None:
-            logger.info("answer to request %s came after its requester left", message["request_id"])
+            logger.info("answer to request %s came after its requester left", answer.request_id)
             return
-        responder(message.get("response"))
+        responder(answer.response)
 
     def expire_all(self) -> None:
         """Answer every request still waiting ``REQUEST_TIMEOUT`` (the server stops and its answers with it)."""
@@ -85,6 +82,6 @@ class Submissions:
     def _expire(self, request_id: str) -> None:
         respond = self.pending.pop(request_id, None)
         if respond is not None:
-            logger.warning("request %s got no answer from %s within %.0f s", request_id, MESSAGE_SENDER_QUEUE,
+            logger.warning("request %s got no answer from %s within %.0f s", request_id, MESSAGE_SENDER,
                            self.request_timeout)
             respond(dict(REQUEST_TIMED_OUT))

@@ -45,6 +45,7 @@ import tornado.websocket
 from tornado.iostream import StreamClosedError
 
 from eventbus import codec
+from eventbus.contracts import is_req_id
 from eventbus.errors import EventEncodingError
 from eventbus.sessions import session_key
 from eventbus.tornado_events import rate_limit
@@ -64,7 +65,7 @@ from eventbus.tornado_events.rate_limit import RateLimits
 from eventbus.tornado_events.sockets import OpenSockets
 from eventbus.tornado_events.submissions import Submissions
 from eventbus.users import User
-from eventbus.validation import EXCERPT_CHARS, MAX_ID, excerpt
+from eventbus.validation import EXCERPT_CHARS, excerpt
 
 if TYPE_CHECKING:
     from eventbus.tornado_events.server import EventServer
@@ -167,7 +168,7 @@ class EventSocket(tornado.websocket.WebSocketHandler):
 
     async def _on_request(self, frame: dict[str, Any]) -> None:
         req_id, request = frame.get("req_id"), frame.get("request")
-        if not _is_req_id(req_id) or not isinstance(request, dict):
+        if not is_req_id(req_id) or not isinstance(request, dict):
             raise bad_request(f"a request frame needs a 'req_id' (an integer, or a string of at most {EXCERPT_CHARS} "
                               "characters) and a 'request' object")
         self._send({"type": "ack", "req_id": req_id})
@@ -242,13 +243,6 @@ class EventSocket(tornado.websocket.WebSocketHandler):
 
     def _written(self, size: int) -> None:
         self.unsent -= size
-
-
-def _is_req_id(req_id: Any) -> bool:
-    """Whether a request frame's ``req_id`` is one the answers may echo: short, never the client's input whole."""
-    if isinstance(req_id, str):
-        return len(req_id) <= EXCERPT_CHARS
-    return isinstance(req_id, int) and not isinstance(req_id, bool) and abs(req_id) <= MAX_ID
 
 
 def text_frame_header(size: int) -> bytes:

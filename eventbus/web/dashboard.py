@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import IOLoop
 
+from eventbus.contracts import notify_queue_name, return_queue_name
 from eventbus.errors import BrokerError
 from eventbus.processors.monitoring import QueueReport, State, queue_reports
 from eventbus.processors.registry import registered_queues
 from eventbus.processors.stats import WRITE_INTERVAL
 from eventbus.queue import Broker, QueueInfo
 from eventbus.settings import Settings
-from eventbus.tornado_events.notify import notify_queue_name, return_queue_name
 from eventbus.users import User
 
 if TYPE_CHECKING:

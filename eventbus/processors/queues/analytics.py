@@ -3,19 +3,20 @@
 All three keep their tables in the shared SQLite file (``EVENTBUS_DATABASE``),
 through ``AnalyticsStore``:
 
-- ``user_activity`` (batched): ``{"user_id", "query", "client"?, "time"?}``,
-  one per API request (Tornado's ``record_activity``). A batch is counted per
+- ``user_activity`` (batched): ``UserActivity`` (``{"user_id", "query",
+  "client"?, "time"?, "count"?}``), sent by Tornado every few seconds for the
+  API requests it counted (``record_activity``). A batch is counted per
   (user, client, query) and applied as one bulk upsert: ``count`` grows by the
   batch's count, ``last_visit`` becomes the latest time. A missing client is
   ``""``, a missing time the time of processing. Counts are approximate by
   nature: a batch redelivered after its transaction committed (a worker killed
   between commit and ack) is counted twice, as in Zulip.
-- ``user_activity_interval``: ``{"user_id", "start", "end"}`` (Unix times).
+- ``user_activity_interval``: ``ActivityInterval`` (``{"user_id", "start", "end"}``, Unix times).
   A user's stored intervals never overlap or touch: a new interval is merged
   with every stored one it overlaps or touches (closed intervals, so
   [1, 2] and [2, 3] become [1, 3]), which also makes a redelivery harmless.
-- ``user_presence``: ``{"user_id", "status": "active"|"idle"|"offline",
-  "time"?, "client"?}``. The user's latest presence (by ``time``) is stored;
+- ``user_presence``: ``PresenceUpdate`` (``{"user_id", "status":
+  "active"|"idle"|"offline", "time"?, "client"?}``). The user's latest presence (by ``time``) is stored;
   an older event arriving late changes nothing. When the stored status differs
   from the one the user's peers last heard, they get a ``presence`` event
   through ``send_event`` (a user with no presence yet counts as offline); an
@@ -39,19 +40,19 @@ from pathlib import Path
 from typing import Any
 
 from eventbus import sqlite
-from eventbus.processors.registry import assign_queue
-from eventbus.processors.worker import (
-    Event,
-    LoopQueueProcessingWorker,
-    PermanentError,
-    QueueProcessingWorker,
+from eventbus.contracts import (
+    USER_ACTIVITY,
+    USER_ACTIVITY_INTERVAL,
+    USER_PRESENCE,
+    ActivityInterval,
+    PresenceUpdate,
+    UserActivity,
 )
+from eventbus.errors import PermanentError
+from eventbus.processors.registry import assign_queue
+from eventbus.processors.worker import Event, LoopQueueProcessingWorker, QueueProcessingWorker
 from eventbus.tornado_events import send_event
 from eventbus.users import UserStore
-
-STATUSES = ("active", "idle", "offline")
-#: The client of a presence event that names none.
-UNKNOWN_CLIENT = "unknown"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS user_activity (
@@ -110,9 +111,9 @@ class Presence:
     announced_at: float  # when they heard of it (Unix time; 0: never)
     recheck_due: float  # when the latest presence published again comes back (0: none pending)
 
-    def update(self) -> dict[str, Any]:
+    def update(self) -> PresenceUpdate:
         """This presence as a ``user_presence`` event (published again when its broadcast must wait)."""
-        return {"user_id": self.user_id, "status": self.status, "client": self.client, "time": self.time}
+        return PresenceUpdate(self.user_id, self.status, self.client, self.time)
 
     def event(self, email: str) -> dict[str, Any]:
         """The ``presence`` event for the user's peers (Zulip's shape: one entry per client)."""
@@ -195,7 +196,7 @@ def _presence(row: sqlite3.Row) -> Presence:
                     row["announced_at"], row["recheck_due"])
 
 
-@assign_queue("user_activity", batch_size=500, batch_wait=2.0)
+@assign_queue(USER_ACTIVITY, batch_size=500, batch_wait=2.0)
 class UserActivityWorker(LoopQueueProcessingWorker):
     """Counts API requests per user, client and endpoint; see the module docstring."""
 
@@ -204,19 +205,17 @@ class UserActivityWorker(LoopQueueProcessingWorker):
 
     def consume_batch(self, events: list[Event]) -> None:
         counts: ActivityCounts = {}
-        for event in events:
-            try:
-                key, when = _activity(event)
-            except PermanentError as e:
-                self.fail([event], e)  # not failed again if the write below fails
-                continue
+        now = time.time()  # the time of an event that has none
+        for _, activity in self.parse(events, UserActivity.from_event):
+            key = (activity.user_id, activity.client, activity.query)
+            when = now if activity.time is None else activity.time
             count, last_visit = counts.get(key, (0, when))
-            counts[key] = (count + _count(event), max(last_visit, when))
+            counts[key] = (count + activity.count, max(last_visit, when))
         if counts:
             self.store.add_activity(counts)
 
 
-@assign_queue("user_activity_interval")
+@assign_queue(USER_ACTIVITY_INTERVAL)
 class UserActivityIntervalWorker(QueueProcessingWorker):
     """Stores a user's activity intervals, merged; see the module docstring."""
 
@@ -224,13 +223,11 @@ class UserActivityIntervalWorker(QueueProcessingWorker):
         self.store = AnalyticsStore(self.broker.settings.database)
 
     def consume(self, event: Event) -> None:
-        start, end = _number(event, "start"), _number(event, "end")
-        if start > end:
-            raise PermanentError(f"'start' ({start}) is after 'end' ({end})")
-        self.store.add_interval(_user_id(event), start, end)
+        interval = ActivityInterval.from_event(event)
+        self.store.add_interval(interval.user_id, float(interval.start), float(interval.end))
 
 
-@assign_queue("user_presence")
+@assign_queue(USER_PRESENCE)
 class UserPresenceWorker(QueueProcessingWorker):
     """Stores a user's latest presence and tells their peers of a change; see the module docstring."""
 
@@ -239,17 +236,12 @@ class UserPresenceWorker(QueueProcessingWorker):
         self.users = UserStore(self.broker.settings.database)
 
     def consume(self, event: Event) -> None:
-        user_id, status = _user_id(event), event.get("status")
-        if status not in STATUSES:
-            raise PermanentError(f"'status' must be one of {', '.join(STATUSES)}, not {status!r}")
-        client = event.get("client") or UNKNOWN_CLIENT
-        if not isinstance(client, str):
-            raise PermanentError(f"'client' must be a string, not {client!r}")
-        user = self.users.get(user_id)
+        update = PresenceUpdate.from_event(event)
+        user = self.users.get(update.user_id)
         if user is None:
-            raise PermanentError(f"no user {user_id}")
-        when = _number(event, "time") if "time" in event else time.time()
-        self._announce(self.store.set_presence(user_id, status, client, when), user.email)
+            raise PermanentError(f"no user {update.user_id}")
+        when = time.time() if update.time is None else update.time
+        self._announce(self.store.set_presence(update.user_id, update.status, update.client, when), user.email)
 
     def _announce(self, latest: Presence, email: str) -> None:
         """Tell the user's peers of ``latest`` if they have not heard of it: now, or once the window is over."""
@@ -260,7 +252,7 @@ class UserPresenceWorker(QueueProcessingWorker):
         if now < latest.announced_at + window:
             if latest.recheck_due <= now:  # none pending yet: one comes back after the window, whatever changes
                 # Always the whole window, never the rest of it: each delay is a RabbitMQ queue of its own.
-                self.broker.publish_later(self.queue_name, [latest.update()], window)
+                self.broker.publish_later(self.queue_name, [latest.update().event()], window)
                 self.store.mark_recheck(latest.user_id, now + window)
             return
         peers = self.users.active_ids(besides=latest.user_id)
@@ -268,34 +260,3 @@ class UserPresenceWorker(QueueProcessingWorker):
             send_event(self.broker, latest.event(email), peers)
         self.store.mark_announced(latest.user_id, latest.status, now)
 
-
-def _count(event: Event) -> int:
-    """How many requests the event stands for: the server sends one event per user, client and query
-    every few seconds, with their ``count`` (1 when absent)."""
-    count = event.get("count", 1)
-    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
-
-
-def _activity(event: Event) -> tuple[tuple[int, str, str], float]:
-    """The (user id, client, query) key and the time of a user_activity event."""
-    query, client = event.get("query"), event.get("client", "")
-    if not isinstance(query, str) or not query:
-        raise PermanentError(f"'query' must be a non-empty string, not {query!r}")
-    if not isinstance(client, str):
-        raise PermanentError(f"'client' must be a string, not {client!r}")
-    when = _number(event, "time") if "time" in event else time.time()
-    return (_user_id(event), client, query), when
-
-
-def _user_id(event: Event) -> int:
-    user_id = event.get("user_id")
-    if not isinstance(user_id, int) or isinstance(user_id, bool):
-        raise PermanentError(f"'user_id' must be an integer, not {user_id!r}")
-    return user_id
-
-
-def _number(event: Event, name: str) -> float:
-    value = event.get(name)
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise PermanentError(f"'{name}' must be a number (Unix time), not {value!r}")
-    return float(value)

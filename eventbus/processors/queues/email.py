@@ -12,7 +12,8 @@ import time
 from collections.abc import Iterable
 
 from eventbus import sqlite
-from eventbus.processors.mailer import EMAIL_QUEUE, Email, Mailer, stable_id
+from eventbus.contracts import EMAIL_SENDERS, INVITES, SIGNUPS, Email, Invite, Signup
+from eventbus.processors.mailer import Mailer, stable_id
 from eventbus.processors.registry import assign_queue
 from eventbus.processors.worker import Event, LoopQueueProcessingWorker, PermanentError, QueueProcessingWorker
 from eventbus.users import EMAIL, UserStore
@@ -53,7 +54,7 @@ class SentEmails(sqlite.Store):
             return db.execute("DELETE FROM sent_emails WHERE sent_at < ?", (when,)).rowcount
 
 
-@assign_queue(EMAIL_QUEUE, tries=5, retry_delay=5.0, batch_size=100, batch_wait=0.1)
+@assign_queue(EMAIL_SENDERS, tries=5, retry_delay=5.0, batch_size=100, batch_wait=0.1)
 class EmailSenderWorker(LoopQueueProcessingWorker):
     """Sends emails (``{"email_id", "to", "subject", "body", "html"?}``, see ``queue_email``) over one SMTP connection.
 
@@ -90,10 +91,10 @@ class EmailSenderWorker(LoopQueueProcessingWorker):
                 return
 
     def _send_once(self, event: Event, already: set[str]) -> None:
+        email = Email.from_event(event)
         try:
-            email = Email.from_event(event)
-            message = email.message(self.broker.settings.email_from)  # ValueError for a header it cannot write
-        except ValueError as e:
+            message = email.message(self.broker.settings.email_from)
+        except ValueError as e:  # a header the email package cannot write
             raise PermanentError(str(e)) from None
         if email.email_id in already:
             logger.info("email %s was sent before; not sending it again", email.email_id)
@@ -117,25 +118,24 @@ def _refusals(refused: dict[str, tuple[int, bytes]]) -> str:
                      for address, (code, reply) in refused.items())
 
 
-@assign_queue("signups", tries=5)
+@assign_queue(SIGNUPS, tries=5)
 class SignupWorker(QueueProcessingWorker):
-    """A new user (``{"email", "full_name"}``): queues the welcome email, once per signup event."""
+    """A new user (``Signup``): queues the welcome email, once per signup event."""
 
     def consume(self, event: Event) -> None:
-        address, full_name = event.get("email"), event.get("full_name")
-        if not isinstance(address, str) or not EMAIL.fullmatch(address.strip()):
-            raise PermanentError(f"a signup needs an 'email' address, not {address!r}")
-        name = full_name.strip() if isinstance(full_name, str) and full_name.strip() else address.split("@")[0]
+        signup = Signup.from_event(event)
+        full_name = (signup.full_name or "").strip()
+        name = full_name or signup.email.split("@")[0]
         site = self.broker.settings.site_url
-        body = (f"Hello {name},\n\nwelcome to eventbus! Your account is {address.strip()}.\n\n"
+        body = (f"Hello {name},\n\nwelcome to eventbus! Your account is {signup.email}.\n\n"
                 f"Log in at {site} to get started.\n")
-        email = Email(stable_id("signup", event), (address.strip(),), "Welcome to eventbus", body)
-        self.broker.publish(EMAIL_QUEUE, email.event())
+        email = Email(stable_id("signup", event), (signup.email,), "Welcome to eventbus", body)
+        self.broker.publish(EMAIL_SENDERS, email.event())
 
 
-@assign_queue("invites", tries=5)
+@assign_queue(INVITES, tries=5)
 class InviteWorker(QueueProcessingWorker):
-    """An invitation (``{"inviter_id", "emails": [...], "stream"?}``): one email per invited address.
+    """An invitation (``Invite``): one email per invited address.
 
     The email ids derive from the event, so a redelivered event invites no
     one twice; a producer that means to invite the same people again sends
@@ -147,25 +147,22 @@ class InviteWorker(QueueProcessingWorker):
         self.users = UserStore(self.broker.settings.database)
 
     def consume(self, event: Event) -> None:
-        addresses, stream = event.get("emails"), event.get("stream")
-        if not isinstance(addresses, list) or not addresses:
-            raise PermanentError("an invitation needs 'emails', a list of addresses")
-        inviter_id = event.get("inviter_id")
-        inviter = self.users.get(inviter_id) if isinstance(inviter_id, int) else None
+        invite = Invite.from_event(event)
+        inviter = self.users.get(invite.inviter_id)
         if inviter is None:
-            raise PermanentError(f"the inviter {inviter_id!r} is no user")
+            raise PermanentError(f"the inviter {invite.inviter_id!r} is no user")
         valid: dict[str, None] = {}  # in order, each once
         invalid = []
-        for address in addresses:
+        for address in invite.emails:
             if isinstance(address, str) and EMAIL.fullmatch(address.strip()):
                 valid[address.strip()] = None
             else:
                 invalid.append(address)
         subject = f"{inviter.full_name} invited you to eventbus"
-        where = f" and to the stream #{stream}" if isinstance(stream, str) and stream else ""
+        where = f" and to the stream #{invite.stream}" if invite.stream else ""
         body = (f"Hello,\n\n{inviter.full_name} ({inviter.email}) invited you to eventbus{where}.\n\n"
                 f"Join at {self.broker.settings.site_url}\n")
-        self.broker.publish_many(EMAIL_QUEUE, [
+        self.broker.publish_many(EMAIL_SENDERS, [
             Email(stable_id("invite", {**event, "to": address}), (address,), subject, body).event()
             for address in valid
         ])

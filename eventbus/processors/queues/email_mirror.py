@@ -1,10 +1,10 @@
 """``email_mirror``: an email sent to a stream's address becomes a message on that stream.
 
-The event is ``{"raw": "<base64>", "rcpt_to": "<token>@<domain>"}``:
+The event is a ``MirrorMail`` (``{"raw": "<base64>", "rcpt_to": "<token>@<domain>"}``):
 
 - ``raw`` is the email exactly as received, base64-encoded: mail may carry
   8-bit bytes in charsets other than UTF-8, which a JSON string cannot hold
-  losslessly. ``mail_event(raw, rcpt_to)`` makes one.
+  losslessly.
 - ``rcpt_to`` is the envelope recipient (the mirror server queues one event
   per recipient). Without it, the first address at the gateway domain in
   Delivered-To, To or Cc is used.
@@ -31,8 +31,6 @@ to the error store.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import email
 import email.errors
 import email.policy
@@ -43,8 +41,8 @@ from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
 from email.utils import getaddresses, parseaddr
 from html.parser import HTMLParser
-from typing import Any
 
+from eventbus.contracts import EMAIL_MIRROR, MirrorMail
 from eventbus.messages import MessageStore, Stream
 from eventbus.processors.message_send import MAX_CONTENT, MAX_TOPIC, MessageError, check_request, send
 from eventbus.processors.queues.push import short_text
@@ -54,7 +52,6 @@ from eventbus.users import User
 
 logger = logging.getLogger(__name__)
 
-MIRROR_QUEUE = "email_mirror"
 MIRROR_BOT_NAME = "Email Gateway"
 NO_TOPIC = "(no topic)"
 TRUNCATED = "\n\n[message truncated]"
@@ -67,14 +64,6 @@ ADDRESS_HEADERS = ("Delivered-To", "To", "Cc")
 MAIL_ERRORS = (email.errors.MessageError, ValueError, LookupError, IndexError, AttributeError, TypeError)
 
 
-def mail_event(raw: bytes, rcpt_to: str | None = None) -> dict[str, Any]:
-    """The email_mirror event for a raw email and, if known, its envelope recipient."""
-    event: dict[str, Any] = {"raw": base64.b64encode(raw).decode("ascii")}
-    if rcpt_to is not None:
-        event["rcpt_to"] = rcpt_to
-    return event
-
-
 class Mail:
     """A parsed email, read the way the mirror needs it; PermanentError for what it cannot read."""
 
@@ -84,16 +73,6 @@ class Mail:
             self.message = BytesParser(EmailMessage, policy=email.policy.default).parsebytes(raw)
         except MAIL_ERRORS as e:
             raise PermanentError(f"unparseable email: {e}") from None
-
-    @classmethod
-    def from_event(cls, event: Event) -> Mail:
-        raw = event.get("raw")
-        if not isinstance(raw, str):
-            raise PermanentError("an email_mirror event needs 'raw': the email, base64-encoded")
-        try:
-            return cls(base64.b64decode(raw, validate=True))
-        except binascii.Error:
-            raise PermanentError("'raw' is not base64: the email must be base64-encoded") from None
 
     def header(self, name: str) -> str:
         """The header's decoded value, "" if absent."""
@@ -219,7 +198,7 @@ def html_to_text(html: str) -> str:
     return parser.text()
 
 
-@assign_queue(MIRROR_QUEUE, tries=5, retry_delay=1.0)
+@assign_queue(EMAIL_MIRROR, tries=5, retry_delay=1.0)
 class EmailMirrorWorker(QueueProcessingWorker):
     """Posts emails sent to stream addresses on their streams; see the module docstring."""
 
@@ -230,8 +209,9 @@ class EmailMirrorWorker(QueueProcessingWorker):
         self.bot_email = settings.mirror_bot_email
 
     def consume(self, event: Event) -> None:
-        mail = Mail.from_event(event)
-        stream = self._stream(mail, event.get("rcpt_to"))
+        received = MirrorMail.from_event(event)
+        mail = Mail(received.raw)
+        stream = self._stream(mail, received.rcpt_to)
         sender, content = self._sender_and_content(mail)
         if len(content) > MAX_CONTENT:
             content = content[: MAX_CONTENT - len(TRUNCATED)] + TRUNCATED
@@ -242,10 +222,8 @@ class EmailMirrorWorker(QueueProcessingWorker):
             raise PermanentError(str(e)) from None
         logger.info("email from %s posted as message %d on stream %s", sender.email, message.id, stream.name)
 
-    def _stream(self, mail: Mail, rcpt_to: Any) -> Stream:
+    def _stream(self, mail: Mail, rcpt_to: str | None) -> Stream:
         """The stream whose address the email was sent to."""
-        if rcpt_to is not None and not isinstance(rcpt_to, str):
-            raise PermanentError(f"'rcpt_to' must be an address, not {rcpt_to!r}")
         candidates = [rcpt_to] if rcpt_to else mail.addresses(ADDRESS_HEADERS)
         for address in candidates:
             token, _, domain = address.strip().strip("<>").rpartition("@")

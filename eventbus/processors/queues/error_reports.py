@@ -1,7 +1,9 @@
 """Errors and slow queries, in batches: ``error_reports`` mails the administrators, ``slow_queries`` posts a summary.
 
 Both derive the id of what they send from the batch (``stable_id``), so a
-redelivered batch sends one email, posts one message.
+redelivered batch sends one email, posts one message. An event that breaks
+its contract (``ErrorReport``, ``SlowQuery``) goes to the error store; the
+rest of its batch is reported.
 """
 
 from __future__ import annotations
@@ -10,20 +12,19 @@ import logging
 import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from eventbus.contracts import ERROR_REPORTS, SLOW_QUERIES, ErrorReport, SlowQuery
 from eventbus.messages import MessageStore
 from eventbus.processors.mailer import queue_email, stable_id
 from eventbus.processors.message_send import MessageError, check_request, send
 from eventbus.processors.registry import assign_queue
-from eventbus.processors.worker import FAILED_TRIES, Event, LoopQueueProcessingWorker, PermanentError
+from eventbus.processors.worker import Event, LoopQueueProcessingWorker, PermanentError
 
 logger = logging.getLogger(__name__)
 
 #: Lines of the first report's stack trace shown per group; the rest of a group is counted, not repeated.
 STACK_LINES = 40
-#: Report fields shown as they are; any other field is listed under the group.
-REPORT_FIELDS = frozenset({"type", "message", "stacktrace", "user_email", "href", FAILED_TRIES})
 #: A line of a stack trace that names a frame: Python's 'File "x", line n', V8's 'at f (x:1:2)', Firefox's 'f@x:1:2'.
 FRAME = re.compile(r'^(File "|at )|@\S+:\d+')
 #: Slow query groups listed in one summary: with labels cut to SUMMARY_LABEL, it stays under MAX_CONTENT.
@@ -32,11 +33,12 @@ SUMMARY_LABEL = 200
 SLOW_QUERY_TOPIC = "slow queries"
 
 K = TypeVar("K", bound=Hashable)
+E = TypeVar("E")
 
 
-def group(events: list[Event], key: Callable[[Event], K]) -> list[tuple[K, list[Event]]]:
+def group(events: list[E], key: Callable[[E], K]) -> list[tuple[K, list[E]]]:
     """The events grouped by ``key``, the largest group first (first seen first among equals)."""
-    groups: dict[K, list[Event]] = {}
+    groups: dict[K, list[E]] = {}
     for event in events:
         groups.setdefault(key(event), []).append(event)
     return sorted(groups.items(), key=lambda item: -len(item[1]))
@@ -54,17 +56,17 @@ class Signature:
     frame: str
 
     @classmethod
-    def of(cls, report: Event) -> Signature:
-        kind = str(report.get("type") or "server")
-        message = _one_line(str(report.get("message") or "(no message)"))
-        lines = [line.strip() for line in str(report.get("stacktrace") or "").splitlines() if line.strip()]
+    def of(cls, report: ErrorReport) -> Signature:
+        kind = report.type
+        message = _one_line(report.message or "(no message)")
+        lines = [line.strip() for line in report.stacktrace.splitlines() if line.strip()]
         frames = [line for line in lines if FRAME.search(line)]
         # Python prints the innermost frame last; browsers print it first.
         innermost = (frames[-1] if kind == "server" else frames[0]) if frames else (lines[-1] if lines else "")
         return cls(kind, message[:300], innermost[:300])
 
 
-def report_email(reports: list[Event]) -> tuple[str, str]:
+def report_email(reports: list[ErrorReport]) -> tuple[str, str]:
     """Subject and text of the email about a batch of reports: one section per signature, with its count."""
     groups = group(reports, Signature.of)
     first = groups[0][0]
@@ -74,19 +76,18 @@ def report_email(reports: list[Event]) -> tuple[str, str]:
     return subject, "\n\n".join(sections) + "\n"
 
 
-def _section(signature: Signature, reports: list[Event]) -> str:
+def _section(signature: Signature, reports: list[ErrorReport]) -> str:
     lines = [f"{len(reports)} x {signature.type} error: {signature.message}"]
     if signature.frame:
         lines.append(f"    {signature.frame}")
     for label, field in (("users", "user_email"), ("pages", "href")):
-        values = list(dict.fromkeys(str(r[field]) for r in reports if r.get(field)))
+        values = list(dict.fromkeys(str(getattr(r, field)) for r in reports if getattr(r, field)))
         more = f" and {len(values) - 10} more" if values[10:] else ""
         if values:
             lines.append(f"  {label}: {', '.join(values[:10])}{more}")
     example = reports[0]
-    lines += [f"  {key}: {_one_line(str(value))[:300]}" for key, value in sorted(example.items())
-              if key not in REPORT_FIELDS]
-    stack = str(example.get("stacktrace") or "").rstrip().splitlines()
+    lines += [f"  {key}: {_one_line(str(value))[:300]}" for key, value in sorted(example.extra.items())]
+    stack = example.stacktrace.rstrip().splitlines()
     if stack:
         lines.append("  first report's stack trace:")
         lines += [f"    {line[:300]}" for line in stack[:STACK_LINES]]
@@ -99,32 +100,36 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-@assign_queue("error_reports", batch_size=100, batch_wait=5.0, tries=5, retry_delay=5.0)
+@assign_queue(ERROR_REPORTS, batch_size=100, batch_wait=5.0, tries=5, retry_delay=5.0)
 class ErrorReportWorker(LoopQueueProcessingWorker):
     """Server errors and browser tracebacks, grouped by signature, one email per batch to ``admin_emails``.
 
-    Reports ``{"type": "server" | "browser", "message", "stacktrace", "user_email"?, "href"?, ...}``;
-    any other field is shown with its group. A signature is the type, the
-    message and the innermost stack frame. With no administrators configured
+    Reports are ``ErrorReport`` events; any field beyond the report's own is
+    shown with its group. A signature is the type, the message and the
+    innermost stack frame. With no administrators configured
     the email's text is logged at ERROR level instead: the log is then where
     error reports go, and none is dropped.
     """
 
     def consume_batch(self, events: list[Event]) -> None:
-        subject, text = report_email(events)
+        parsed = self.parse(events, ErrorReport.from_event)
+        if not parsed:
+            return
+        subject, text = report_email([report for _, report in parsed])
         admins = self.broker.settings.admin_emails
         if not admins:
             logger.error("%s (no EVENTBUS_ADMIN_EMAILS to send this to)\n%s", subject, text)
             return
-        queue_email(self.broker, admins, subject, text, email_id=stable_id("error_reports", events))
+        email_id = stable_id(ERROR_REPORTS, [event for event, _ in parsed])
+        queue_email(self.broker, admins, subject, text, email_id=email_id)
 
 
 # -- slow queries -------------------------------------------------------------------------
 
 
-@assign_queue("slow_queries", batch_size=500, batch_wait=60.0, tries=5, retry_delay=5.0)
+@assign_queue(SLOW_QUERIES, batch_size=500, batch_wait=60.0, tries=5, retry_delay=5.0)
 class SlowQueryWorker(LoopQueueProcessingWorker):
-    """Reports of slow requests or queries (``{"query" | "path", "time_ms", ...}``) as one summary per batch.
+    """Reports of slow requests or queries (``SlowQuery``) as one summary per batch.
 
     The summary goes to the stream ``slow_query_stream`` (created when
     missing) from the notification bot, through the message path, with a
@@ -138,20 +143,23 @@ class SlowQueryWorker(LoopQueueProcessingWorker):
         self.store.create_stream(settings.slow_query_stream)
 
     def consume_batch(self, events: list[Event]) -> None:
+        parsed = self.parse(events, SlowQuery.from_event)
+        if not parsed:
+            return
         request = {"type": "stream", "to": self.broker.settings.slow_query_stream, "topic": SLOW_QUERY_TOPIC,
-                   "content": slow_query_summary(events)}
+                   "content": slow_query_summary([report for _, report in parsed])}
         try:
             draft = check_request(self.store, self.bot, request)
         except MessageError as e:
             raise PermanentError(f"cannot post the slow query summary: {e}") from None
-        send(self.broker, self.store, draft, stable_id("slow_queries", events))
+        send(self.broker, self.store, draft, stable_id(SLOW_QUERIES, [event for event, _ in parsed]))
 
 
-def slow_query_summary(events: list[Event]) -> str:
+def slow_query_summary(events: list[SlowQuery]) -> str:
     """Markdown: how many, then per query (or path) its count, slowest and average time, slowest first."""
     rows = []
     for label, reports in group(events, _query_label):
-        times = [_milliseconds(r.get("time_ms")) for r in reports]
+        times = [float(r.time_ms) for r in reports]
         rows.append((max(times), sum(times) / len(times), len(reports), label))
     rows.sort(key=lambda row: -row[0])
     lines = [f"{slowest:>9.0f} {average:>9.0f} {count:>6} {label}" for slowest, average, count, label
@@ -164,16 +172,9 @@ def slow_query_summary(events: list[Event]) -> str:
     return f"{heading}\n\n{fence}\n{table}\n{fence}"
 
 
-def _query_label(report: Event) -> str:
-    label = _one_line(str(report.get("query") or report.get("path") or "(unnamed)"))
+def _query_label(report: SlowQuery) -> str:
+    label = _one_line(report.query or report.path or "(unnamed)")
     return label if len(label) <= SUMMARY_LABEL else label[:SUMMARY_LABEL - 3] + "..."
-
-
-def _milliseconds(value: Any) -> float:
-    try:
-        return max(0.0, float(value))
-    except (TypeError, ValueError):
-        return 0.0
 
 
 def _longest_run(text: str, char: str) -> int:

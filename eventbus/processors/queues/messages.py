@@ -6,10 +6,11 @@ import logging
 import sqlite3
 from typing import Any
 
+from eventbus.contracts import MESSAGE_SENDER, MessageRequest
 from eventbus.messages import MessageStore
 from eventbus.processors.message_send import INTERNAL_CLIENT, MessageError, check_request, send
 from eventbus.processors.registry import assign_queue
-from eventbus.processors.worker import Event, PermanentError, QueueProcessingWorker
+from eventbus.processors.worker import Event, QueueProcessingWorker
 from eventbus.validation import excerpt
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 REQUEST_DATA_ERRORS = (OverflowError, sqlite3.DataError, sqlite3.InterfaceError, sqlite3.IntegrityError)
 
 
-@assign_queue("message_sender", tries=5, retry_delay=0.5)
+@assign_queue(MESSAGE_SENDER, tries=5, retry_delay=0.5)
 class MessageSenderWorker(QueueProcessingWorker):
     """Renders, stores and delivers a submitted message, then answers on the request's return queue.
 
@@ -32,21 +33,15 @@ class MessageSenderWorker(QueueProcessingWorker):
         self.store = MessageStore(self.broker.settings.database)
 
     def consume(self, event: Event) -> None:
-        request_id, request = event.get("request_id"), event.get("request")
-        if not isinstance(request_id, str) or not isinstance(request, dict):
-            raise PermanentError("a message_sender event needs a 'request_id' and a 'request' object")
-        user_id = event.get("user_id")
-        if isinstance(user_id, bool) or not isinstance(user_id, int):
-            raise PermanentError("a message_sender event needs an integer 'user_id'")
+        submitted = MessageRequest.from_event(event)
+        request_id, user_id, request = submitted.request_id, submitted.user_id, submitted.request
         sender = self.store.users.get(user_id)
         response: dict[str, Any]
         if sender is None or not sender.is_active:
             response = {"result": "error", "msg": "Unknown sender", "code": "BAD_REQUEST"}
         else:
-            client = event.get("client")
             try:
-                draft = check_request(self.store, sender, request,
-                                      client if isinstance(client, str) and client else INTERNAL_CLIENT)
+                draft = check_request(self.store, sender, request, submitted.client or INTERNAL_CLIENT)
                 response = {"result": "success", "msg": "", "id": send(self.broker, self.store, draft, request_id).id}
             except MessageError as e:
                 response = e.response()
@@ -55,7 +50,5 @@ class MessageSenderWorker(QueueProcessingWorker):
                                type(e).__name__, excerpt(str(e)))
                 response = {"result": "error", "msg": "The message cannot be stored: a value in it is out of range",
                             "code": "BAD_REQUEST"}
-        return_queue = event.get("return_queue")
-        if return_queue:
-            tags = {k: event[k] for k in ("server_id", "socket_id", "req_id") if k in event}
-            self.broker.publish(return_queue, {"request_id": request_id, **tags, "response": response})
+        if submitted.return_queue:
+            self.broker.publish(submitted.return_queue, submitted.reply(response).event())

@@ -1,15 +1,15 @@
 """``missedmessage_emails``: one email listing the messages a user missed while away.
 
-Tornado publishes ``{"user_id", "message_id", "trigger"}`` for each mention or
-private message that no open client of the user will show. The messages wait
+Tornado publishes a ``MissedMessage`` (``{"user_id", "message_id", "trigger"}``)
+for each mention or private message that no open client of the user will show. The messages wait
 ``missed_email_window_seconds`` in SQLite, then go out as one email.
 
 How it survives crashes and redeliveries (every step may run twice):
 
 1. A missed message becomes a row (user, message), stored once: the same
    message for the same user again is ignored, also after its email went
-   out. When the user has no unclaimed row yet, a ``{"flush_user": id}``
-   event is first published to this queue, delayed by the window, and only
+   out. When the user has no unclaimed row yet, a ``MissedMessageFlush``
+   (``{"flush_user": id}``) is first published to this queue, delayed by the window, and only
    then are the rows stored: a crash in between leaves an extra flush
    (harmless: it finds nothing), never rows that no flush will collect.
 2. A flush claims the user's unclaimed rows under a new email id, queues one
@@ -32,9 +32,9 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from eventbus import sqlite
+from eventbus.contracts import MISSEDMESSAGE_EMAILS, MissedMessage, MissedMessageFlush
 from eventbus.messages import MessageStore, StoredMessage
 from eventbus.processors.mailer import queue_email
 from eventbus.processors.registry import assign_queue
@@ -62,13 +62,6 @@ CREATE INDEX IF NOT EXISTS missed_message_emails_by_email ON missed_message_emai
 """
 
 
-@dataclass(frozen=True)
-class Missed:
-    user_id: int
-    message_id: int
-    trigger: str
-
-
 class PendingMissed(sqlite.Store):
     """The missed messages waiting for their email, in SQLite (the users' database)."""
 
@@ -83,14 +76,14 @@ class PendingMissed(sqlite.Store):
                 f"AND user_id IN ({','.join('?' * len(ids))})", ids)}
         return [uid for uid in ids if uid not in waiting]
 
-    def add(self, missed: Iterable[Missed]) -> None:
+    def add(self, missed: Iterable[MissedMessage]) -> None:
         """Store missed messages; one stored for the user before (pending or sent) is not stored again."""
         now = time.time()
         with self._db() as db:
             db.executemany("INSERT OR IGNORE INTO missed_message_emails (user_id, message_id, trigger, missed_at) "
                            "VALUES (?, ?, ?, ?)", [(m.user_id, m.message_id, m.trigger, now) for m in missed])
 
-    def claim(self, user_id: int) -> dict[str, list[Missed]]:
+    def claim(self, user_id: int) -> dict[str, list[MissedMessage]]:
         """Claim the user's unclaimed rows under a new email id; every claim of the user, by email id."""
         with self._db() as db:
             db.execute("UPDATE missed_message_emails SET email_id = ? WHERE user_id = ? AND email_id IS NULL",
@@ -98,9 +91,9 @@ class PendingMissed(sqlite.Store):
             rows = db.execute("SELECT email_id, message_id, trigger FROM missed_message_emails "
                               "WHERE user_id = ? AND email_id IS NOT NULL AND NOT sent ORDER BY message_id",
                               (user_id,))
-            claims: dict[str, list[Missed]] = {}
+            claims: dict[str, list[MissedMessage]] = {}
             for email_id, message_id, trigger in rows:
-                claims.setdefault(email_id, []).append(Missed(user_id, message_id, trigger))
+                claims.setdefault(email_id, []).append(MissedMessage(user_id, message_id, trigger))
         return claims
 
     def mark_sent(self, email_id: str) -> None:
@@ -117,7 +110,7 @@ class PendingMissed(sqlite.Store):
                 "SELECT DISTINCT user_id FROM missed_message_emails WHERE NOT sent ORDER BY 1")]
 
 
-@assign_queue("missedmessage_emails", tries=5, retry_delay=2.0, batch_size=100, batch_wait=1.0)
+@assign_queue(MISSEDMESSAGE_EMAILS, tries=5, retry_delay=2.0, batch_size=100, batch_wait=1.0)
 class MissedMessageEmailWorker(LoopQueueProcessingWorker):
     """Collects each user's missed messages for the window, then queues one email listing them (module docstring)."""
 
@@ -132,14 +125,14 @@ class MissedMessageEmailWorker(LoopQueueProcessingWorker):
             self._schedule_flush(leftover)
 
     def consume_batch(self, events: list[Event]) -> None:
-        missed: list[Missed] = []
+        missed: list[MissedMessage] = []
         flushes: list[int] = []
         for event in events:
             try:
-                if "flush_user" in event:
-                    flushes.append(_user_id(event.get("flush_user")))
+                if MissedMessageFlush.is_one(event):
+                    flushes.append(MissedMessageFlush.from_event(event).user_id)
                 else:
-                    missed.append(_missed(event))
+                    missed.append(MissedMessage.from_event(event))
             except PermanentError as error:
                 self.fail([event], error)
         if missed:
@@ -150,7 +143,8 @@ class MissedMessageEmailWorker(LoopQueueProcessingWorker):
 
     def _schedule_flush(self, user_ids: list[int]) -> None:
         if user_ids:
-            self.broker.publish_later(self.queue_name, [{"flush_user": uid} for uid in user_ids], self.window)
+            self.broker.publish_later(self.queue_name, [MissedMessageFlush(uid).event() for uid in user_ids],
+                                      self.window)
 
     def _flush(self, user_id: int) -> None:
         user = self.messages.users.get(user_id)
@@ -163,19 +157,6 @@ class MissedMessageEmailWorker(LoopQueueProcessingWorker):
                 subject, text, markup = missed_email(user, found, triggers, self.broker.settings.site_url)
                 queue_email(self.broker, [user.email], subject, text, markup, email_id=email_id)
             self.pending.mark_sent(email_id)
-
-
-def _user_id(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PermanentError(f"a user id must be a whole number, not {value!r}")
-    return value
-
-
-def _missed(event: Event) -> Missed:
-    message_id = event.get("message_id")
-    if isinstance(message_id, bool) or not isinstance(message_id, int):
-        raise PermanentError(f"a missed message event needs a 'message_id', not {message_id!r}")
-    return Missed(_user_id(event.get("user_id")), message_id, str(event.get("trigger") or "private_message"))
 
 
 def missed_email(user: User, messages: list[StoredMessage], triggers: dict[int, str],

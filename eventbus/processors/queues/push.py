@@ -1,6 +1,6 @@
 """``missedmessage_mobile_notifications``: a push notification for a mention or private message a user missed.
 
-Tornado queues ``{"user_id", "message_id", "trigger"}`` when a recipient who
+Tornado queues a ``MissedMessage`` (``{"user_id", "message_id", "trigger"}``) when a recipient who
 is away is mentioned or gets a private message (``tornado_events/away.py``).
 The processor POSTs one JSON payload (``push_payload``) to the push gateway,
 ``EVENTBUS_PUSH_URL`` (a bouncer in production), with ``Authorization: Bearer
@@ -39,6 +39,7 @@ from contextlib import closing
 from typing import Any
 
 from eventbus import codec, sqlite
+from eventbus.contracts import MISSEDMESSAGE_MOBILE_NOTIFICATIONS, MissedMessage
 from eventbus.errors import ConfigurationError
 from eventbus.messages import MessageStore, StoredMessage
 from eventbus.processors.registry import assign_queue
@@ -153,7 +154,7 @@ def short_text(content: str, limit: int = SHORT_TEXT) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-@assign_queue("missedmessage_mobile_notifications", tries=5, retry_delay=2.0, timeout=30.0)
+@assign_queue(MISSEDMESSAGE_MOBILE_NOTIFICATIONS, tries=5, retry_delay=2.0, timeout=30.0)
 class PushNotificationWorker(QueueProcessingWorker):
     """Pushes one notification per missed message per user; see the module docstring."""
 
@@ -167,7 +168,8 @@ class PushNotificationWorker(QueueProcessingWorker):
             logger.info("EVENTBUS_PUSH_URL is not set: mobile push notifications are switched off")
 
     def consume(self, event: Event) -> None:
-        user_id, message_id, trigger = _notice(event)
+        missed = MissedMessage.from_event(event)
+        user_id, message_id, trigger = missed.user_id, missed.message_id, missed.trigger
         if self.gateway is None:
             logger.info("push notifications are switched off (no EVENTBUS_PUSH_URL): not pushing message %d "
                         "to user %d", message_id, user_id)
@@ -186,17 +188,3 @@ class PushNotificationWorker(QueueProcessingWorker):
         self.gateway.post(payload, idempotency_key=f"{user_id}:{message_id}")
         self.sent.record(user_id, message_id)
 
-
-def _notice(event: Event) -> tuple[int, int, str]:
-    """The user id, message id and trigger of an event; PermanentError naming what is wrong."""
-    trigger = event.get("trigger")
-    if not isinstance(trigger, str) or not trigger:
-        raise PermanentError(f"'trigger' must be a non-empty string, not {trigger!r}")
-    return _integer(event, "user_id"), _integer(event, "message_id"), trigger
-
-
-def _integer(event: Event, name: str) -> int:
-    value = event.get(name)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise PermanentError(f"'{name}' must be an integer, not {value!r}")
-    return value

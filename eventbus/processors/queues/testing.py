@@ -6,11 +6,12 @@ import time
 from typing import Any
 
 from eventbus import codec
+from eventbus.contracts import NOOP, NOOP_BATCH, TEST
 from eventbus.processors.registry import assign_queue
 from eventbus.processors.worker import Event, LoopQueueProcessingWorker, QueueProcessingWorker
 
 
-@assign_queue("test", retry_delay=0.2)
+@assign_queue(TEST, retry_delay=0.2)
 class TestWorker(QueueProcessingWorker):
     """Appends each event as a JSON line to ``EVENTBUS_TEST_QUEUE_FILE``.
 
@@ -28,7 +29,7 @@ class TestWorker(QueueProcessingWorker):
             f.write(codec.encode(event) + b"\n")
 
 
-@assign_queue("noop")
+@assign_queue(NOOP)
 class NoopWorker(QueueProcessingWorker):
     """Does nothing: measures the framework's cost per event."""
 
@@ -36,7 +37,7 @@ class NoopWorker(QueueProcessingWorker):
         pass
 
 
-@assign_queue("noop_batch")
+@assign_queue(NOOP_BATCH)
 class NoopBatchWorker(LoopQueueProcessingWorker):
     """Does nothing, in batches: measures the framework's cost per batch."""
 
