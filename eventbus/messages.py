@@ -15,7 +15,13 @@ every message in an FTS5 index that triggers keep in step with the table.
 
 Message objects, in events and in the history, are built here, once
 (``StoredMessage.event_message`` and ``history_message``), with every field
-Zulip's API describes for them.
+Zulip's API describes for them, their reactions (a table of their own) too.
+
+Changes to messages a client asks for (flags, edits, deletes, reactions:
+the ``message_actions`` processor) are made once per request: each is made
+in one transaction with its outcome recorded by request id
+(``message_actions``), so a redelivered request changes nothing again and
+finds what it changed, and whether its events went out (``Outcome``).
 """
 
 from __future__ import annotations
