@@ -471,3 +471,17 @@ def test_the_zulip_js_package_registers_polls_sends_reads_and_reacts(start_serve
     check(seen["reaction_event"], REACTION_EVENT)
     assert (seen["reaction_event"]["emoji_name"], seen["reaction_event"]["message_id"]) == (
         "octopus", seen["sent"]["id"])
+
+
+def test_a_poll_without_a_queue_id_counts_as_a_registration(start_server: StartServer, world: World) -> None:
+    server = start_server(rate_limit_register=(1, 3600.0))
+
+    async def scenario() -> None:
+        othello = Api(server, world.othello)
+        status, body = await othello.call("GET", "/events", dont_block="true")
+        assert status == 200, body
+        for method, path in (("GET", "/events"), ("POST", "/register")):  # the one registration allowed is used
+            status, body = await othello.call(method, path, dont_block="true")
+            assert (status, body["code"]) == (429, "RATE_LIMIT_HIT"), (path, body)
+
+    run(scenario)
