@@ -38,6 +38,12 @@ from eventbus.tornado_events.handlers import (
     ServerSettingsHandler,
     handler_args,
 )
+from eventbus.tornado_events.message_actions import (
+    MarkAllAsReadHandler,
+    MessageFlagsHandler,
+    MessageHandler,
+    ReactionsHandler,
+)
 from eventbus.tornado_events.server import EventServer
 from eventbus.tornado_events.websocket import EventSocket
 from eventbus.web import web_handlers
@@ -58,6 +64,15 @@ def extra_handlers(server: EventServer) -> list[Any]:
     return [*metrics_handlers(server), *devtools_handlers(server), *web_handlers(server)]
 
 
+def message_actions(server: EventServer) -> list[Any]:
+    """Flags, edits, deletes and reactions, under /api/v1 and /json: each handed the submissions to
+    message_actions."""
+    specs = [(r"/messages/flags", MessageFlagsHandler), (r"/mark_all_as_read", MarkAllAsReadHandler),
+             (r"/messages/([0-9]+)", MessageHandler), (r"/messages/([0-9]+)/reactions", ReactionsHandler)]
+    return [(prefix + path, handler, handler_args(server, auth, submissions=server.submissions))
+            for prefix, auth in (("/api/v1", Auth.API), ("/json", Auth.SESSION)) for path, handler in specs]
+
+
 def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> tornado.web.Application:
     """The Tornado application: every URL of the event server, each handler handed what it uses."""
     args = functools.partial(handler_args, server)
@@ -74,6 +89,7 @@ def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> to
         (r"/api/internal/notify_tornado", NotifyHandler, args(Auth.INTERNAL, server=server)),
         (r"/api/v1/messages", MessagesHandler, args(Auth.API, **sending)),
         (r"/json/messages", MessagesHandler, args(Auth.SESSION, **sending)),
+        *message_actions(server),
         (r"/json/report/error", ReportErrorHandler, args(Auth.SESSION, publish=publish)),
         (r"/json/users/me/presence", PresenceHandler, args(Auth.SESSION, publish=publish)),
         (r"/api/v1/users/me/presence", PresenceHandler, args(Auth.API, publish=publish)),

@@ -64,6 +64,9 @@ INVITES = "invites"
 MISSEDMESSAGE_EMAILS = "missedmessage_emails"
 MISSEDMESSAGE_MOBILE_NOTIFICATIONS = "missedmessage_mobile_notifications"
 EMAIL_MIRROR = "email_mirror"
+#: Changes to stored messages (flags, edits, deletes, reactions); Zulip makes them in its web process, eventbus in
+#: a processor, so this name is eventbus's own. The request is ``eventbus.message_actions.MessageAction``.
+MESSAGE_ACTIONS = "message_actions"
 #: The framework's own queues, for testing and benchmarking it (``processors/queues/testing.py``).
 TEST = "test"
 NOOP = "noop"
@@ -71,7 +74,7 @@ NOOP_BATCH = "noop_batch"
 #: Every queue the project uses (the return queues of Tornado processes other than "tornado" besides).
 QUEUES = (NOTIFY_TORNADO, TORNADO_RETURN, MESSAGE_SENDER, USER_ACTIVITY, USER_ACTIVITY_INTERVAL, USER_PRESENCE,
           ERROR_REPORTS, SLOW_QUERIES, EMAIL_SENDERS, SIGNUPS, INVITES, MISSEDMESSAGE_EMAILS,
-          MISSEDMESSAGE_MOBILE_NOTIFICATIONS, EMAIL_MIRROR, TEST, NOOP, NOOP_BATCH)
+          MISSEDMESSAGE_MOBILE_NOTIFICATIONS, EMAIL_MIRROR, MESSAGE_ACTIONS, TEST, NOOP, NOOP_BATCH)
 
 #: Queue names become file names (the error store's): no separators, no leading dot, a sane length.
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}")

@@ -15,7 +15,13 @@ every message in an FTS5 index that triggers keep in step with the table.
 
 Message objects, in events and in the history, are built here, once
 (``StoredMessage.event_message`` and ``history_message``), with every field
-Zulip's API describes for them.
+Zulip's API describes for them, their reactions (a table of their own) too.
+
+Changes to messages a client asks for (flags, edits, deletes, reactions:
+the ``message_actions`` processor) are made once per request: each is made
+in one transaction with its outcome recorded by request id
+(``message_actions``), so a redelivered request changes nothing again and
+finds what it changed, and whether its events went out (``Outcome``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import hashlib
 import secrets
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +79,22 @@ CREATE TABLE IF NOT EXISTS user_messages (
     PRIMARY KEY (user_id, message_id)
 );
 CREATE INDEX IF NOT EXISTS user_messages_by_message ON user_messages(message_id);
+CREATE TABLE IF NOT EXISTS reactions (
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    reaction_type TEXT NOT NULL,
+    emoji_code TEXT NOT NULL,
+    emoji_name TEXT NOT NULL,
+    PRIMARY KEY (message_id, user_id, reaction_type, emoji_code)
+);
+-- What each processed request changed (message_actions), once per request id: a redelivered request finds
+-- its outcome here instead of changing anything again, and delivers its events if they were not yet.
+CREATE TABLE IF NOT EXISTS message_actions (
+    request_id TEXT PRIMARY KEY,
+    outcome TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0
+);
 """
 
 #: Columns added to ``messages`` since its first release: a database made before gets them when opened.
@@ -83,6 +105,8 @@ ADDED_COLUMNS = {"recipient_id": "INTEGER REFERENCES recipients(id)", "client": 
 #: a query holding the very same test. ``mentioned"`` matches Zulip's wildcard mention flags too.
 FLAG_TESTS = {"unread": """flags NOT LIKE '%"read"%'""", "starred": """flags LIKE '%"starred"%'""",
               "mentioned": """flags LIKE '%mentioned"%'""", "alerted": """flags LIKE '%"has_alert_word"%'"""}
+#: The flags a message's content sets (Zulip's mention flags): an edit recomputes them.
+MENTION_FLAGS = frozenset({"mentioned", "stream_wildcard_mentioned", "topic_wildcard_mentioned", "wildcard_mentioned"})
 #: The flag tests that have an index of their own: few of a user's messages pass them.
 INDEXED_FLAGS = ("unread", "starred", "mentioned")
 
@@ -158,6 +182,8 @@ class StoredMessage:
     stream_id: int | None = None
     client: str = ""
     last_edit_timestamp: float | None = None
+    #: Zulip's reaction objects (emoji_name, emoji_code, reaction_type, user_id), oldest first.
+    reactions: tuple[dict[str, Any], ...] = ()
 
     def event_message(self) -> dict[str, Any]:
         """The ``message`` of a message event, with both contents (Tornado picks one per client)."""
@@ -187,13 +213,30 @@ class StoredMessage:
             "sender_full_name": self.sender_full_name, "sender_realm_str": REALM_STR, "type": self.type,
             "recipient_id": self.recipient_id, "display_recipient": display, "subject": self.subject,
             "topic_links": [], "timestamp": int(self.timestamp), "client": self.client,
-            "is_me_message": is_me_message(self.content), "reactions": [], "submessages": [],
+            "is_me_message": is_me_message(self.content), "reactions": list(self.reactions), "submessages": [],
         }
         if self.stream_id is not None:
             fields["stream_id"] = self.stream_id
         if self.last_edit_timestamp is not None:
             fields["last_edit_timestamp"] = int(self.last_edit_timestamp)
         return fields
+
+
+class ActionError(ValueError):
+    """A change to a message that cannot be made, with Zulip's message and error ``code``."""
+
+    def __init__(self, msg: str, code: str = "BAD_REQUEST") -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a request changed (a JSON object), recorded once, and whether its events were delivered."""
+
+    request_id: str
+    data: dict[str, Any]
+    delivered: bool
 
 
 @dataclass(frozen=True)
@@ -306,26 +349,126 @@ class MessageStore(sqlite.Store):
 
     def set_flag(self, user_id: int, message_ids: Sequence[int], flag: str, on: bool) -> list[int]:
         """Add (``on``) or remove ``flag`` on the user's own messages among ``message_ids``; the ids changed."""
-        changed = []
         with self._db(write=True) as db:
-            for message_id in message_ids:
-                row = db.execute("SELECT flags FROM user_messages WHERE user_id = ? AND message_id = ?",
-                                 (user_id, message_id)).fetchone()
-                if row is None:
-                    continue
-                flags = codec.decode(row["flags"])
-                if (flag in flags) != on:
-                    flags = [*flags, flag] if on else [f for f in flags if f != flag]
-                    db.execute("UPDATE user_messages SET flags = ? WHERE user_id = ? AND message_id = ?",
-                               (codec.encode(flags).decode(), user_id, message_id))
-                    changed.append(message_id)
-        return changed
+            return _set_flag(db, user_id, _own_flags(db, user_id, message_ids), flag, on)
+
+    # -- changes to messages, once per request (``message_actions``) --------------------------------
+
+    def update_flags(self, request_id: str, user_id: int, message_ids: Sequence[int], flag: str,
+                     on: bool) -> Outcome:
+        """Add (``on``) or remove ``flag`` on these messages of the user's: the ids changed (``messages``);
+        ActionError if one is not theirs. Marking unread skips the streams the user left, as Zulip does
+        (``skipped_streams``), and tells what the unread messages are (``details``, Zulip's message_details)."""
+        def change(db: sqlite3.Connection) -> dict[str, Any]:
+            own = _own_flags(db, user_id, message_ids)
+            if len(own) < len(set(message_ids)):
+                raise ActionError("Invalid message(s)")
+            outcome: dict[str, Any] = {}
+            if flag == "read" and not on:
+                left = _left_streams(db, user_id, list(own))
+                own = {i: f for i, f in own.items() if i not in left}
+                outcome["skipped_streams"] = sorted(set(left.values()))
+            outcome["messages"] = _set_flag(db, user_id, own, flag, on)
+            if flag == "read" and not on:
+                outcome["details"] = {str(i): _unread_details(db, user_id, i, own[i]) for i in outcome["messages"]}
+            return outcome
+
+        return self._once(request_id, change)
+
+    def mark_all_as_read(self, request_id: str, user_id: int) -> Outcome:
+        """Every unread message of the user's marked read, in one statement (the unread index finds them)."""
+        def change(db: sqlite3.Connection) -> dict[str, Any]:
+            cursor = db.execute("UPDATE user_messages SET flags = json_insert(flags, '$[#]', 'read')"
+                                f" WHERE user_id = ? AND {FLAG_TESTS['unread']}", (user_id,))
+            return {"count": cursor.rowcount}
+
+        return self._once(request_id, change)
+
+    def edit(self, request_id: str, message_id: int, *, content: str | None, rendered_content: str | None,
+             subject: str | None, mention_flags: Mapping[int, list[str]]) -> Outcome:
+        """A new content (rendered) and/or topic, and each recipient's new mention flags (``MENTION_FLAGS``
+        replaced, the others kept): the message before and after, its recipients' flags, when."""
+        def change(db: sqlite3.Connection) -> dict[str, Any]:
+            before = self._load(db, message_id)
+            if before is None:
+                raise ActionError("Invalid message(s)")
+            now = time.time()
+            after = {"content": before.content if content is None else content,
+                     "rendered_content": before.rendered_content if rendered_content is None else rendered_content,
+                     "subject": before.subject if subject is None else subject}
+            db.execute("UPDATE messages SET content = ?, rendered_content = ?, subject = ?, last_edit_timestamp = ?"
+                       " WHERE id = ?", (*after.values(), now, message_id))
+            flags = {uid: [f for f in old if f not in MENTION_FLAGS] + list(mention_flags.get(uid, []))
+                     if content is not None else old for uid, old in before.flags.items()}
+            db.executemany("UPDATE user_messages SET flags = ? WHERE user_id = ? AND message_id = ?",
+                           [(codec.encode(f).decode(), uid, message_id) for uid, f in flags.items()])
+            return {"message_id": message_id, "sender_id": before.sender_id, "type": before.type,
+                    "stream_id": before.stream_id, "stream_name": before.display_recipient, "edit_timestamp": now,
+                    "orig_content": before.content, "orig_rendered_content": before.rendered_content,
+                    "orig_subject": before.subject, **after, "flags": [[u, f] for u, f in flags.items()]}
+
+        return self._once(request_id, change)
+
+    def delete(self, request_id: str, message_id: int) -> Outcome:
+        """The message gone, with its reactions and who had it (``users``), whom to tell."""
+        def change(db: sqlite3.Connection) -> dict[str, Any]:
+            message = self._load(db, message_id)
+            if message is None:
+                raise ActionError("Invalid message(s)")
+            for table, column in (("reactions", "message_id"), ("user_messages", "message_id"), ("messages", "id")):
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (message_id,))
+            return {"message_id": message_id, "type": message.type, "stream_id": message.stream_id,
+                    "topic": message.subject, "users": sorted(message.flags)}
+
+        return self._once(request_id, change)
+
+    def react(self, request_id: str, message_id: int, user_id: int, reaction: Mapping[str, str],
+              add: bool) -> Outcome:
+        """Add or remove the user's ``reaction`` (emoji_name, emoji_code, reaction_type) to a message of theirs;
+        the message's recipients (``users``), whom to tell. ActionError: not theirs, already there, not there."""
+        def change(db: sqlite3.Connection) -> dict[str, Any]:
+            users = [row[0] for row in db.execute("SELECT user_id FROM user_messages WHERE message_id = ?"
+                                                   " ORDER BY user_id", (message_id,))]
+            if user_id not in users:
+                raise ActionError("Invalid message(s)")
+            key = (message_id, user_id, reaction["reaction_type"], reaction["emoji_code"])
+            if add:
+                cursor = db.execute("INSERT OR IGNORE INTO reactions (message_id, user_id, reaction_type, emoji_code,"
+                                    " emoji_name) VALUES (?, ?, ?, ?, ?)", (*key, reaction["emoji_name"]))
+            else:
+                cursor = db.execute("DELETE FROM reactions WHERE message_id = ? AND user_id = ?"
+                                    " AND reaction_type = ? AND emoji_code = ?", key)
+            if cursor.rowcount == 0:
+                raise (ActionError("Reaction already exists.", "REACTION_ALREADY_EXISTS") if add
+                       else ActionError("Reaction doesn't exist.", "REACTION_DOES_NOT_EXIST"))
+            return {"users": users}
+
+        return self._once(request_id, change)
+
+    def mark_action_delivered(self, request_id: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE message_actions SET delivered = 1 WHERE request_id = ?", (request_id,))
+
+    def _once(self, request_id: str, change: Callable[[sqlite3.Connection], dict[str, Any]]) -> Outcome:
+        """``change`` made in one transaction with its outcome recorded, unless ``request_id`` was processed
+        before: then its recorded outcome, changing nothing. An ActionError records nothing."""
+        with self._db(write=True) as db:
+            row = db.execute("SELECT outcome, delivered FROM message_actions WHERE request_id = ?",
+                             (request_id,)).fetchone()
+            if row is not None:
+                return Outcome(request_id, codec.decode(row["outcome"]), bool(row["delivered"]))
+            outcome = change(db)
+            db.execute("INSERT INTO message_actions (request_id, outcome, timestamp) VALUES (?, ?, ?)",
+                       (request_id, codec.encode(outcome).decode(), time.time()))
+            return Outcome(request_id, outcome, False)
 
     def recent(self, user_id: int, num_before: int = 50) -> list[dict[str, Any]]:
         """The user's latest ``num_before`` messages, oldest first, as their events carried them, with their flags."""
         with self._db() as db:
             rows = _Narrow(db, user_id, ()).fetch("1", (), "DESC", num_before)
-        return [{**_message(row, {}).event_message(), "flags": codec.decode(row["own_flags"])} for row in rows[::-1]]
+            reactions = _reactions(db, [row["id"] for row in rows])
+        return [{**_message(row, {}, reactions).event_message(), "flags": codec.decode(row["own_flags"])}
+                for row in rows[::-1]]
 
     def history(self, user_id: int, query: HistoryQuery) -> dict[str, Any]:
         """GET /messages for ``user_id``: the answer's fields besides ``result`` and ``msg``; NarrowError
@@ -376,7 +519,7 @@ class MessageStore(sqlite.Store):
             return None
         flags = {r["user_id"]: codec.decode(r["flags"]) for r in db.execute(
             "SELECT user_id, flags FROM user_messages WHERE message_id = ?", (message_id,))}
-        return _message(row, flags)
+        return _message(row, flags, _reactions(db, [row["id"]]))
 
 
 class _Narrow:
@@ -430,8 +573,9 @@ class _Narrow:
                 f" WHERE {' AND '.join([*self.conditions, where])} ORDER BY {self.id} {order} LIMIT ?")
 
     def objects(self, rows: list[sqlite3.Row], query: HistoryQuery) -> list[dict[str, Any]]:
-        return [_message(row, {}).history_message(codec.decode(row["own_flags"]), query.apply_markdown,
-                                                  query.client_gravatar, self.search) for row in rows]
+        reactions = _reactions(self.db, [row["id"] for row in rows])
+        return [_message(row, {}, reactions).history_message(codec.decode(row["own_flags"]), query.apply_markdown,
+                                                             query.client_gravatar, self.search) for row in rows]
 
     def _condition(self, user_id: int, term: NarrowTerm) -> tuple[str, list[Any]]:
         operator, operand = term.operator, term.operand
@@ -478,6 +622,45 @@ class _Narrow:
         return int(row["id"])
 
 
+def _own_flags(db: sqlite3.Connection, user_id: int, message_ids: Sequence[int]) -> dict[int, list[str]]:
+    """The user's flags on those of ``message_ids`` they have, by message id."""
+    rows = db.execute("SELECT message_id, flags FROM user_messages WHERE user_id = ? AND message_id IN"
+                      f" ({','.join('?' * len(message_ids))})", (user_id, *message_ids))
+    return {row["message_id"]: codec.decode(row["flags"]) for row in rows}
+
+
+def _set_flag(db: sqlite3.Connection, user_id: int, own: Mapping[int, list[str]], flag: str, on: bool) -> list[int]:
+    """Add or remove ``flag`` where the user's flags (``own``, by message id) need it; the ids changed, sorted."""
+    changed = sorted(i for i, flags in own.items() if (flag in flags) != on)
+    db.executemany("UPDATE user_messages SET flags = ? WHERE user_id = ? AND message_id = ?", [
+        (codec.encode([*own[i], flag] if on else [f for f in own[i] if f != flag]).decode(), user_id, i)
+        for i in changed])
+    return changed
+
+
+def _left_streams(db: sqlite3.Connection, user_id: int, message_ids: Sequence[int]) -> dict[int, int]:
+    """Those of the messages sent to a stream the user is no longer subscribed to: message id -> stream id."""
+    rows = db.execute("SELECT id, stream_id FROM messages WHERE stream_id IS NOT NULL AND id IN"
+                      f" ({','.join('?' * len(message_ids))}) AND stream_id NOT IN"
+                      " (SELECT stream_id FROM subscriptions WHERE user_id = ?)", (*message_ids, user_id))
+    return {row["id"]: row["stream_id"] for row in rows}
+
+
+def _unread_details(db: sqlite3.Connection, user_id: int, message_id: int, flags: list[str]) -> dict[str, Any]:
+    """Zulip's ``message_details`` entry of a message marked unread: where it is, and whether it mentions the
+    user, for the client's unread counts."""
+    row = db.execute("SELECT type, stream_id, subject, display_recipient FROM messages WHERE id = ?",
+                     (message_id,)).fetchone()
+    details: dict[str, Any] = {"type": row["type"]}
+    if row["type"] == "stream":
+        details.update(stream_id=row["stream_id"], topic=row["subject"])
+    else:
+        details["user_ids"] = sorted(u["id"] for u in codec.decode(row["display_recipient"]) if u["id"] != user_id)
+    if any(f in MENTION_FLAGS for f in flags):
+        details["mentioned"] = True
+    return details
+
+
 def _bounded(value: int) -> int:
     """An id from a request, within what SQLite can bind (a larger one matches nothing anyway)."""
     return max(-1, min(value, LARGER_THAN_MAX_MESSAGE_ID))
@@ -515,7 +698,20 @@ def _upgrade(db: sqlite3.Connection) -> None:
 _MESSAGE_COLUMNS = "m.*, u.email, u.full_name"
 
 
-def _message(row: sqlite3.Row, flags: Mapping[int, list[str]]) -> StoredMessage:
+def _reactions(db: sqlite3.Connection, message_ids: Sequence[int]) -> dict[int, tuple[dict[str, Any], ...]]:
+    """The reactions to these messages (by message id; none: no key), oldest first: one query by primary key."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    rows = db.execute("SELECT rowid, * FROM reactions WHERE message_id IN"
+                      f" ({','.join('?' * len(message_ids))}) ORDER BY rowid", tuple(message_ids))
+    for row in rows:
+        found.setdefault(row["message_id"], []).append(
+            {"emoji_name": row["emoji_name"], "emoji_code": row["emoji_code"],
+             "reaction_type": row["reaction_type"], "user_id": row["user_id"]})
+    return {message_id: tuple(reactions) for message_id, reactions in found.items()}
+
+
+def _message(row: sqlite3.Row, flags: Mapping[int, list[str]],
+             reactions: Mapping[int, tuple[dict[str, Any], ...]] | None = None) -> StoredMessage:
     return StoredMessage(
         id=row["id"], request_id=row["request_id"], sender_id=row["sender_id"], sender_email=row["email"],
         sender_full_name=row["full_name"], type=row["type"],
@@ -523,7 +719,7 @@ def _message(row: sqlite3.Row, flags: Mapping[int, list[str]]) -> StoredMessage:
         subject=row["subject"], content=row["content"], rendered_content=row["rendered_content"],
         timestamp=row["timestamp"], delivered=bool(row["delivered"]), flags=flags,
         recipient_id=row["recipient_id"], stream_id=row["stream_id"], client=row["client"],
-        last_edit_timestamp=row["last_edit_timestamp"],
+        last_edit_timestamp=row["last_edit_timestamp"], reactions=(reactions or {}).get(row["id"], ()),
     )
 
 

@@ -343,7 +343,7 @@ def test_bad_requests_get_json_errors_naming_the_problem(start_server: StartServ
         api = Api(server, users[0])
         queue_id = await api.register()
         cases: list[tuple[tuple[str, str], dict[str, Any], str]] = [
-            (("GET", "/events"), {}, "Missing 'queue_id' argument"),
+            (("DELETE", "/events"), {}, "Missing 'queue_id' argument"),
             (("GET", "/events"), {"queue_id": queue_id, "last_event_id": "many"}, "Invalid 'last_event_id' argument"),
             (("GET", "/events"), {"queue_id": queue_id, "dont_block": "maybe"}, "Invalid 'dont_block' argument"),
             (("POST", "/register"), {"narrow": "[[\"sender\", \"x\"]]"}, "unknown operator 'sender'"),

@@ -43,6 +43,10 @@ def sometimes(*types: str, items: Schema | None = None) -> Field:
 DISPLAY_RECIPIENT_USER = Schema({"id": always(INTEGER), "email": always(STRING), "full_name": always(STRING),
                                  "is_mirror_dummy": always(BOOLEAN)})
 
+#: EmojiReaction: a reaction in a message object (the ``user`` object went at feature level 328).
+REACTION = Schema({"emoji_name": always(STRING), "emoji_code": always(STRING), "reaction_type": always(STRING),
+                   "user_id": always(INTEGER)})
+
 #: MessagesBase: every field of a message object, in events and in the history.
 MESSAGE_BASE = {
     "avatar_url": always(STRING, NULL),  # null only when the client said client_gravatar
@@ -55,7 +59,7 @@ MESSAGE_BASE = {
     "is_me_message": always(BOOLEAN),
     "last_edit_timestamp": sometimes(INTEGER),  # only once edited
     "last_moved_timestamp": sometimes(INTEGER),  # only once moved
-    "reactions": always(ARRAY),
+    "reactions": always(ARRAY, items=REACTION),
     "recipient_id": always(INTEGER),
     "sender_email": always(STRING),
     "sender_full_name": always(STRING),
@@ -91,6 +95,48 @@ HISTORY_BY_IDS_ANSWER = Schema({name: f for name, f in HISTORY_ANSWER.fields.ite
 SEND_ANSWER = Schema({"result": always(STRING), "msg": always(STRING), "id": always(INTEGER),
                       "ignored_parameters_unsupported": sometimes(ARRAY),
                       "automatic_new_visibility_policy": sometimes(INTEGER)})
+
+
+#: A success answer with nothing more (JsonSuccess).
+SIMPLE_SUCCESS = Schema({"result": always(STRING), "msg": always(STRING),
+                         "ignored_parameters_unsupported": sometimes(ARRAY)})
+#: POST /messages/flags: the messages asked about; marking unread names the channels skipped (feature level 355).
+FLAGS_ANSWER = Schema({**SIMPLE_SUCCESS.fields, "messages": always(ARRAY),
+                       "ignored_because_not_subscribed_channels": sometimes(ARRAY)})
+#: POST /mark_all_as_read.
+MARK_ALL_AS_READ_ANSWER = Schema({**SIMPLE_SUCCESS.fields, "complete": always(BOOLEAN)})
+#: GET /events: the events, and the queue (a GET without a queue id learns its new queue here).
+EVENTS_ANSWER = Schema({**SIMPLE_SUCCESS.fields, "events": always(ARRAY), "queue_id": always(STRING)})
+
+#: The ``update_message_flags`` events of GET /events, op add and op remove (``message_details``: marked unread).
+FLAGS_EVENT = Schema({"id": always(INTEGER), "type": always(STRING), "op": always(STRING),
+                      "operation": always(STRING), "flag": always(STRING), "messages": always(ARRAY),
+                      "all": always(BOOLEAN), "message_details": sometimes(OBJECT)})
+#: An entry of ``message_details``: the message's type, and where it is.
+UNREAD_DETAILS = Schema({"type": always(STRING), "mentioned": sometimes(BOOLEAN), "user_ids": sometimes(ARRAY),
+                         "stream_id": sometimes(INTEGER), "topic": sometimes(STRING),
+                         "unmuted_stream_msg": sometimes(BOOLEAN)})
+#: The ``update_message`` event: its required fields, and the ones of a content edit, a topic edit or a move.
+UPDATE_MESSAGE_EVENT = Schema({
+    **{name: always(kind) for name, kind in (
+        ("id", INTEGER), ("type", STRING), ("user_id", INTEGER), ("rendering_only", BOOLEAN), ("message_id", INTEGER),
+        ("message_ids", ARRAY), ("flags", ARRAY), ("edit_timestamp", INTEGER))},
+    **{name: sometimes(kind) for name, kind in (
+        ("stream_name", STRING), ("stream_id", INTEGER), ("new_stream_id", INTEGER), ("propagate_mode", STRING),
+        ("orig_subject", STRING), ("subject", STRING), ("topic_links", ARRAY), ("orig_content", STRING),
+        ("orig_rendered_content", STRING), ("content", STRING), ("rendered_content", STRING),
+        ("is_me_message", BOOLEAN))},
+})
+#: The ``delete_message`` event: ``message_id`` for clients without bulk_message_deletion, ``message_ids`` with.
+DELETE_MESSAGE_EVENT = Schema({"id": always(INTEGER), "type": always(STRING), "message_type": always(STRING),
+                               "message_id": sometimes(INTEGER), "message_ids": sometimes(ARRAY),
+                               "stream_id": sometimes(INTEGER), "topic": sometimes(STRING)})
+#: The deprecated ``user`` of a reaction event (EmojiReactionEvent, re-added at feature level 339).
+REACTION_EVENT_USER = Schema({"user_id": always(INTEGER), "email": always(STRING), "full_name": always(STRING),
+                              "is_mirror_dummy": sometimes(BOOLEAN)})
+#: The ``reaction`` event, op add or remove.
+REACTION_EVENT = Schema({**REACTION.fields, "id": always(INTEGER), "type": always(STRING), "op": always(STRING),
+                         "message_id": always(INTEGER), "user": sometimes(OBJECT)})
 
 
 def coded_error(**extra: str) -> Schema:

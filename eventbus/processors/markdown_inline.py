@@ -172,9 +172,8 @@ def parse_time(text: str) -> datetime.datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.UTC)
 
 
-def _emoji_table() -> dict[str, str]:
-    """Emoji name -> its markup: Zulip's span, whose class names the code points in hex (no variation
-    selectors), holding the character.
+def _emoji_characters() -> dict[str, str]:
+    """Emoji name -> its character (fully qualified), for every name and alias of the standard set.
 
     A CLDR name wins over an alias where both name an emoji (``:cat:`` is the
     cat, ``:cat_face:`` its face), as in Zulip.
@@ -185,16 +184,22 @@ def _emoji_table() -> dict[str, str]:
     for names in ((lambda d: [d["en"]]), (lambda d: d.get("alias", []))):
         for character, data in found:
             for name in names(data):
-                name = name.strip(":").lower()
-                if name not in table:
-                    table[name] = _emoji_span(name, character)
+                table.setdefault(name.strip(":").lower(), character)
     return table
 
 
+def emoji_code(character: str) -> str:
+    """Zulip's ``emoji_code`` of a unicode emoji: its code points in hex, dash-separated, no variation selectors."""
+    return "-".join(f"{ord(c):04x}" for c in character if c != "\ufe0f")
+
+
 def _emoji_span(name: str, character: str) -> str:
-    code = "-".join(f"{ord(c):04x}" for c in character if c != "\ufe0f")
+    """Zulip's span of an emoji: its class names the code, and it holds the character."""
     title = html.escape(name.replace("_", " "))
-    return f'<span aria-label="{title}" class="emoji emoji-{code}" role="img" title="{title}">{character}</span>'
+    return (f'<span aria-label="{title}" class="emoji emoji-{emoji_code(character)}" role="img" title="{title}">'
+            f"{character}</span>")
 
 
-EMOJI = _emoji_table()
+#: Emoji name -> character, and name -> its markup.
+EMOJI_CHARACTERS = _emoji_characters()
+EMOJI = {name: _emoji_span(name, character) for name, character in EMOJI_CHARACTERS.items()}

@@ -168,8 +168,7 @@ def _recipients(to: Any) -> list[Any]:
 def send(broker: Broker, store: MessageStore, draft: Draft, request_id: str | None) -> StoredMessage:
     """Render, store (once per request id) and deliver through ``broker``; a message delivered before is not
     delivered again."""
-    find_user = functools.partial(_find_user, store)
-    rendered = render(draft.content, find_user, functools.partial(_find_stream, store))
+    rendered = render_content(store, draft.content)
     if draft.stream is not None:
         recipient_ids = store.subscribers(draft.stream.id)
         display: Any = draft.stream.name
@@ -191,6 +190,11 @@ def send(broker: Broker, store: MessageStore, draft: Draft, request_id: str | No
         send_event(broker, event, [{"id": uid, "flags": f} for uid, f in message.flags.items()])
         store.mark_delivered(message.id)
     return message
+
+
+def render_content(store: MessageStore, content: str) -> Rendered:
+    """A message's Markdown rendered, its mentions and stream links resolved in ``store``: sent or edited."""
+    return render(content, functools.partial(_find_user, store), functools.partial(_find_stream, store))
 
 
 def mention_flags(user_id: int, rendered: Rendered, topic_participants: Set[int] = frozenset()) -> list[str]:

@@ -217,7 +217,10 @@ class ClientRegistry:
 
 
 def client_view(event: dict[str, Any], apply_markdown: bool, flags: list[str] | None) -> dict[str, Any]:
-    """The event as one client sees it: message content per apply_markdown, the user's flags."""
+    """The event as one client sees it: message content per apply_markdown, the user's flags (of a message
+    event, and of an ``update_message`` event: the flags after the edit)."""
+    if event.get("type") == "update_message" and flags is not None:
+        return {**event, "flags": list(flags)}
     if event.get("type") != "message" or not isinstance(event.get("message"), dict):
         return event
     message = dict(event["message"])

@@ -70,6 +70,8 @@ MAX_EVENT_TYPE_CHARS = 100
 MAX_CLIENT_CHARS = 30
 #: Zulip's client string of its web app: what the chat page sends with.
 WEB_CLIENT = "website"
+#: Register's parameters that shape a queue (GET /events without a queue id takes them too).
+REGISTER_FIELDS = ("event_types", "narrow", "apply_markdown", "queue_lifespan_secs")
 #: How many ignored parameters an answer names: a request of thousands gets no answer of thousands.
 MAX_IGNORED_NAMED = 20
 
@@ -299,6 +301,12 @@ class BaseHandler(JsonErrors):
         except (ValueError, TypeError):
             raise bad_request(f"Invalid '{name}' argument") from None
 
+    def required_arg(self, name: str, parse: Callable[[str], Any] = str) -> Any:
+        """``arg`` for a parameter Zulip requires: REQUEST_VARIABLE_MISSING naming it when it is absent."""
+        if self.get_argument(name, None) is None:
+            raise missing_argument(name)
+        return self.arg(name, parse)
+
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
         """Invoked by Tornado for every argument and path part: one that is not UTF-8 is a 400 naming it
         (Tornado's own error would name neither it nor the reason)."""
@@ -359,6 +367,11 @@ class CoreHandler(BaseHandler):
         super().initialize(**base)
         self.server = server
 
+    def register(self) -> ClientDescriptor:
+        """A new client of the request's user, from register's parameters; ApiError naming a bad one."""
+        values = {name: self.json_arg(name) for name in REGISTER_FIELDS if self.get_argument(name, None)}
+        return register_client(values, self.server, self.user)
+
     def client(self) -> ClientDescriptor:
         queue_id = self.arg("queue_id")
         client = self.server.registry.get(queue_id, self.user.id)
@@ -383,9 +396,7 @@ class RegisterHandler(CoreHandler):
     rate_limit_category = rate_limit.REGISTER
 
     async def post(self) -> None:
-        values = {name: self.json_arg(name) for name in ("event_types", "narrow", "apply_markdown",
-                                                          "queue_lifespan_secs") if self.get_argument(name, None)}
-        client = register_client(values, self.server, self.user)
+        client = self.register()
         self.success(queue_id=client.queue_id, last_event_id=-1, **self.server.initial_state(self.user))
 
 
@@ -418,8 +429,17 @@ class EventsHandler(CoreHandler):
         client = self.server.registry.get(self.get_argument("queue_id", ""), self.user.id)
         return client is None or client.listener is not None
 
+    async def prepare(self) -> None:
+        if self.registers():  # counted as the registration it is
+            self.rate_limit_category = rate_limit.REGISTER
+        await super().prepare()
+
+    def registers(self) -> bool:
+        """A GET without a queue id registers a queue, as Zulip documents: its answer names the new queue."""
+        return self.request.method == "GET" and self.get_argument("queue_id", None) is None
+
     async def get(self) -> None:
-        client = self.client()
+        client = self.register() if self.registers() else self.client()
         last_event_id = self.arg("last_event_id", int, None)
         dont_block = self.bool_arg("dont_block", False)
         if last_event_id is not None:
@@ -520,20 +540,9 @@ class MessagesHandler(BaseHandler):
     async def post(self) -> None:
         request = {name: self.get_argument(name) for name in self.SEND_FIELDS
                    if self.get_argument(name, None) is not None}
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def respond(response: Any) -> None:
-            if not answer.done():
-                answer.set_result(response)
-
-        await self.submissions.submit(self.user, request, respond, client=client_name(self))
-        response = await answer  # the processor's answer, or REQUEST_TIMEOUT from the server
-        if not isinstance(response, dict) or response.get("result") != "success":
-            error = dict(response) if isinstance(response, dict) else {}
-            code, msg = str(error.pop("code", "BAD_REQUEST")), str(error.pop("msg", "Message not sent"))
-            error.pop("result", None)
-            raise ApiError(504 if code == "REQUEST_TIMEOUT" else 400, code, msg, **error)
-        self.success(id=response["id"], **ignored_parameters(self, self.SEND_FIELDS))
+        response = await self.submissions.ask(self.user, request, client=client_name(self))
+        self.success(id=processor_answer(response, "Message not sent")["id"],
+                     **ignored_parameters(self, self.SEND_FIELDS))
 
     async def get(self) -> None:
         query = self.history_query()
@@ -574,11 +583,16 @@ class MessagesHandler(BaseHandler):
         return dataclasses.replace(shown, anchor=anchor, num_before=num_before, num_after=num_after,
                                    include_anchor=self.bool_arg("include_anchor", True))
 
-    def required_arg(self, name: str, parse: Callable[[str], Any]) -> Any:
-        """``arg`` for a parameter Zulip requires: REQUEST_VARIABLE_MISSING naming it when it is absent."""
-        if self.get_argument(name, None) is None:
-            raise missing_argument(name)
-        return self.arg(name, parse)
+
+def processor_answer(response: Any, failed: str) -> dict[str, Any]:
+    """A processor's success answer (or the server's REQUEST_TIMEOUT), without ``result`` and ``msg``; an error
+    answer as the ApiError it names (``failed`` its message if it has none)."""
+    answer = dict(response) if isinstance(response, dict) else {}
+    result, msg = answer.pop("result", None), str(answer.pop("msg", failed))
+    if result != "success":
+        code = str(answer.pop("code", "BAD_REQUEST"))
+        raise ApiError(504 if code == "REQUEST_TIMEOUT" else 400, code, msg, **answer)
+    return answer
 
 
 def parse_count(raw: str) -> int:

@@ -1,15 +1,17 @@
-"""Requests a client submits (a message to send), sent to the message_sender processor, and its answers.
+"""Requests a client submits (a message to send, a change to messages), sent to a processor, and its answers.
 
 ``submit`` publishes a request to ``message_sender`` with this server's
 return queue; the processor's answer comes back on that queue
 (``on_return``) and goes to the requester, once. A request that gets no
 answer within ``request_timeout`` seconds is answered ``REQUEST_TIMEOUT``
 and forgotten (a late answer is logged and dropped). The websocket's request
-frames and ``POST /messages`` both submit here.
+frames and ``POST /messages`` both submit here (to message_sender), and so do
+the changes to messages (to message_actions); ``ask`` submits and waits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -46,8 +48,21 @@ class Submissions:
     def __len__(self) -> int:
         return len(self.pending)
 
-    async def submit(self, user: User, request: dict[str, Any], respond: Responder, **tags: Any) -> str:
-        """Send a client's request to the message_sender processor; ``respond`` gets its answer, once.
+    async def ask(self, user: User, request: dict[str, Any], queue: str = MESSAGE_SENDER, **tags: Any) -> Any:
+        """``submit`` a request and wait for its answer (``REQUEST_TIMED_OUT`` if none comes in time)."""
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def respond(response: Any) -> None:
+            if not answer.done():
+                answer.set_result(response)
+
+        await self.submit(user, request, respond, queue, **tags)
+        return await answer
+
+    async def submit(self, user: User, request: dict[str, Any], respond: Responder, queue: str = MESSAGE_SENDER,
+                     **tags: Any) -> str:
+        """Send a client's request to the processor of ``queue`` (message_sender, or another that answers on the
+        return queue, as message_actions does); ``respond`` gets its answer, once.
 
         Without an answer within ``request_timeout`` seconds, ``respond`` gets
         a ``REQUEST_TIMEOUT`` error instead, and the request is forgotten (a
@@ -58,7 +73,7 @@ class Submissions:
                                    **tags)
         self.pending[request_id] = respond
         try:
-            await self.publish(MESSAGE_SENDER, submitted.event())
+            await self.publish(queue, submitted.event())
         except Exception:
             self.pending.pop(request_id, None)
             raise
@@ -82,6 +97,6 @@ class Submissions:
     def _expire(self, request_id: str) -> None:
         respond = self.pending.pop(request_id, None)
         if respond is not None:
-            logger.warning("request %s got no answer from %s within %.0f s", request_id, MESSAGE_SENDER,
+            logger.warning("request %s got no answer from its processor within %.0f s", request_id,
                            self.request_timeout)
             respond(dict(REQUEST_TIMED_OUT))
