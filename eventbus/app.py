@@ -25,6 +25,7 @@ from eventbus.queue import Broker
 from eventbus.settings import Settings
 from eventbus.tornado_events.auth import Auth
 from eventbus.tornado_events.body_limit import BodyLimit
+from eventbus.tornado_events.channels_api import StreamsHandler, SubscriptionsHandler
 from eventbus.tornado_events.handlers import (
     EventsHandler,
     LoginHandler,
@@ -45,6 +46,8 @@ from eventbus.tornado_events.message_actions import (
     ReactionsHandler,
 )
 from eventbus.tornado_events.server import EventServer
+from eventbus.tornado_events.typing_notices import TypingHandler
+from eventbus.tornado_events.users_api import OwnUserHandler, RealmPresenceHandler, UserHandler, UsersHandler
 from eventbus.tornado_events.websocket import EventSocket
 from eventbus.web import web_handlers
 from eventbus.web.devtools import devtools_handlers
@@ -73,6 +76,22 @@ def message_actions(server: EventServer) -> list[Any]:
             for prefix, auth in (("/api/v1", Auth.API), ("/json", Auth.SESSION)) for path, handler in specs]
 
 
+def zulip_api(server: EventServer) -> list[Any]:
+    """The URL specs of Zulip's users, streams, presence and typing endpoints: each under /api/v1 (API keys)
+    and /json (the pages' session)."""
+    endpoints: list[tuple[str, Any, dict[str, Any]]] = [
+        (r"/users", UsersHandler, {"users": server.messages.users}),
+        (r"/users/me", OwnUserHandler, {"messages": server.messages}),
+        (r"/users/([0-9]+)", UserHandler, {"users": server.messages.users}),
+        (r"/realm/presence", RealmPresenceHandler, {"presence": server.presence}),
+        (r"/streams", StreamsHandler, {"server": server}),
+        (r"/users/me/subscriptions", SubscriptionsHandler, {"server": server}),
+        (r"/typing", TypingHandler, {"server": server}),
+    ]
+    return [(prefix + path, handler, handler_args(server, auth, **more)) for path, handler, more in endpoints
+            for prefix, auth in (("/api/v1", Auth.API), ("/json", Auth.SESSION))]
+
+
 def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> tornado.web.Application:
     """The Tornado application: every URL of the event server, each handler handed what it uses."""
     args = functools.partial(handler_args, server)
@@ -94,6 +113,7 @@ def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> to
         (r"/json/users/me/presence", PresenceHandler, args(Auth.SESSION, publish=publish)),
         (r"/api/v1/users/me/presence", PresenceHandler, args(Auth.API, publish=publish)),
         (r"/api/v1/server_settings", ServerSettingsHandler, args(Auth.NONE, server=server)),
+        *zulip_api(server),
         (r"/accounts/login", LoginHandler, args(Auth.NONE)),
         (r"/accounts/logout", LogoutHandler, args(Auth.SESSION)),
         *(extra_handlers or []),

@@ -26,7 +26,6 @@ finds what it changed, and whether its events went out (``Outcome``).
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import sqlite3
 import time
@@ -36,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from eventbus import codec, sqlite
+from eventbus.channels import ChannelInfo
 from eventbus.narrow import NarrowError, NarrowTerm, fts_query, highlight, highlight_text, search_words
-from eventbus.users import UserStore
+from eventbus.users import UserStore, gravatar_url
 from eventbus.validation import excerpt
 
 SCHEMA = """
@@ -138,6 +138,8 @@ LARGER_THAN_MAX_MESSAGE_ID = 10_000_000_000_000_000
 ANCHORS = {"newest": LARGER_THAN_MAX_MESSAGE_ID, "oldest": 0}
 #: At most this many messages per history request, as Zulip caps it.
 MAX_MESSAGES_PER_REQUEST = 5000
+#: Zulip's longest stream name (``max_stream_name_length``).
+MAX_STREAM_NAME_CHARS = 60
 #: The realm every sender is in: one organization, served at the root of its domain (Zulip's ``string_id``
 #: of such a realm is the empty string).
 REALM_STR = ""
@@ -148,10 +150,13 @@ def is_me_message(content: str) -> bool:
     return content.startswith("/me ") and "\n" not in content
 
 
-def gravatar_url(email: str) -> str:
-    """The sender's avatar: no one uploads one here, so it is the Gravatar of their email, as Zulip makes it."""
-    digest = hashlib.md5(email.strip().lower().encode(), usedforsecurity=False).hexdigest()
-    return f"https://secure.gravatar.com/avatar/{digest}?d=identicon&version=1"
+def check_stream_name(name: str) -> str:
+    """A stream's name as given, stripped; ValueError saying why it cannot be one."""
+    name = name.strip()
+    if not name or len(name) > MAX_STREAM_NAME_CHARS or any(c in name for c in "*`\n"):
+        raise ValueError(f"invalid stream name {excerpt(name)!r}: 1 to {MAX_STREAM_NAME_CHARS} characters, "
+                         "no '*', '`' or newline")
+    return name
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,19 @@ class Stream:
     id: int
     name: str
     email_token: str
+    date_created: float = 0.0
+
+
+@dataclass(frozen=True)
+class UnreadMessage:
+    """An unread message, as register's ``unread_msgs`` groups them: its stream and topic, or the users of its
+    private conversation (sorted ids, the reader included); and the reader's flags."""
+
+    id: int
+    stream_id: int | None
+    topic: str
+    private_users: tuple[int, ...]
+    flags: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -269,16 +287,80 @@ class MessageStore(sqlite.Store):
 
     def create_stream(self, name: str, subscriber_ids: Sequence[int] = ()) -> Stream:
         """The stream ``name`` (created if missing), with these users subscribed too."""
-        name = name.strip()
-        if not name or len(name) > 60 or any(c in name for c in "*`\n"):
-            raise ValueError(f"invalid stream name {name!r}: 1 to 60 characters, no '*', '`' or newline")
+        [stream], _ = self.subscribe([name], subscriber_ids)
+        return stream
+
+    def subscribe(self, names: Sequence[str], user_ids: Sequence[int]) -> tuple[list[Stream], dict[int, list[int]]]:
+        """Subscribe the users to the streams ``names``, each created if missing, in one transaction: the
+        streams, and by stream id the users who were not subscribed before. ValueError for a bad name."""
+        names = [check_stream_name(name) for name in names]
+        streams, added = [], {}
+        with self._db(write=True) as db:
+            for name in names:
+                db.execute("INSERT OR IGNORE INTO streams (name, email_token, date_created) VALUES (?, ?, ?)",
+                           (name, secrets.token_hex(8), time.time()))
+                stream = _stream(db.execute("SELECT * FROM streams WHERE name = ?", (name,)).fetchone())
+                streams.append(stream)
+                added[stream.id] = [uid for uid in dict.fromkeys(user_ids) if db.execute(
+                    "INSERT OR IGNORE INTO subscriptions (stream_id, user_id) VALUES (?, ?)",
+                    (stream.id, uid)).rowcount]
+        return streams, added
+
+    def unsubscribe(self, stream_ids: Sequence[int], user_ids: Sequence[int]) -> dict[int, list[int]]:
+        """Unsubscribe the users from the streams, in one transaction: by stream id, the users who were subscribed."""
+        with self._db(write=True) as db:
+            return {stream_id: [uid for uid in dict.fromkeys(user_ids) if db.execute(
+                "DELETE FROM subscriptions WHERE stream_id = ? AND user_id = ?", (stream_id, uid)).rowcount]
+                for stream_id in dict.fromkeys(stream_ids)}
+
+    def all_streams(self) -> list[Stream]:
         with self._db() as db:
-            db.execute("INSERT OR IGNORE INTO streams (name, email_token, date_created) VALUES (?, ?, ?)",
-                       (name, secrets.token_hex(8), time.time()))
-            row = db.execute("SELECT * FROM streams WHERE name = ?", (name,)).fetchone()
-            db.executemany("INSERT OR IGNORE INTO subscriptions (stream_id, user_id) VALUES (?, ?)",
-                           [(row["id"], uid) for uid in subscriber_ids])
-        return _stream(row)
+            return [_stream(row) for row in db.execute("SELECT * FROM streams ORDER BY name")]
+
+    def channel_info(self, streams: Sequence[Stream], with_subscribers: bool = False) -> list[ChannelInfo]:
+        """What Zulip's channel objects show of ``streams`` (``eventbus.channels``): their first message and
+        latest activity, read through the recipient index, and their subscribers if asked for."""
+        infos = []
+        with self._db() as db:
+            for stream in streams:
+                first = last = None
+                recipient_id = _recipient_id(db, f"stream:{stream.id}")
+                if recipient_id is not None:
+                    first, last = db.execute("SELECT MIN(id), MAX(id) FROM messages WHERE recipient_id = ?",
+                                             (recipient_id,)).fetchone()
+                last_time = (db.execute("SELECT timestamp FROM messages WHERE id = ?", (last,)).fetchone()[0]
+                             if last is not None else None)
+                subscribers = ([row[0] for row in db.execute(
+                    "SELECT user_id FROM subscriptions WHERE stream_id = ? ORDER BY user_id", (stream.id,))]
+                    if with_subscribers else None)
+                infos.append(ChannelInfo(stream.id, stream.name, stream.date_created, first, last_time, subscribers))
+        return infos
+
+    def received_from(self, user_id: int, stream_id: int) -> bool:
+        """Whether the user has a message of the stream (one they were subscribed to, then)."""
+        with self._db() as db:
+            recipient_id = _recipient_id(db, f"stream:{stream_id}")
+            return recipient_id is not None and db.execute(
+                "SELECT 1 FROM messages m CROSS JOIN user_messages um ON um.message_id = m.id AND um.user_id = ?"
+                " WHERE m.recipient_id = ? LIMIT 1", (user_id, recipient_id)).fetchone() is not None
+
+    def max_message_id(self, user_id: int) -> int:
+        """The id of the user's newest message; -1 if they have none (as Zulip answers it)."""
+        with self._db() as db:
+            row = db.execute("SELECT MAX(message_id) FROM user_messages WHERE user_id = ?", (user_id,)).fetchone()
+        return -1 if row[0] is None else int(row[0])
+
+    def unread(self, user_id: int, limit: int) -> list[UnreadMessage]:
+        """The user's newest ``limit`` unread messages, newest first (through the partial index of unread ones)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT m.id, m.type, m.stream_id, m.subject, m.display_recipient, um.flags FROM user_messages um"
+                f" CROSS JOIN messages m ON m.id = um.message_id WHERE um.user_id = ? AND um.{FLAG_TESTS['unread']}"
+                " ORDER BY um.message_id DESC LIMIT ?", (user_id, limit)).fetchall()
+        return [UnreadMessage(row["id"], row["stream_id"], row["subject"],
+                              () if row["type"] == "stream" else tuple(sorted(
+                                  int(u["id"]) for u in codec.decode(row["display_recipient"]))),
+                              tuple(codec.decode(row["flags"]))) for row in rows]
 
     def get_stream(self, name: str) -> Stream | None:
         with self._db() as db:
@@ -724,4 +806,4 @@ def _message(row: sqlite3.Row, flags: Mapping[int, list[str]],
 
 
 def _stream(row: sqlite3.Row) -> Stream:
-    return Stream(row["id"], row["name"], row["email_token"])
+    return Stream(row["id"], row["name"], row["email_token"], row["date_created"])

@@ -8,17 +8,24 @@ from its executor, never from the IOLoop.
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import hmac
 import re
 import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from eventbus import sqlite
 
 #: A plain check: something@something.something, no spaces. Real validation is sending mail.
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+#: Zulip's role of every user here: a member. There are no owners, administrators, moderators or guests.
+MEMBER_ROLE = 400
+#: Nobody uploads an avatar here: every avatar is the first version of a Gravatar.
+AVATAR_VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -43,10 +50,29 @@ class User:
     full_name: str
     api_key: str
     is_active: bool = True
+    date_joined: float = 0.0
 
     def public(self) -> dict[str, object]:
         """What other users may see."""
         return {"user_id": self.id, "email": self.email, "full_name": self.full_name}
+
+    def api_object(self, client_gravatar: bool = False) -> dict[str, Any]:
+        """The user as Zulip's API shows users (its ``User`` object), to every user alike: one organization, in
+        which everyone sees everyone's email; nobody is a bot, and no custom profile fields exist. A client that
+        computes Gravatars itself (``client_gravatar``) gets ``avatar_url`` null, as Zulip answers it."""
+        return {
+            "user_id": self.id, "delivery_email": self.email, "email": self.email, "full_name": self.full_name,
+            "date_joined": datetime.datetime.fromtimestamp(self.date_joined, datetime.UTC).isoformat(),
+            "is_active": self.is_active, "is_owner": False, "is_admin": False, "is_guest": False, "is_bot": False,
+            "bot_type": None, "role": MEMBER_ROLE, "timezone": "",
+            "avatar_url": None if client_gravatar else gravatar_url(self.email), "avatar_version": AVATAR_VERSION,
+        }
+
+
+def gravatar_url(email: str) -> str:
+    """A user's avatar: no one uploads one here, so it is the Gravatar of their email, as Zulip makes it."""
+    digest = hashlib.md5(email.strip().lower().encode(), usedforsecurity=False).hexdigest()
+    return f"https://secure.gravatar.com/avatar/{digest}?d=identicon&version={AVATAR_VERSION}"
 
 
 class UserStore(sqlite.Store):
@@ -61,16 +87,17 @@ class UserStore(sqlite.Store):
             raise UserError(f"not an email address: {email!r}")
         name = (full_name or email.split("@")[0]).strip()
         api_key = secrets.token_urlsafe(24)
+        joined = time.time()
         try:
             with self._db() as db:
                 cursor = db.execute(
                     "INSERT INTO users (email, full_name, api_key, date_joined) VALUES (?, ?, ?, ?)",
-                    (email, name, api_key, time.time()),
+                    (email, name, api_key, joined),
                 )
         except sqlite3.IntegrityError:
             raise UserError(f"a user with email {email!r} exists already") from None
         assert cursor.lastrowid is not None
-        return User(cursor.lastrowid, email, name, api_key)
+        return User(cursor.lastrowid, email, name, api_key, date_joined=joined)
 
     def ensure_user(self, email: str, full_name: str | None = None) -> User:
         """The user with ``email``, created if there is none (idempotent)."""
@@ -120,4 +147,4 @@ class UserStore(sqlite.Store):
 
 
 def _user(row: sqlite3.Row) -> User:
-    return User(row["id"], row["email"], row["full_name"], row["api_key"], bool(row["is_active"]))
+    return User(row["id"], row["email"], row["full_name"], row["api_key"], bool(row["is_active"]), row["date_joined"])

@@ -31,6 +31,7 @@ from tornado.testing import bind_unused_port
 
 from eventbus.app import make_app
 from eventbus.messages import MessageStore
+from eventbus.processors.queues.analytics import AnalyticsStore
 from eventbus.processors.runner import WorkerThreads
 from eventbus.processors.stats import stats_path
 from eventbus.queue import Broker, MemoryBroker
@@ -592,3 +593,42 @@ def test_dashboard_consume_rate_from_stats_deltas(web: StartWeb, world: World, e
     worker_wrote(126, 7, now - 9.999)
     wait_for(lambda: test_queue()["consume_rate"] != pytest.approx(1.5), what="a third sample")
     assert test_queue()["consume_rate"] < 1.0
+
+
+def test_typing_shows_on_the_other_page(pages: NewPage, web: StartWeb, world: World,
+                                        sender_worker: WorkerThreads) -> None:
+    server = web()
+    iago = dev_login(pages(), server, world.iago)
+    othello = dev_login(pages(), server, world.othello, "/?transport=longpoll")
+    typing = othello.locator("#typing")
+    expect(typing).to_be_hidden()
+    # When Iago starts writing to Othello alone,
+    iago.click(f".person[data-user-id='{world.othello.id}']")
+    iago.locator("#compose-content").press_sequentially("Are you th")
+    # then Othello's page says so, and Iago's own page does not;
+    expect(typing).to_have_text("Iago is typing…")
+    expect(iago.locator("#typing")).to_be_hidden()
+    # once Iago sends, the indicator goes (his page sends a stop).
+    iago.press("#compose-content", "Enter")
+    expect(messages(othello, "Are you th")).to_have_count(1)
+    expect(typing).to_be_hidden()
+    # Typing in a stream's topic shows on the pages of its subscribers too.
+    iago.select_option("#compose-target", "stream:Denmark")
+    iago.fill("#compose-topic", "plans")
+    iago.locator("#compose-content").press_sequentially("Soon")
+    expect(typing).to_have_text("Iago is typing…")
+
+
+def test_a_page_that_loads_shows_who_is_online(pages: NewPage, web: StartWeb, world: World,
+                                                event_settings: Settings) -> None:
+    # Given Desdemona active a moment ago and Iago last seen long ago (no presence event will come),
+    presence = AnalyticsStore(event_settings.database)
+    presence.set_presence(world.desdemona.id, "active", "website", time.time() - 5)
+    presence.set_presence(world.iago.id, "active", "website", time.time() - 3600)
+    server = web()
+    # when Othello's page loads,
+    othello = dev_login(pages(), server, world.othello)
+    # then it shows Desdemona online at once, and Iago offline.
+    expect(othello.locator(f".person[data-user-id='{world.desdemona.id}']")).to_have_attribute("data-presence",
+                                                                                               "active")
+    expect(othello.locator(f".person[data-user-id='{world.iago.id}']")).to_have_attribute("data-presence", "offline")

@@ -346,7 +346,7 @@ def test_bad_requests_get_json_errors_naming_the_problem(start_server: StartServ
             (("DELETE", "/events"), {}, "Missing 'queue_id' argument"),
             (("GET", "/events"), {"queue_id": queue_id, "last_event_id": "many"}, "Invalid 'last_event_id' argument"),
             (("GET", "/events"), {"queue_id": queue_id, "dont_block": "maybe"}, "Invalid 'dont_block' argument"),
-            (("POST", "/register"), {"narrow": "[[\"sender\", \"x\"]]"}, "unknown operator 'sender'"),
+            (("POST", "/register"), {"narrow": "[[\"search\", \"x\"]]"}, "unknown operator 'search'"),
             (("POST", "/register"), {"narrow": "not json"}, "Invalid 'narrow' argument"),
             (("POST", "/register"), {"event_types": "[1, 2]"}, "Invalid 'event_types' argument"),
             (("POST", "/register"), {"queue_lifespan_secs": "-5"}, "Invalid 'queue_lifespan_secs' argument"),

@@ -23,7 +23,9 @@ INTEGER, STRING, BOOLEAN, ARRAY, OBJECT, NULL = "integer", "string", "boolean", 
 class Field:
     types: tuple[str, ...]
     always: bool = True
-    items: Schema | None = None  # the schema of each item of an array of objects
+    items: Schema | str | None = None  # each item of an array: an object's schema, or a JSON type
+    shape: Schema | None = None  # an object's schema (when the value is an object)
+    values: Field | None = None  # each value of an object keyed by ids, emails or names (a map)
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,14 @@ class Schema:
     fields: dict[str, Field] = field(default_factory=dict)
 
 
-def always(*types: str, items: Schema | None = None) -> Field:
-    return Field(types, True, items)
+def always(*types: str, items: Schema | str | None = None, shape: Schema | None = None,
+           values: Field | None = None) -> Field:
+    return Field(types, True, items, shape, values)
 
 
-def sometimes(*types: str, items: Schema | None = None) -> Field:
-    return Field(types, False, items)
+def sometimes(*types: str, items: Schema | str | None = None, shape: Schema | None = None,
+              values: Field | None = None) -> Field:
+    return Field(types, False, items, shape, values)
 
 
 #: ``display_recipient`` of a private message: one entry per recipient.
@@ -154,6 +158,119 @@ INCOMPATIBLE_PARAMETERS_ERROR = coded_error(parameters=STRING)  # IncompatiblePa
 BAD_NARROW_ERROR = coded_error(desc=STRING)
 
 
+# -- users, streams, presence, typing and register (get-own-user, get-users, get-user, get-streams,
+# get-subscriptions, subscribe, unsubscribe, get-presence, set-typing-status, register-queue, get-events) --
+
+#: ``User``: every field Zulip's server sends for a user; ``bot_owner_id`` only for bots, ``profile_data`` only when
+#: custom profile fields are asked for (always in register's ``realm_users``).
+USER_FIELDS = {
+    "user_id": always(INTEGER), "delivery_email": always(STRING, NULL), "email": always(STRING),
+    "full_name": always(STRING), "date_joined": always(STRING), "is_active": always(BOOLEAN),
+    "is_owner": always(BOOLEAN), "is_admin": always(BOOLEAN), "is_guest": always(BOOLEAN), "is_bot": always(BOOLEAN),
+    "bot_type": always(INTEGER, NULL), "bot_owner_id": sometimes(INTEGER, NULL), "role": always(INTEGER),
+    "timezone": always(STRING), "avatar_url": always(STRING, NULL), "avatar_version": always(INTEGER),
+    "profile_data": sometimes(OBJECT),
+}
+USER = Schema(USER_FIELDS)
+#: An entry of register's ``realm_users``: a ``User`` without ``is_active`` (all of them are active).
+REALM_USER = Schema({name: f for name, f in USER_FIELDS.items() if name != "is_active"})
+SUCCESS = {"result": always(STRING), "msg": always(STRING), "ignored_parameters_unsupported": sometimes(ARRAY)}
+#: The 200 answer of GET /users/me: the user's fields but the bot ones, and the newest message's id.
+OWN_USER_ANSWER = Schema({**SUCCESS, **{name: f for name, f in USER_FIELDS.items()
+                                        if name not in ("bot_type", "bot_owner_id")},
+                          "max_message_id": always(INTEGER), "profile_data": always(OBJECT)})
+USERS_ANSWER = Schema({**SUCCESS, "members": always(ARRAY, items=USER)})
+USER_ANSWER = Schema({**SUCCESS, "user": always(OBJECT, shape=USER)})
+
+#: ``GroupSettingValue``: a group's id, or an anonymous group of users and groups.
+GROUP_SETTING = always(INTEGER, OBJECT, shape=Schema({"direct_members": always(ARRAY, items=INTEGER),
+                                                      "direct_subgroups": always(ARRAY, items=INTEGER)}))
+#: ``BasicChannel`` (GET /streams), every field required by the spec.
+CHANNEL_FIELDS = {
+    "stream_id": always(INTEGER), "name": always(STRING), "is_archived": always(BOOLEAN),
+    "description": always(STRING), "date_created": always(INTEGER), "creator_id": always(INTEGER, NULL),
+    "invite_only": always(BOOLEAN), "rendered_description": always(STRING), "is_web_public": always(BOOLEAN),
+    "stream_post_policy": always(INTEGER), "message_retention_days": always(INTEGER, NULL),
+    "history_public_to_subscribers": always(BOOLEAN), "first_message_id": always(INTEGER, NULL),
+    "is_recently_active": always(BOOLEAN), "is_announcement_only": always(BOOLEAN),
+    "stream_weekly_traffic": always(INTEGER, NULL),
+    **{f"can_{p}_group": GROUP_SETTING for p in ("add_subscribers", "remove_subscribers", "administer_channel",
+                                                 "send_message", "subscribe")},
+}
+CHANNEL = Schema(CHANNEL_FIELDS)
+#: register's ``never_subscribed``: a channel, with its subscribers when asked for.
+NEVER_SUBSCRIBED = Schema({**CHANNEL_FIELDS, "subscribers": sometimes(ARRAY, items=INTEGER)})
+#: ``Subscription``: the channel and the user's settings of it; ``subscribers`` only with include_subscribers.
+SUBSCRIPTION = Schema({
+    **CHANNEL_FIELDS, "subscribers": sometimes(ARRAY, items=INTEGER), "color": always(STRING),
+    "is_muted": always(BOOLEAN), "in_home_view": always(BOOLEAN), "pin_to_top": always(BOOLEAN),
+    **{f"{kind}_notifications": always(BOOLEAN, NULL) for kind in ("desktop", "email", "push", "audible")},
+    "wildcard_mentions_notify": always(BOOLEAN, NULL),
+})
+STREAMS_ANSWER = Schema({**SUCCESS, "streams": always(ARRAY, items=CHANNEL)})
+SUBSCRIPTIONS_ANSWER = Schema({**SUCCESS, "subscriptions": always(ARRAY, items=SUBSCRIPTION)})
+SUBSCRIBE_ANSWER = Schema({**SUCCESS, "subscribed": always(OBJECT, values=always(ARRAY, items=STRING)),
+                           "already_subscribed": always(OBJECT, values=always(ARRAY, items=STRING)),
+                           "unauthorized": sometimes(ARRAY, items=STRING)})
+UNSUBSCRIBE_ANSWER = Schema({**SUCCESS, "removed": always(ARRAY, items=STRING),
+                             "not_removed": always(ARRAY, items=STRING)})
+SIMPLE_SUCCESS = Schema(SUCCESS)
+
+#: ``LegacyPresenceFormat`` (``pushable`` not in the ``aggregated`` entry) and ``ModernPresenceFormat``.
+LEGACY_PRESENCE = Schema({"client": always(STRING), "status": always(STRING), "timestamp": always(INTEGER),
+                          "pushable": sometimes(BOOLEAN)})
+MODERN_PRESENCE = Schema({"active_timestamp": always(INTEGER), "idle_timestamp": always(INTEGER)})
+#: ``presences`` by email, each by client name (and "aggregated"); slim: by user id.
+LEGACY_PRESENCES = always(OBJECT, values=always(OBJECT, values=always(OBJECT, shape=LEGACY_PRESENCE)))
+MODERN_PRESENCES = always(OBJECT, values=always(OBJECT, shape=MODERN_PRESENCE))
+REALM_PRESENCE_ANSWER = Schema({**SUCCESS, "presences": LEGACY_PRESENCES,
+                                "server_timestamp": always(INTEGER, "number")})
+
+#: The ``subscription`` events of GET /events: ``add``, ``remove``, ``peer_add`` and ``peer_remove``.
+SUBSCRIPTION_ADD_EVENT = Schema({"id": always(INTEGER), "type": always(STRING), "op": always(STRING),
+                                 "subscriptions": always(ARRAY, items=SUBSCRIPTION)})
+SUBSCRIPTION_REMOVE_EVENT = Schema({"id": always(INTEGER), "type": always(STRING), "op": always(STRING),
+                                    "subscriptions": always(ARRAY, items=Schema({"stream_id": always(INTEGER),
+                                                                                 "name": always(STRING)}))})
+SUBSCRIPTION_PEER_EVENT = Schema({"id": always(INTEGER), "type": always(STRING), "op": always(STRING),
+                                  "stream_ids": always(ARRAY, items=INTEGER), "user_ids": always(ARRAY, items=INTEGER)})
+#: The ``typing`` events: ``recipients`` for a direct message, ``stream_id`` and ``topic`` for a stream's.
+TYPING_USER = Schema({"user_id": always(INTEGER), "email": always(STRING)})
+TYPING_EVENT = Schema({"id": always(INTEGER), "type": always(STRING), "op": always(STRING),
+                       "message_type": always(STRING), "sender": always(OBJECT, shape=TYPING_USER),
+                       "recipients": sometimes(ARRAY, items=TYPING_USER), "stream_id": sometimes(INTEGER),
+                       "topic": sometimes(STRING)})
+
+#: register's ``unread_msgs``.
+UNREAD_IDS = always(ARRAY, items=INTEGER)
+UNREAD_MSGS = Schema({
+    "count": always(INTEGER),
+    "pms": always(ARRAY, items=Schema({"other_user_id": always(INTEGER), "sender_id": always(INTEGER),
+                                       "unread_message_ids": UNREAD_IDS})),
+    "streams": always(ARRAY, items=Schema({"topic": always(STRING), "stream_id": always(INTEGER),
+                                           "unread_message_ids": UNREAD_IDS})),
+    "huddles": always(ARRAY, items=Schema({"user_ids_string": always(STRING), "unread_message_ids": UNREAD_IDS})),
+    "mentions": UNREAD_IDS, "old_unreads_missing": always(BOOLEAN),
+})
+#: The 200 answer of POST /register, with the fields of the event types eventbus serves state for (each present
+#: when its type is fetched); ``user_id``, ``email`` and ``full_name`` are Zulip's ``realm_user`` fields, always
+#: given here.
+REGISTER_ANSWER = Schema({
+    **SUCCESS, "queue_id": always(STRING), "last_event_id": always(INTEGER), "zulip_version": always(STRING),
+    "zulip_feature_level": always(INTEGER), "zulip_merge_base": sometimes(STRING),
+    "user_id": always(INTEGER), "email": always(STRING), "full_name": always(STRING),
+    "max_message_id": sometimes(INTEGER),
+    "presences": sometimes(OBJECT), "server_timestamp": sometimes(INTEGER, "number"),
+    "presence_last_update_id": sometimes(INTEGER), "server_presence_ping_interval_seconds": sometimes(INTEGER),
+    "server_presence_offline_threshold_seconds": sometimes(INTEGER),
+    "realm_users": sometimes(ARRAY, items=REALM_USER), "realm_non_active_users": sometimes(ARRAY, items=USER),
+    "cross_realm_bots": sometimes(ARRAY, items=USER),
+    "subscriptions": sometimes(ARRAY, items=SUBSCRIPTION), "unsubscribed": sometimes(ARRAY, items=SUBSCRIPTION),
+    "never_subscribed": sometimes(ARRAY, items=NEVER_SUBSCRIBED),
+    "unread_msgs": sometimes(OBJECT, shape=UNREAD_MSGS),
+})
+
+
 def check(value: Any, schema: Schema, where: str = "answer") -> None:
     """AssertionError listing every way ``value`` differs from ``schema``."""
     problems = _problems(value, schema, where)
@@ -185,12 +302,26 @@ def _problems(value: Any, schema: Schema, where: str) -> list[str]:
             if spec.always:
                 problems.append(f"{where}.{name} is missing")
             continue
-        found = _type(value[name])
-        if found not in spec.types:
-            problems.append(f"{where}.{name} is {found}, not {' or '.join(spec.types)}")
-        elif found == ARRAY and spec.items is not None:
-            for i, item in enumerate(value[name]):
-                problems += _problems(item, spec.items, f"{where}.{name}[{i}]")
+        problems += _field_problems(value[name], spec, f"{where}.{name}")
+    return problems
+
+
+def _field_problems(value: Any, spec: Field, where: str) -> list[str]:
+    found = _type(value)
+    if found not in spec.types:
+        return [f"{where} is {found}, not {' or '.join(spec.types)}"]
+    problems = []
+    if found == ARRAY and isinstance(spec.items, Schema):
+        for i, item in enumerate(value):
+            problems += _problems(item, spec.items, f"{where}[{i}]")
+    elif found == ARRAY and spec.items is not None:
+        problems += [f"{where}[{i}] is {_type(item)}, not {spec.items}" for i, item in enumerate(value)
+                     if _type(item) != spec.items]
+    elif found == OBJECT and spec.shape is not None:
+        problems += _problems(value, spec.shape, where)
+    elif found == OBJECT and spec.values is not None:
+        for key, item in value.items():
+            problems += _field_problems(item, spec.values, f"{where}[{key!r}]")
     return problems
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import enum
 import hashlib
 import hmac
@@ -70,7 +71,7 @@ def is_loopback(address: str | None) -> bool:
 
 def without_secret(user: User) -> User:
     """The user as the server keeps it for a while: handlers never need the API key once it was checked."""
-    return User(user.id, user.email, user.full_name, "", user.is_active)
+    return dataclasses.replace(user, api_key="")
 
 
 class Authenticator:

@@ -106,7 +106,7 @@ class ClientRegistry:
             if not mine:
                 continue
             for client in list(mine.values()):  # a copy: an overflowing queue is removed on the way
-                if not client.accepts(event):
+                if not client.accepts(event, flags):
                     continue
                 if isinstance(message_id, int) and not client.first_time(message_id):
                     continue  # the processor delivered it twice (a redelivery); the client has it

@@ -36,7 +36,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,6 +44,12 @@ from eventbus import codec
 
 #: Events every client gets, whatever its event_types.
 ALWAYS_DELIVERED = frozenset({"heartbeat", "restart"})
+#: The operators of a register narrow, and the ``is`` operands (Zulip's event narrows): ``is:dm`` is the type
+#: of the message, the others its recipient's flags, any of those named (Zulip's wildcard mentions are mentions).
+EVENT_NARROWS = frozenset({"stream", "channel", "topic", "sender", "is"})
+IS_FLAGS = {"starred": ("starred",), "alerted": ("has_alert_word",),
+            "mentioned": ("mentioned", "wildcard_mentioned", "stream_wildcard_mentioned", "topic_wildcard_mentioned")}
+IS_OPERANDS = frozenset({"dm", "private", *IS_FLAGS})
 #: Message ids a client remembers, so that a message delivered twice upstream reaches it once.
 RECENT_MESSAGES = 1000
 #: Queued events are sealed in tuples of this many: a full garbage collection visits a queue's chunks and its
@@ -194,24 +200,35 @@ class ClientDescriptor:
 
     # -- filters ----------------------------------------------------------------
 
-    def accepts(self, event: dict[str, Any]) -> bool:
-        """Whether this client asked for ``event``."""
+    def accepts(self, event: dict[str, Any], flags: Collection[str] | None = None) -> bool:
+        """Whether this client asked for ``event`` (a message event with its recipient's ``flags``)."""
         kind = event.get("type")
         if kind in ALWAYS_DELIVERED:
             return True
         if self.event_types is not None and kind not in self.event_types:
             return False
         if kind == "message" and self.narrow:
-            return self._in_narrow(event.get("message") or {})
+            return self._in_narrow(event.get("message") or {}, event.get("flags", ()) if flags is None else flags)
         return True
 
-    def _in_narrow(self, message: dict[str, Any]) -> bool:
+    def _in_narrow(self, message: dict[str, Any], flags: Collection[str]) -> bool:
+        """Whether a message is in every term of the narrow, as Zulip's event narrows match (``EVENT_NARROWS``)."""
         for operator, operand in self.narrow:
-            if operator == "stream":
+            if operator in ("stream", "channel"):
                 if message.get("type") != "stream" or not _same(message.get("display_recipient"), operand):
                     return False
-            elif operator == "topic" and not _same(message.get("subject"), operand):
-                return False
+            elif operator == "topic":
+                if not _same(message.get("subject"), operand):
+                    return False
+            elif operator == "sender":
+                if not _same(message.get("sender_email"), operand):
+                    return False
+            elif operator == "is":
+                if operand in ("dm", "private"):
+                    if message.get("type") != "private":
+                        return False
+                elif not any(flag in flags for flag in IS_FLAGS[operand]):
+                    return False
         return True
 
     # -- listeners --------------------------------------------------------------

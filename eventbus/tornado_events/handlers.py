@@ -26,6 +26,7 @@ import time
 import urllib.parse
 from asyncio import Future
 from collections.abc import Callable, Iterable
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
@@ -46,7 +47,8 @@ from eventbus.tornado_events import rate_limit
 from eventbus.tornado_events.activity import ActivityRecorder
 from eventbus.tornado_events.auth import Auth, Authenticator
 from eventbus.tornado_events.clients import TooManyQueues
-from eventbus.tornado_events.event_queue import ClientDescriptor, QueuedEvent
+from eventbus.tornado_events.event_queue import EVENT_NARROWS, IS_OPERANDS, ClientDescriptor, QueuedEvent
+from eventbus.tornado_events.initial_state import StateRequest
 from eventbus.tornado_events.rate_limit import RateLimits
 from eventbus.tornado_events.submissions import Publish, Submissions
 from eventbus.users import User
@@ -59,7 +61,6 @@ logger = logging.getLogger(__name__)
 
 #: What a held GET is answered when nothing came for a while, or when the server stops: the client polls again.
 HEARTBEAT = {"type": "heartbeat"}
-NARROW_OPERATORS = frozenset({"stream", "topic"})
 #: Filter sizes a registration may ask for: more than any real client needs, little enough that matching
 #: every event against every queue's filters stays cheap and a saved queue stays small.
 MAX_NARROW_TERMS = 20
@@ -135,11 +136,11 @@ def register_client(values: dict[str, Any], server: EventServer, user: User) -> 
         raise bad_request(str(e)) from None
 
 
-def check_filter_sizes(event_types: list[str] | None, narrow: list[list[str]]) -> None:
-    """BAD_REQUEST naming ``event_types`` or ``narrow`` if either is larger than ``MAX_*`` allow."""
+def check_filter_sizes(event_types: list[str] | None, narrow: list[list[str]], name: str = "event_types") -> None:
+    """BAD_REQUEST naming ``event_types`` (or ``name``) or ``narrow`` if either is larger than ``MAX_*`` allow."""
     if event_types is not None and (len(event_types) > MAX_EVENT_TYPES
                                     or any(len(t) > MAX_EVENT_TYPE_CHARS for t in event_types)):
-        raise bad_request(f"Invalid 'event_types' argument: at most {MAX_EVENT_TYPES} types "
+        raise bad_request(f"Invalid '{name}' argument: at most {MAX_EVENT_TYPES} types "
                           f"of at most {MAX_EVENT_TYPE_CHARS} characters each")
     if len(narrow) > MAX_NARROW_TERMS or any(len(operand) > MAX_NARROW_OPERAND_CHARS for _, operand in narrow):
         raise bad_request(f"Invalid 'narrow' argument: at most {MAX_NARROW_TERMS} terms "
@@ -156,9 +157,11 @@ def registration(values: dict[str, Any], server: EventServer, user: User) -> Cli
     if not isinstance(narrow, list) or not all(
             isinstance(term, list) and len(term) == 2 and all(isinstance(x, str) for x in term) for term in narrow):
         raise bad_request("Invalid 'narrow' argument: must be a list of [operator, operand] pairs")
-    for operator, _ in narrow:
-        if operator not in NARROW_OPERATORS:
+    for operator, operand in narrow:
+        if operator not in EVENT_NARROWS:
             raise bad_request(f"Invalid 'narrow' argument: unknown operator {excerpt(operator)!r}")
+        if operator == "is" and operand not in IS_OPERANDS:
+            raise bad_request(f"Invalid 'narrow' argument: unknown 'is' operand {excerpt(operand)!r}")
     check_filter_sizes(event_types, narrow)
     apply_markdown = values.get("apply_markdown", False)
     lifespan = values.get("queue_lifespan_secs") or server.settings.queue_lifespan_seconds  # 0: the default
@@ -391,13 +394,35 @@ class PublishingHandler(BaseHandler):
 
 
 class RegisterHandler(CoreHandler):
-    """POST /api/v1/register, /json/register: a new event queue for the caller."""
+    """POST /api/v1/register, /json/register: a new event queue for the caller, and the initial state of the
+    event types it fetches (``initial_state``); the parameters of Zulip's register that eventbus does not
+    implement are named in ``ignored_parameters_unsupported``."""
 
     rate_limit_category = rate_limit.REGISTER
+    #: The queue's parameters (``registration``), then those of the initial state.
+    STATE_FIELDS = ("fetch_event_types", "slim_presence", "include_subscribers")
 
     async def post(self) -> None:
+        fetch = self.event_types_arg("fetch_event_types")  # checked before a queue exists
+        slim, subscribers = self.bool_arg("slim_presence", False), self.bool_arg("include_subscribers", False)
         client = self.register()
-        self.success(queue_id=client.queue_id, last_event_id=-1, **self.server.initial_state(self.user))
+        request = StateRequest(client.event_types if fetch is ... else fetch, slim, subscribers)
+        state = await IOLoop.current().run_in_executor(None, self.server.start_state.fetch, self.user, request)
+        self.success(queue_id=client.queue_id, last_event_id=-1, **self.server.initial_state(self.user), **state,
+                     **ignored_parameters(self, (*REGISTER_FIELDS, *self.STATE_FIELDS)))
+
+    def event_types_arg(self, name: str) -> frozenset[str] | EllipsisType | None:
+        """A list of event types (``fetch_event_types``; null: all), ``...`` if absent; BAD_REQUEST naming a bad
+        one."""
+        if self.get_argument(name, None) is None:
+            return ...
+        types = self.json_arg(name)
+        if types is None:
+            return None
+        if not (isinstance(types, list) and all(isinstance(t, str) for t in types)):
+            raise bad_request(f"Invalid '{name}' argument: must be a list of strings")
+        check_filter_sizes(types, [], name)
+        return frozenset(types)
 
 
 class EventsHandler(CoreHandler):

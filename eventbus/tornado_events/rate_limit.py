@@ -25,9 +25,14 @@ REGISTER = "register"
 PRESENCE = "presence"
 #: Browser tracebacks (``/json/report/error``): each one may become an email to the administrators.
 ERROR_REPORTS = "error_reports"
-CATEGORIES = (API, REGISTER, PRESENCE, ERROR_REPORTS)
+#: Typing notifications (``POST /typing``): each one reaches every recipient's clients.
+TYPING = "typing"
+CATEGORIES = (API, REGISTER, PRESENCE, ERROR_REPORTS, TYPING)
 #: Browser error reports a user may send per minute (not a setting: nobody needs more).
 ERROR_REPORTS_RATE = (10, 60.0)
+#: Typing notifications a user may send per minute: a client sends a start every 10 s per conversation it
+#: composes in and a stop after 5 s idle (Zulip's protocol), so 60 is several busy compose boxes at once.
+TYPING_RATE = (60, 60.0)
 #: Development mode multiplies every limit by this: a developer reloading pages must not hit them.
 DEVELOPMENT_FACTOR = 10
 
@@ -84,7 +89,7 @@ class RateLimits:
         """The limits of ``EVENTBUS_RATE_LIMIT_*``, ``DEVELOPMENT_FACTOR`` times higher in development mode."""
         factor = DEVELOPMENT_FACTOR if settings.development else 1
         rates = {API: settings.rate_limit_api, REGISTER: settings.rate_limit_register,
-                 PRESENCE: settings.rate_limit_presence, ERROR_REPORTS: ERROR_REPORTS_RATE}
+                 PRESENCE: settings.rate_limit_presence, ERROR_REPORTS: ERROR_REPORTS_RATE, TYPING: TYPING_RATE}
         return cls({category: (count * factor, seconds) for category, (count, seconds) in rates.items()})
 
     def acquire(self, category: str, user_id: int) -> float:

@@ -35,6 +35,7 @@ from eventbus.contracts import (
     return_queue_name,
 )
 from eventbus.messages import MessageStore
+from eventbus.presence import PresenceStore
 from eventbus.queue import Broker, make_broker
 from eventbus.settings import Settings
 from eventbus.tornado_events.activity import ActivityRecorder
@@ -43,12 +44,17 @@ from eventbus.tornado_events.away import AwayNotifier
 from eventbus.tornado_events.clients import ClientRegistry
 from eventbus.tornado_events.event_queue import ClientDescriptor
 from eventbus.tornado_events.handlers import EventsHandler
+from eventbus.tornado_events.initial_state import InitialState
 from eventbus.tornado_events.rate_limit import RateLimits
 from eventbus.tornado_events.sockets import OpenSockets
 from eventbus.tornado_events.submissions import Submissions
 from eventbus.users import User
 
 logger = logging.getLogger(__name__)
+
+#: The Zulip API feature level whose behaviour eventbus follows (Zulip 10.0's, of the OpenAPI description the
+#: endpoints were checked against); README lists what below it is not served.
+ZULIP_FEATURE_LEVEL = 372
 
 #: Websocket close code: the server restarts (RFC 6455's registry).
 SERVICE_RESTART = 1012
@@ -72,6 +78,8 @@ class EventServer:
         self.away = AwayNotifier(self.registry, self.queue_client.publish_nowait)
         self.registry.after_last_queue_expired.append(self.away.on_queues_expired)
         self.messages = MessageStore(settings.database)
+        self.presence = PresenceStore(settings.database)
+        self.start_state = InitialState(self.messages, self.presence)
         self.rate_limits = RateLimits.from_settings(settings)
         self.sockets = OpenSockets()
         self.authenticator = Authenticator(settings, self.messages.users, self.sockets)
@@ -195,10 +203,11 @@ class EventServer:
 
     def server_settings(self) -> dict[str, Any]:
         """This server's version, as Zulip clients ask for it."""
-        return {"zulip_version": f"eventbus-{__version__}", "zulip_feature_level": 0}
+        return {"zulip_version": f"eventbus-{__version__}", "zulip_feature_level": ZULIP_FEATURE_LEVEL}
 
     def initial_state(self, user: User) -> dict[str, Any]:
-        """What register answers besides the queue: who the user is, and this server's version."""
+        """What register always answers besides the queue: who the user is, and this server's version (the state
+        of each event type the client fetches is ``start_state``'s)."""
         return {"user_id": user.id, "email": user.email, "full_name": user.full_name, **self.server_settings()}
 
     def statistics(self) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 from tornado.ioloop import IOLoop
 
-from eventbus.messages import MessageStore
 from eventbus.queue import Broker
 from eventbus.settings import Settings
 from eventbus.tornado_events.auth import Auth, Authenticator
@@ -120,39 +119,12 @@ def _unservable_is_404() -> Iterator[None]:
         raise tornado.web.HTTPError(404) from None
 
 
-class MeHandler(BaseHandler):
-    """GET /json/users/me: who is logged in."""
-
-    def get(self) -> None:
-        self.success(**self.user.public())
-
-
-class UsersHandler(BaseHandler):
-    """GET /json/users: every active user, as Zulip's ``members``."""
+class DevLoginHandler(BaseHandler):
+    """/accounts/login/dev, development mode only: GET lists the users, POST ``email`` logs in as that user."""
 
     def initialize(self, users: UserStore, **base: Any) -> None:
         super().initialize(**base)
         self.users = users
-
-    async def get(self) -> None:
-        users = await IOLoop.current().run_in_executor(None, self.users.all)
-        self.success(members=[user.public() for user in users if user.is_active])
-
-
-class StreamsHandler(BaseHandler):
-    """GET /json/streams: the streams the user is subscribed to."""
-
-    def initialize(self, messages: MessageStore, **base: Any) -> None:
-        super().initialize(**base)
-        self.messages = messages
-
-    async def get(self) -> None:
-        streams = await IOLoop.current().run_in_executor(None, self.messages.subscriptions, self.user.id)
-        self.success(streams=[{"stream_id": s.id, "name": s.name} for s in streams])
-
-
-class DevLoginHandler(UsersHandler):
-    """/accounts/login/dev, development mode only: GET lists the users, POST ``email`` logs in as that user."""
 
     async def get(self) -> None:
         users = await IOLoop.current().run_in_executor(None, self.users.all)
@@ -194,9 +166,6 @@ def web_handlers(server: EventServer, broker: Broker | None = None) -> list[Any]
     handlers: list[Any] = [
         (r"/", PageHandler, {**pages, "page": "chat.html"}),
         (r"/login", PageHandler, {**pages, "page": "login.html", "login_required": False}),
-        (r"/json/users", UsersHandler, session(users=server.messages.users)),
-        (r"/json/users/me", MeHandler, session()),
-        (r"/json/streams", StreamsHandler, session(messages=server.messages)),
         (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
     ]
     settings = server.settings

@@ -8,6 +8,14 @@ import { PollTransport, QueueState, SocketTransport } from "./transport.js";
 
 /** How often this page reports its own presence, in milliseconds. */
 const PRESENCE_INTERVAL = 50_000;
+/** A presence report older than this (seconds) means offline: the server's server_presence_offline_threshold. */
+const OFFLINE_THRESHOLD = 140;
+/** Zulip's typing protocol (the server's server_typing_* values), in milliseconds: a start again every
+ * TYPING_STARTED_WAIT while typing, a stop after TYPING_STOPPED_WAIT without input, and a typist not heard of
+ * for TYPING_STARTED_EXPIRY is forgotten. */
+const TYPING_STARTED_WAIT = 10_000;
+const TYPING_STOPPED_WAIT = 5_000;
+const TYPING_STARTED_EXPIRY = 15_000;
 /** Messages of one sender closer than this (seconds) are shown as one group. */
 const GROUP_SECONDS = 300;
 
@@ -17,6 +25,8 @@ const state = {
   streams: [], // [{stream_id, name}]
   messages: new Map(), // id -> message as shown (see toMessage)
   presence: new Map(), // user_id -> {status, timestamp}
+  typists: new Map(), // user_id -> timer that forgets them
+  typing: null, // what this page told the server it types to: {key, request, sentAt, stopTimer}
   narrow: { kind: "all" }, // {kind: "all"} | {kind: "stream", name} | {kind: "private"}
   historyLoaded: false,
   unseen: 0,
@@ -164,6 +174,8 @@ function onEvents(events) {
       messages.push(toMessage(event.message, event.flags));
     } else if (event.type === "presence") {
       onPresence(event);
+    } else if (event.type === "typing") {
+      onTyping(event);
     }
   }
   if (messages.length) {
@@ -225,6 +237,17 @@ function presenceOf(userId) {
   return state.presence.get(userId)?.status || "offline";
 }
 
+/** Everyone's presence at start (GET /json/realm/presence): a report older than the threshold is offline. */
+async function loadPresence() {
+  const { presences, server_timestamp: now } = await api("GET", "/json/realm/presence");
+  const byEmail = new Map([...state.users.values()].map((user) => [user.email, user.user_id]));
+  for (const [email, clients] of Object.entries(presences)) {
+    const userId = byEmail.get(email);
+    const { status, timestamp } = clients.aggregated;
+    if (userId !== undefined) presenceSeen(userId, now - timestamp > OFFLINE_THRESHOLD ? "offline" : status, timestamp);
+  }
+}
+
 /** Tell the server this user is here (POST /json/users/me/presence), while the server has that endpoint. */
 async function reportPresence() {
   const status = document.hidden || Date.now() - state.lastInput > PRESENCE_INTERVAL * 3 ? "idle" : "active";
@@ -234,6 +257,77 @@ async function reportPresence() {
     if (error.status === 404) return; // no presence endpoint on this server: only others' events show
   }
   setTimeout(reportPresence, PRESENCE_INTERVAL);
+}
+
+// -- typing --------------------------------------------------------------------------------------------
+
+/** A typing event: show "X is typing…" until its stop, or until no start came for a while. */
+function onTyping(event) {
+  const userId = event.sender.user_id;
+  if (userId === state.me.user_id) return;
+  clearTimeout(state.typists.get(userId));
+  if (event.op === "start") {
+    state.typists.set(userId, setTimeout(() => forgetTypist(userId), TYPING_STARTED_EXPIRY));
+  } else {
+    state.typists.delete(userId);
+  }
+  renderTyping();
+}
+
+function forgetTypist(userId) {
+  state.typists.delete(userId);
+  renderTyping();
+}
+
+function renderTyping() {
+  const names = [...state.typists.keys()].map((userId) => state.users.get(userId)?.full_name || "Someone");
+  const indicator = $("typing");
+  indicator.hidden = names.length === 0;
+  indicator.textContent = names.length === 1 ? `${names[0]} is typing…` : `${names.join(", ")} are typing…`;
+}
+
+/** The typing request for what is being composed (POST /json/typing's fields), or null when it names nobody. */
+function typingTarget() {
+  const request = composeRequest();
+  if (request.type === "stream") {
+    const stream = state.streams.find((s) => s.name === request.to);
+    return stream && request.topic ? { type: "stream", stream_id: stream.stream_id, topic: request.topic } : null;
+  }
+  const byEmail = new Map([...state.users.values()].map((user) => [user.email.toLowerCase(), user.user_id]));
+  const ids = JSON.parse(request.to).map((email) => byEmail.get(email.toLowerCase())).filter((id) => id);
+  return ids.length ? { type: "direct", to: JSON.stringify(ids) } : null;
+}
+
+function sendTyping(op, target) {
+  api("POST", "/json/typing", { op, ...target }).catch((error) => console.warn("eventbus: typing:", error.message));
+}
+
+/** Input in the compose box: a start now and every TYPING_STARTED_WAIT while it goes on (a new conversation
+ * stops the old one first), a stop after TYPING_STOPPED_WAIT without input. */
+function onComposeInput() {
+  const target = $("compose-content").value.trim() ? typingTarget() : null;
+  const key = target && JSON.stringify(target);
+  const typing = state.typing;
+  if (typing && typing.key !== key) stopTyping();
+  if (!target) return;
+  const now = Date.now();
+  if (!state.typing) {
+    state.typing = { key, target, sentAt: 0, stopTimer: null };
+  }
+  if (now - state.typing.sentAt >= TYPING_STARTED_WAIT) {
+    state.typing.sentAt = now;
+    sendTyping("start", target);
+  }
+  clearTimeout(state.typing.stopTimer);
+  state.typing.stopTimer = setTimeout(stopTyping, TYPING_STOPPED_WAIT);
+}
+
+function stopTyping() {
+  const typing = state.typing;
+  if (!typing) return;
+  state.typing = null;
+  clearTimeout(typing.stopTimer);
+  sendTyping("stop", typing.target);
 }
 
 // -- the sidebar ---------------------------------------------------------------------------------------
@@ -357,6 +451,7 @@ async function send(event) {
     const response = await transport.send(request);
     if (response.result === "success") {
       $("compose-content").value = "";
+      stopTyping();
     } else {
       showComposeError(response.msg || "The message was not sent.");
     }
@@ -373,18 +468,15 @@ async function main() {
   let members;
   let streams;
   try {
-    [me, { members }, { streams }] = await Promise.all([
-      api("GET", "/json/users/me"), api("GET", "/json/users"), api("GET", "/json/streams")]);
+    [me, { members }, { subscriptions: streams }] = await Promise.all([
+      api("GET", "/json/users/me"), api("GET", "/json/users"), api("GET", "/json/users/me/subscriptions")]);
   } catch (error) {
     if (error.status === 401) toLogin();
     else onStatusError(error);
     return;
   }
   state.me = me;
-  for (const user of members) {
-    state.users.set(user.user_id, user);
-    if (user.presence) presenceSeen(user.user_id, user.presence.status, user.presence.timestamp);
-  }
+  for (const user of members.filter((member) => member.is_active)) state.users.set(user.user_id, user);
   state.streams = streams;
   $("me").replaceChildren(avatar(me.user_id, me.full_name), el("span", { className: "name" }, me.full_name));
   renderStreams();
@@ -394,6 +486,7 @@ async function main() {
 
   $("compose").addEventListener("submit", send);
   $("compose-target").addEventListener("change", onTargetChange);
+  $("compose-content").addEventListener("input", onComposeInput);
   $("compose-content").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
@@ -431,6 +524,7 @@ async function main() {
 
   const wanted = new URLSearchParams(location.search).get("transport");
   startTransport(wanted === "longpoll" || !("WebSocket" in window) ? PollTransport : SocketTransport);
+  loadPresence().catch((error) => console.warn("eventbus: loading presence failed:", error.message));
   reportPresence();
 }
 
