@@ -38,6 +38,7 @@ from eventbus.tornado_events.handlers import (
     ServerSettingsHandler,
     handler_args,
 )
+from eventbus.tornado_events.proxies import ProxiedHTTPServer
 from eventbus.tornado_events.server import EventServer
 from eventbus.tornado_events.websocket import EventSocket
 from eventbus.web import web_handlers
@@ -95,8 +96,9 @@ def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> to
 
 def http_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
     """The HTTP server of ``app``: bodies over ``EVENTBUS_MAX_BODY_BYTES`` answered 413 unread, and bounded
-    in time, instead of Tornado's 100 MB buffered before any authentication."""
-    return HTTPServer(BodyLimit(app, settings.max_body_bytes), xheaders=False,
+    in time, instead of Tornado's 100 MB buffered before any authentication; client addresses from
+    ``EVENTBUS_TRUSTED_PROXIES`` only."""
+    return ProxiedHTTPServer(BodyLimit(app, settings.max_body_bytes), trusted_proxies=settings.trusted_proxies,
                       max_body_size=settings.max_body_bytes, max_buffer_size=settings.max_body_bytes + HEADER_BYTES,
                       body_timeout=BODY_TIMEOUT_SECONDS)
 

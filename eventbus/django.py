@@ -32,7 +32,7 @@ from eventbus.errors import BrokerError
 from eventbus.queue import check_queue_name, get_broker, queue_json_publish
 from eventbus.settings import Settings, set_settings
 from eventbus.tornado_events import send_event
-from eventbus.tornado_events.notify import Recipient, check_notice, notify_queue_name
+from eventbus.tornado_events.notify import NOTIFY_QUEUE, Recipient, check_notice
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def send_event_on_commit(event: dict[str, Any], user_ids: Iterable[Recipient], u
     users = list(user_ids)
     notice = {"event": event, "users": users}
     check_notice(notice)  # a bad event fails here, inside the view, not after the commit
-    transaction.on_commit(lambda: _publish(notify_queue_name(), notice, lambda: send_event(get_broker(), event, users)),
+    # A notice that cannot be published is kept for notify_tornado, which every shard consumes and routes.
+    transaction.on_commit(lambda: _publish(NOTIFY_QUEUE, notice, lambda: send_event(get_broker(), event, users)),
                           using=using)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from tornado.ioloop import IOLoop
 
-from eventbus.tornado_events.notify import MESSAGE_SENDER_QUEUE, return_queue_name
+from eventbus.tornado_events.notify import MESSAGE_SENDER_QUEUE
 from eventbus.users import User
 
 logger = logging.getLogger(__name__)
@@ -37,9 +37,10 @@ Publish = Callable[[str, Any], Awaitable[Any]]
 class Submissions:
     """The requests of one event process waiting for message_sender's answer. Use from the IOLoop only."""
 
-    def __init__(self, publish: Publish, server_id: str) -> None:
+    def __init__(self, publish: Publish, server_id: str, return_queue: str) -> None:
         self.publish = publish
         self.server_id = server_id
+        self.return_queue = return_queue
         self.pending: dict[str, Responder] = {}
         self.request_timeout = REQUEST_TIMEOUT_SECONDS
 
@@ -58,7 +59,7 @@ class Submissions:
         try:
             await self.publish(MESSAGE_SENDER_QUEUE, {
                 "request_id": request_id, "server_id": self.server_id,
-                "return_queue": return_queue_name(self.server_id),
+                "return_queue": self.return_queue,
                 "user_id": user.id, "request": request, **tags,
             })
         except Exception:
