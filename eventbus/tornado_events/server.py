@@ -73,6 +73,10 @@ class EventServer:
         self.rate_limits = RateLimits.from_settings(settings)
         self.sockets = OpenSockets()
         self.authenticator = Authenticator(settings, self.messages.users, self.sockets)
+        if self.sharding.sharded and not settings.shared_secret:
+            logger.error("shard %d of %d without a shared_secret in %s: CSRF tokens of another shard fail here, "
+                         "and requests handed over count twice against rate limits", self.shard,
+                         self.sharding.count, settings.secrets_file)
         self.handover = Handover(self.sharding, self.shard, settings.shared_secret, settings.heartbeat_seconds)
         self.submissions = Submissions(self.queue_client.publish, settings.server_id, settings.return_queue)
         self.activity = ActivityRecorder(self.queue_client.publish_nowait, settings.slow_request_seconds)
