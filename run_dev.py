@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Starts the whole eventbus system for development, on one machine, with one command.
 
-    ./run_dev.py [--port 9991] [--all-in-one] [--streamlined] [--memory-broker]
+    ./run_dev.py [--port 9991] [--all-in-one] [--streamlined] [--memory-broker] [--shards N]
 
 It installs the Python dependencies when they are missing (and RabbitMQ with
 apt-get when run as root), then starts: RabbitMQ (the one at
@@ -9,7 +9,9 @@ EVENTBUS_AMQP_URL when it answers, else a private node under var/rabbitmq),
 the Tornado server (API, websocket and pages on one port), every queue
 processor (a process each, or threads of one with --all-in-one), an SMTP
 sink, the email mirror receiver and a push gateway stand-in. Without any
-RabbitMQ it runs everything in one process on the in-process broker.
+RabbitMQ it runs everything in one process on the in-process broker. With
+``--shards N`` it runs N Tornado shards behind nginx (Debian's package, run
+as a process of its own with its files under var/nginx), nginx on the port.
 
 Every output line is prefixed with its process's name. Code changes restart
 the processes they concern. Ctrl-C or SIGTERM stops everything, the private
@@ -27,6 +29,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -34,6 +37,8 @@ ROOT = Path(__file__).resolve().parent
 REQUIRED = ("tornado", "pika", "ujson", "cmarkgfm", "aiosmtpd", "prometheus_client", "eventbus")
 COLOURS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[91m", "\033[96m", "\033[93m"]
 RESET = "\033[0m"
+#: Where Debian's package puts nginx (not on a non-root PATH).
+NGINX = "/usr/sbin/nginx"
 #: Development users: (email, full name); everyone is subscribed to every development stream.
 DEV_USERS = [("iago@example.com", "Iago"), ("othello@example.com", "Othello"),
              ("desdemona@example.com", "Desdemona"), ("cordelia@example.com", "Cordelia")]
@@ -179,6 +184,49 @@ def create_dev_data(database: Path) -> None:
         store.create_stream(stream, user_ids)
 
 
+def shard_count(requested: int, memory: bool) -> int:
+    """How many Tornado shards can run: several need RabbitMQ and nginx; else one, saying why."""
+    if requested <= 1:
+        return 1
+    if memory:
+        say("run_dev", "several shards need RabbitMQ: running one Tornado process on the in-process broker")
+        return 1
+    if not shutil.which("nginx") and not Path(NGINX).exists():
+        say("run_dev", "several shards need nginx in front (sudo apt-get install -y nginx): running one shard")
+        return 1
+    return requested
+
+
+def sharded(env: dict[str, str], shards: int, var: Path) -> dict[str, str]:
+    """The environment of ``shards`` shards on free ports, behind nginx (trusted for client addresses)."""
+    from eventbus.queue.rabbitmq_node import free_port
+
+    listed = ",".join(f"127.0.0.1:{free_port()}" for _ in range(shards))
+    return {**env, "EVENTBUS_TORNADO_SHARDS": listed, "EVENTBUS_TRUSTED_PROXIES": "127.0.0.1",
+            "EVENTBUS_NGINX_PREFIX": str(var / "nginx")}
+
+
+def tornado_children(args: argparse.Namespace, env: dict[str, str], colours: Iterator[str]) -> list[Child]:
+    """The Tornado process on the port; or, sharded, one per shard and nginx on the port in front of them."""
+    python = sys.executable
+    if "EVENTBUS_TORNADO_SHARDS" not in env:
+        return [Child("tornado", [python, "-m", "eventbus", "runtornado", "--port", str(args.port)], env, TORNADO,
+                      next(colours))]
+    from eventbus import nginx
+    from eventbus.settings import Settings
+
+    settings = Settings.from_env(env)
+    prefix = Path(env["EVENTBUS_NGINX_PREFIX"])
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(nginx.standalone_conf(settings, f"127.0.0.1:{args.port}", prefix))
+    shards = [Child(f"tornado-{n}", [python, "-m", "eventbus", "runtornado", f"--shard={n}"], env, TORNADO,
+                    next(colours)) for n in range(settings.sharding.count)]
+    proxy = Child("nginx", [shutil.which("nginx") or NGINX, "-p", str(prefix), "-c", str(conf),
+                            "-e", str(prefix / "error.log")], env, frozenset(), next(colours))
+    return [*shards, proxy]
+
+
 def plan(args: argparse.Namespace, env: dict[str, str], memory: bool, ports: dict[str, int]) -> list[Child]:
     python = sys.executable
     colours = iter(COLOURS * 8)
@@ -186,8 +234,7 @@ def plan(args: argparse.Namespace, env: dict[str, str], memory: bool, ports: dic
         return [Child("eventbus", [python, "-m", "eventbus.devtools.embedded", "--port", str(args.port),
                                    "--push-port", str(ports["push"])], env, ALL_GROUPS, next(colours))]
     children = [
-        Child("tornado", [python, "-m", "eventbus", "runtornado", "--port", str(args.port)], env, TORNADO,
-              next(colours)),
+        *tornado_children(args, env, colours),
         Child("devtools", [python, "-m", "eventbus.devtools", "--smtp-port", str(ports["smtp"]),
                            "--push-port", str(ports["push"])], env, DEVTOOLS, next(colours)),
         Child("email-mirror", [python, "-m", "eventbus", "email_mirror_server", "--port", str(ports["mirror"])],
@@ -210,6 +257,8 @@ def main() -> int:
     parser.add_argument("--all-in-one", action="store_true", help="every queue processor as a thread of one process")
     parser.add_argument("--streamlined", action="store_true", help="no queue processors")
     parser.add_argument("--memory-broker", action="store_true", help="no RabbitMQ: everything in one process")
+    parser.add_argument("--shards", type=int, default=1, metavar="N",
+                        help="N Tornado shards behind nginx (default 1: one Tornado process, no nginx)")
     args = parser.parse_args()
     ensure_python_packages()
     from eventbus.queue.rabbitmq_node import free_port
@@ -238,6 +287,9 @@ def main() -> int:
         else:
             memory = True
     env["EVENTBUS_BROKER"] = "memory" if memory else "amqp"
+    shards = shard_count(args.shards, memory)
+    if shards > 1:
+        env = sharded(env, shards, var)
 
     os.environ.update({k: v for k, v in env.items() if k.startswith("EVENTBUS_")})
     from eventbus.settings import get_settings
@@ -251,7 +303,8 @@ def main() -> int:
         for child in children:
             child.start()
         say("run_dev", f"eventbus is running: http://127.0.0.1:{args.port}/ "
-                       f"({'in-process broker' if memory else 'RabbitMQ'}, {len(children)} processes)")
+                       f"({'in-process broker' if memory else 'RabbitMQ'}, {len(children)} processes"
+                       + (f", {shards} Tornado shards behind nginx)" if shards > 1 else ")"))
         say("run_dev", f"log in at http://127.0.0.1:{args.port}/login as any of: "
                        + ", ".join(email for email, _ in DEV_USERS))
         mirror = "" if memory else f"; mail to streams: SMTP 127.0.0.1:{ports['mirror']}"

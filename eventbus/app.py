@@ -45,6 +45,7 @@ from eventbus.tornado_events.message_actions import (
     MessageHandler,
     ReactionsHandler,
 )
+from eventbus.tornado_events.proxies import ProxiedHTTPServer
 from eventbus.tornado_events.server import EventServer
 from eventbus.tornado_events.typing_notices import TypingHandler
 from eventbus.tornado_events.users_api import OwnUserHandler, RealmPresenceHandler, UserHandler, UsersHandler
@@ -131,8 +132,9 @@ def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> to
 
 def http_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
     """The HTTP server of ``app``: bodies over ``EVENTBUS_MAX_BODY_BYTES`` answered 413 unread, and bounded
-    in time, instead of Tornado's 100 MB buffered before any authentication."""
-    return HTTPServer(BodyLimit(app, settings.max_body_bytes), xheaders=False,
+    in time, instead of Tornado's 100 MB buffered before any authentication; client addresses from
+    ``EVENTBUS_TRUSTED_PROXIES`` only."""
+    return ProxiedHTTPServer(BodyLimit(app, settings.max_body_bytes), trusted_proxies=settings.trusted_proxies,
                       max_body_size=settings.max_body_bytes, max_buffer_size=settings.max_body_bytes + HEADER_BYTES,
                       body_timeout=BODY_TIMEOUT_SECONDS)
 

@@ -102,9 +102,28 @@ def cmd_check_consumers(args: argparse.Namespace) -> int:
 
 def cmd_supervisor_conf(args: argparse.Namespace) -> int:
     from eventbus.processors.supervisor import supervisor_conf
+    from eventbus.settings import get_settings
 
     path = shutil.which("eventbus") or os.path.abspath(sys.argv[0])
-    print(supervisor_conf(registered_queues(), path, args.log_dir, args.user), end="")
+    print(supervisor_conf(registered_queues(), path, args.log_dir, args.user, get_settings().sharding.count), end="")
+    return 0
+
+
+def cmd_nginx_conf(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from eventbus import nginx
+    from eventbus.settings import get_settings
+
+    settings = get_settings()
+    if args.standalone:
+        text = nginx.standalone_conf(settings, args.listen, Path(args.standalone).resolve())
+    else:
+        text = nginx.http_conf(settings, args.listen, args.server_name)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
     return 0
 
 
@@ -132,7 +151,14 @@ def cmd_runtornado(args: argparse.Namespace) -> int:
     from eventbus.settings import get_settings
 
     settings = get_settings()
-    asyncio.run(serve(settings, args.port or settings.port, args.host))
+    if args.shard is not None:
+        settings = settings.replace(tornado_shard=args.shard)
+        settings.validate()
+    port, host = settings.port, "127.0.0.1"
+    if settings.sharding.sharded:  # a shard listens where the sharding says it does
+        shard = settings.sharding.shard(settings.tornado_shard)
+        port, host = shard.port, shard.host
+    asyncio.run(serve(settings, args.port or port, args.host or host))
     return 0
 
 
@@ -239,8 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("queue", metavar="NAME")
 
     tornado = command("runtornado", "run the Tornado event server")
-    tornado.add_argument("--port", type=int, default=None, help="port to listen on (default EVENTBUS_PORT, 9993)")
-    tornado.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    tornado.add_argument("--port", type=int, default=None,
+                         help="port to listen on (default: the shard's in EVENTBUS_TORNADO_SHARDS, else EVENTBUS_PORT)")
+    tornado.add_argument("--host", default=None,
+                         help="address to listen on (default: the shard's in EVENTBUS_TORNADO_SHARDS, else 127.0.0.1)")
+    tornado.add_argument("--shard", type=int, default=None, metavar="N",
+                         help="which shard of EVENTBUS_TORNADO_SHARDS this process is (default EVENTBUS_TORNADO_SHARD)")
+
+    proxy = command("nginx_conf", "print the nginx configuration that routes requests to the Tornado shards")
+    proxy.add_argument("--listen", default="80", help="nginx's listen address (default 80)")
+    proxy.add_argument("--server-name", default="_", help="nginx's server_name (default _: any)")
+    proxy.add_argument("--standalone", metavar="PREFIX",
+                       help="a whole configuration keeping its files under PREFIX, for nginx -p PREFIX (development)")
+    proxy.add_argument("--output", metavar="FILE", help="write it to FILE instead of standard output")
 
     user = command("create_user", "create a user and print its API key as JSON")
     user.add_argument("email")

@@ -48,9 +48,9 @@ from eventbus.validation import EXCERPT_CHARS, MAX_ID, excerpt, is_id
 
 # -- queue names ---------------------------------------------------------------------------
 
-#: Events for the Tornado process's clients (``send_event``); ``notify_queue_name`` says which process's.
+#: Events for the Tornado process's clients (``send_event``); a shard's queue adds ``_<n>`` (eventbus.sharding).
 NOTIFY_TORNADO = "notify_tornado"
-#: Processors' answers to requests a Tornado process submitted; ``return_queue_name`` says whose.
+#: Processors' answers to requests a Tornado process submitted; a shard's adds ``_<n>`` (eventbus.sharding).
 TORNADO_RETURN = "tornado_return"
 MESSAGE_SENDER = "message_sender"
 USER_ACTIVITY = "user_activity"
@@ -90,16 +90,6 @@ def check_queue_name(queue: str) -> str:
             "not starting with '.', ':' or '-'"
         )
     return queue
-
-
-def notify_queue_name(server_id: str | None = None) -> str:
-    """The queue the Tornado process ``server_id`` consumes (one process today: one queue)."""
-    return NOTIFY_TORNADO
-
-
-def return_queue_name(server_id: str) -> str:
-    """The queue where processors put their answers for the Tornado process ``server_id``."""
-    return TORNADO_RETURN if server_id == "tornado" else f"{TORNADO_RETURN}.{server_id}"
 
 
 # -- checking fields -----------------------------------------------------------------------

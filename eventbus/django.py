@@ -28,7 +28,7 @@ from django.conf import settings as django_settings
 from django.db import transaction
 
 from eventbus import codec
-from eventbus.contracts import Notice, Recipient, notify_queue_name
+from eventbus.contracts import NOTIFY_TORNADO, Notice, Recipient
 from eventbus.errors import BrokerError
 from eventbus.queue import check_queue_name, get_broker, queue_json_publish
 from eventbus.settings import Settings, set_settings
@@ -48,7 +48,8 @@ def queue_event_on_commit(queue_name: str, event: Any, using: str | None = None)
 def send_event_on_commit(event: dict[str, Any], user_ids: Iterable[Recipient], using: str | None = None) -> None:
     """``send_event(event, user_ids)`` through the process's broker once the current transaction commits."""
     notice = Notice.of(event, user_ids)  # a bad event fails here, inside the view, not after the commit
-    transaction.on_commit(lambda: _publish(notify_queue_name(), notice.event(),
+    # A notice that cannot be published is kept for notify_tornado, which every shard consumes and routes.
+    transaction.on_commit(lambda: _publish(NOTIFY_TORNADO, notice.event(),
                                            lambda: send_event(get_broker(), notice.client_event, notice.users)),
                           using=using)
 

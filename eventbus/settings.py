@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import ipaddress
 import math
 import os
 import threading
@@ -22,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from eventbus.errors import ConfigurationError
+from eventbus.sharding import Sharding
 
 #: Guest on loopback is what a fresh rabbitmq-server accepts.
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -51,6 +53,11 @@ class Settings:
     #: The Tornado server: its port, and a name that tags what it asks of the processors.
     port: int = 9993
     server_id: str = "tornado"
+    #: The Tornado shards and which users each owns (see eventbus.sharding), and which one this process is.
+    sharding: Sharding = dataclasses.field(default_factory=Sharding)
+    tornado_shard: int = 0
+    #: Addresses of the proxies (nginx) whose X-Forwarded-For / X-Real-IP name the client; none: never trusted.
+    trusted_proxies: tuple[str, ...] = ()
     #: A held long-poll gets a heartbeat event after this many seconds (+-10%, see ClientRegistry.send_heartbeats).
     heartbeat_seconds: float = 50.0
     #: Event queues idle longer than their lifespan are collected this often.
@@ -125,6 +132,10 @@ class Settings:
             database_setting=_path(env, "EVENTBUS_DATABASE"),
             port=int(_number(env, "EVENTBUS_PORT", cls.port)),
             server_id=env.get("EVENTBUS_SERVER_ID", cls.server_id),
+            sharding=Sharding.parse(env.get("EVENTBUS_TORNADO_SHARDS", ""),
+                                    env.get("EVENTBUS_TORNADO_SHARD_OVERRIDES", "")),
+            tornado_shard=int(_number(env, "EVENTBUS_TORNADO_SHARD", cls.tornado_shard)),
+            trusted_proxies=_names(env, "EVENTBUS_TRUSTED_PROXIES"),
             heartbeat_seconds=_number(env, "EVENTBUS_HEARTBEAT_SECONDS", cls.heartbeat_seconds),
             queue_gc_seconds=_number(env, "EVENTBUS_QUEUE_GC_SECONDS", cls.queue_gc_seconds),
             queue_lifespan_seconds=_number(env, "EVENTBUS_QUEUE_LIFESPAN_SECONDS", cls.queue_lifespan_seconds),
@@ -203,6 +214,15 @@ class Settings:
             raise ConfigurationError(f"EVENTBUS_SMTP_TLS must be none, starttls or ssl, not {self.smtp_tls!r}")
         if not 0 < self.port < 65536:
             raise ConfigurationError(f"EVENTBUS_PORT must be a TCP port, not {self.port}")
+        if not (self.tornado_shard == int(self.tornado_shard) and 0 <= self.tornado_shard < self.sharding.count):
+            raise ConfigurationError(f"EVENTBUS_TORNADO_SHARD must be a shard number from 0 to "
+                                     f"{self.sharding.count - 1} (EVENTBUS_TORNADO_SHARDS), not {self.tornado_shard!r}")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_address(proxy)
+            except ValueError:
+                raise ConfigurationError("EVENTBUS_TRUSTED_PROXIES must be IP addresses separated by commas, "
+                                         f"not {proxy!r}") from None
         for module in self.processor_modules:
             if not all(part.isidentifier() for part in module.split(".")):
                 raise ConfigurationError("EVENTBUS_PROCESSOR_MODULES must be comma-separated module names "
@@ -227,6 +247,19 @@ class Settings:
     def secure_cookies(self) -> bool:
         """Cookies go over https only when the site is served over https."""
         return urllib.parse.urlsplit(self.site_url).scheme == "https"
+
+    @property
+    def notify_queue(self) -> str:
+        """The notify queue of this process's shard (``notify_tornado`` without sharding)."""
+        return self.sharding.notify_queue(self.tornado_shard)
+
+    @property
+    def return_queue(self) -> str:
+        """The return queue of this process's shard; without sharding ``tornado_return``, or
+        ``tornado_return.<server id>`` for a process with a server id of its own."""
+        if self.sharding.sharded or self.server_id == "tornado":
+            return self.sharding.return_queue(self.tornado_shard)
+        return f"{self.sharding.return_queue(0)}.{self.server_id}"
 
     @property
     def database(self) -> Path:

@@ -7,7 +7,7 @@ import base64
 import threading
 import urllib.parse
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from tornado.httpserver import HTTPServer
@@ -95,10 +95,16 @@ class ServerThread:
         return f"http://127.0.0.1:{self.port}{path}"
 
 
+class Served(Protocol):
+    """Where an event server answers: a ``ServerThread``, or shards behind nginx (tests/shards.py)."""
+
+    def url(self, path: str) -> str: ...
+
+
 class Api:
     """Async calls to the server as one user, with HTTP Basic auth (``/api/v1``)."""
 
-    def __init__(self, server: ServerThread, user: User | None, prefix: str = "/api/v1") -> None:
+    def __init__(self, server: Served, user: User | None, prefix: str = "/api/v1") -> None:
         self.server = server
         self.user = user
         self.prefix = prefix

@@ -23,6 +23,7 @@ from eventbus.queue.rabbitmq_node import free_port
 from eventbus.settings import Settings
 from eventbus.users import UserStore
 from tests.conftest import wait_for
+from tests.shards import require_nginx
 from tests.workers import ROOT
 
 
@@ -58,6 +59,15 @@ def call(url: str, email: str, api_key: str, data: dict[str, str] | None = None)
         return e.code, json.loads(e.read())
 
 
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 (behind nginx, once a shard is up)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:  # refused, or nginx's 502 while no shard listens yet
+        return False
+
+
 def run_system(tmp_path: Path, *flags: str, amqp_url: str | None = None) -> None:
     """Start run_dev.py, send a message through it, stop it; check nothing is left running."""
     port = free_port()
@@ -71,11 +81,10 @@ def run_system(tmp_path: Path, *flags: str, amqp_url: str | None = None) -> None
         process = subprocess.Popen([sys.executable, str(ROOT / "run_dev.py"), "--port", str(port), *flags],
                                    env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        wait_for(lambda: f"listening on http://127.0.0.1:{port}" in log.read_text(), timeout=60,
-                 what="the web server")
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: answers(f"{base}/api/v1/server_settings"), timeout=60, what="the web server")
         iago = UserStore(Settings(var_dir=var).database).get_by_email("iago@example.com")
         assert iago is not None, "run_dev creates the development users"
-        base = f"http://127.0.0.1:{port}"
         status, body = call(f"{base}/api/v1/messages", iago.email, iago.api_key,
                             {"type": "stream", "to": "Denmark", "topic": "run_dev", "content": "it **works**"})
         assert (status, body["result"]) == (200, "success"), body
@@ -104,6 +113,12 @@ def test_run_dev_on_the_in_process_broker(tmp_path: Path) -> None:
 
 def test_run_dev_with_rabbitmq(tmp_path: Path, settings: Settings, rabbitmq_node: Any) -> None:
     run_system(tmp_path, "--all-in-one", amqp_url=settings.amqp_url)
+
+
+def test_run_dev_with_two_shards_behind_nginx(tmp_path: Path, settings: Settings, rabbitmq_node: Any) -> None:
+    require_nginx()
+    run_system(tmp_path, "--all-in-one", "--shards", "2", amqp_url=settings.amqp_url)
+    assert "2 Tornado shards behind nginx" in (tmp_path / "run_dev.log").read_text()
 
 
 @pytest.mark.parametrize("flag", ["--help"])

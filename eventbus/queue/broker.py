@@ -57,6 +57,21 @@ class Broker(ABC):
         if bodies:
             self.publish_bodies(queue, bodies)
 
+    def publish_routed(self, routed: Iterable[tuple[str, Any]]) -> None:
+        """Publish each (queue, event), in order; returns once the broker has them all.
+
+        ``publish_many`` over several queues: one round trip of confirms for
+        the lot, and nothing published if one event is not JSON.
+        """
+        bodies = [(check_queue_name(queue), codec.encode(event)) for queue, event in routed]
+        if bodies:
+            self.publish_routed_bodies(bodies)
+
+    def publish_routed_bodies(self, routed: list[tuple[str, bytes]]) -> None:
+        """Publish already encoded (queue, body) pairs in order (a broker with pipelined confirms overrides it)."""
+        for queue, body in routed:
+            self.publish_bodies(queue, [body])
+
     def publish_later(self, queue: str, events: Iterable[Any], delay: float) -> None:
         """Publish events that reach ``queue`` after ``delay`` seconds (retries use this).
 

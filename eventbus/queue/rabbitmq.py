@@ -51,6 +51,9 @@ class RabbitMQBroker(Broker):
     def publish_bodies(self, queue: str, bodies: list[bytes]) -> None:
         self._publisher().publish_many(queue, bodies)
 
+    def publish_routed_bodies(self, routed: list[tuple[str, bytes]]) -> None:
+        self._publisher().publish_routed(routed)
+
     def tornado_client(self, name: str = "tornado") -> TornadoClient:
         return TornadoQueueClient(self.settings, error_store=self.error_store, name=name)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,10 +31,12 @@ class ClientRegistry:
     """The clients of this process, by queue id and by user."""
 
     def __init__(self, max_queue_events: int = 10_000, max_queue_bytes: int = 4 * 1024 * 1024,
-                 max_queues_per_user: int = 100) -> None:
+                 max_queues_per_user: int = 100, new_queue_id: Callable[[], str] | None = None) -> None:
         self.max_queue_events = max_queue_events
         self.max_queue_bytes = max_queue_bytes
         self.max_queues_per_user = max_queues_per_user
+        #: Makes the id of each new queue: a bare uuid, or one naming this process's shard (``Sharding``).
+        self.new_queue_id = new_queue_id or (lambda: str(uuid.uuid4()))
         self._clients: dict[str, ClientDescriptor] = {}
         self._by_user: defaultdict[int, dict[str, ClientDescriptor]] = defaultdict(dict)
         self.after_last_queue_expired: list[ExpiryHook] = []

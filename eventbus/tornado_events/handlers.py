@@ -48,6 +48,7 @@ from eventbus.tornado_events.activity import ActivityRecorder
 from eventbus.tornado_events.auth import Auth, Authenticator
 from eventbus.tornado_events.clients import TooManyQueues
 from eventbus.tornado_events.event_queue import EVENT_NARROWS, IS_OPERANDS, ClientDescriptor, QueuedEvent
+from eventbus.tornado_events.handover import ANSWER_HEADERS, FORWARDED_HEADER, Unreachable
 from eventbus.tornado_events.initial_state import StateRequest
 from eventbus.tornado_events.rate_limit import RateLimits
 from eventbus.tornado_events.submissions import Publish, Submissions
@@ -105,6 +106,12 @@ def check_last_event_id(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= MAX_ID:
         raise bad_request(f"Invalid 'last_event_id' argument: must be an integer from -1 to {MAX_ID}")
     return value
+
+
+def wrong_shard(shard: int, what: str) -> ApiError:
+    """The answer to a request for another shard's queue that cannot be handed over: where it belongs."""
+    return ApiError(421, "WRONG_SHARD", f"{what} belongs to shard {shard}: reconnect with shard={shard}",
+                    shard=shard)
 
 
 def rate_limit_hit(retry_after: float, **extra: Any) -> ApiError:
@@ -176,6 +183,7 @@ def registration(values: dict[str, Any], server: EventServer, user: User) -> Cli
         narrow=tuple((op, arg) for op, arg in narrow),
         apply_markdown=apply_markdown,
         lifespan=float(min(lifespan, server.settings.max_queue_lifespan_seconds)),
+        queue_id=server.registry.new_queue_id(),
     )
 
 
@@ -227,6 +235,8 @@ class BaseHandler(JsonErrors):
     user: User
     #: The per-user limit an authenticated request here counts against (a category of ``RateLimits``).
     rate_limit_category = rate_limit.API
+    #: Set when the request was handed over to the shard owning its queue, which answered it.
+    handed_over = False
 
     def _initialize_base(self, authenticator: Authenticator, rate_limits: RateLimits, activity: ActivityRecorder,
                          auth: Auth = Auth.API) -> None:
@@ -256,12 +266,17 @@ class BaseHandler(JsonErrors):
         if user is None:
             raise ApiError(401, "UNAUTHORIZED", "Not logged in: API authentication or user session required")
         self.user = user
-        if self.counts_against_rate_limit():
+        if self.counts_against_rate_limit() and not self.counted_by_another_shard():
             check_rate_limit(self.rate_limits, self.rate_limit_category, user)
 
     def counts_against_rate_limit(self) -> bool:
         """Whether this authenticated request counts against its user's rate limit (all do, unless told)."""
         return True
+
+    def counted_by_another_shard(self) -> bool:
+        """Whether another shard handed this request over, having counted it already (its header holds the
+        shared secret: a client cannot skip its limit by setting it)."""
+        return self.authenticator.secret_ok(self.request.headers.get(FORWARDED_HEADER, ""))
 
     #: Held long-polls are slow by design: they are not reported as slow requests.
     slow_requests_reported = True
@@ -269,7 +284,7 @@ class BaseHandler(JsonErrors):
     def on_finish(self) -> None:
         """Every authenticated API request is recorded as a user_activity event; a slow one is reported too."""
         user = getattr(self, "user", None)
-        if user is not None and self.auth in (Auth.API, Auth.SESSION):
+        if user is not None and self.auth in (Auth.API, Auth.SESSION) and not self.handed_over:
             self.activity.record(user, self)
         if self.slow_requests_reported:
             self.activity.report_if_slow(self, user)
@@ -382,6 +397,37 @@ class CoreHandler(BaseHandler):
             raise bad_queue(queue_id)
         return client
 
+    def queue_shard(self) -> int:
+        """The shard the ``queue_id`` argument names; BAD_EVENT_QUEUE_ID for an id no shard made."""
+        queue_id = self.arg("queue_id")
+        shard = self.server.sharding.shard_of_queue(queue_id)
+        if shard is None:
+            raise bad_queue(queue_id)
+        return shard
+
+    async def hand_over_unless_mine(self, shard: int) -> bool:
+        """Whether this request belongs to shard ``shard``, not this one, and was answered by it (see
+        ``handover``): WRONG_SHARD if it was handed over already, SHARD_UNAVAILABLE (503) if it is down."""
+        if shard == self.server.shard:
+            return False
+        if FORWARDED_HEADER in self.request.headers:
+            logger.warning("%s %s handed over to shard %d, which says shard %d owns it: is the sharding the same "
+                           "everywhere?", self.request.method, excerpt(self.request.path), self.server.shard, shard)
+            raise wrong_shard(shard, "This request")
+        try:
+            answer = await self.server.handover.forward(self.request, shard)
+        except Unreachable as e:
+            logger.warning("cannot hand %s %s over: %s", self.request.method, excerpt(self.request.path), e)
+            raise ApiError(503, "SHARD_UNAVAILABLE", f"The server of this queue (shard {shard}) is not answering; "
+                           "try again shortly", shard=shard) from None
+        self.handed_over = True
+        self.set_status(answer.code, answer.reason)
+        for name in ANSWER_HEADERS:
+            for value in answer.headers.get_list(name):
+                self.add_header(name, value)
+        self.finish(answer.body)
+        return True
+
 
 class PublishingHandler(BaseHandler):
     """A handler that puts what it is sent on a queue: handed the queue client's ``publish``."""
@@ -405,6 +451,8 @@ class RegisterHandler(CoreHandler):
     async def post(self) -> None:
         fetch = self.event_types_arg("fetch_event_types")  # checked before a queue exists
         slim, subscribers = self.bool_arg("slim_presence", False), self.bool_arg("include_subscribers", False)
+        if await self.hand_over_unless_mine(self.server.sharding.shard_for(self.user.id)):
+            return
         client = self.register()
         request = StateRequest(client.event_types if fetch is ... else fetch, slim, subscribers)
         state = await IOLoop.current().run_in_executor(None, self.server.start_state.fetch, self.user, request)
@@ -464,6 +512,9 @@ class EventsHandler(CoreHandler):
         return self.request.method == "GET" and self.get_argument("queue_id", None) is None
 
     async def get(self) -> None:
+        shard = self.server.sharding.shard_for(self.user.id) if self.registers() else self.queue_shard()
+        if await self.hand_over_unless_mine(shard):
+            return
         client = self.register() if self.registers() else self.client()
         last_event_id = self.arg("last_event_id", int, None)
         dont_block = self.bool_arg("dont_block", False)
@@ -539,6 +590,8 @@ class EventsHandler(CoreHandler):
         return True
 
     async def delete(self) -> None:
+        if await self.hand_over_unless_mine(self.queue_shard()):
+            return
         client = self.client()
         self.server.registry.remove(client, "the queue was deleted")
         self.success()
@@ -683,11 +736,12 @@ class PresenceHandler(PublishingHandler):
 
 
 class NotifyHandler(CoreHandler):
-    """POST /api/internal/notify_tornado: send_event over HTTP, for producers without RabbitMQ."""
+    """POST /api/internal/notify_tornado: send_event over HTTP, for producers without RabbitMQ; recipients of
+    other shards get it through their notify queues (``EventServer.route``)."""
 
-    def post(self) -> None:
+    async def post(self) -> None:
         try:
-            delivered = self.server.notify(codec.decode(self.get_body_argument("data", "")))
+            delivered = await self.server.route(codec.decode(self.get_body_argument("data", "")))
         except (ValueError, EventEncodingError) as e:
             raise bad_request(f"Invalid 'data' argument: {excerpt(str(e))}") from None
         self.success(delivered=delivered)

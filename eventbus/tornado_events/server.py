@@ -30,9 +30,8 @@ from eventbus import __version__
 from eventbus.accounts import deactivated_user
 from eventbus.contracts import (
     MESSAGE_SENDER,
+    NOTIFY_TORNADO,
     Notice,
-    notify_queue_name,
-    return_queue_name,
 )
 from eventbus.messages import MessageStore
 from eventbus.presence import PresenceStore
@@ -44,7 +43,9 @@ from eventbus.tornado_events.away import AwayNotifier
 from eventbus.tornado_events.clients import ClientRegistry
 from eventbus.tornado_events.event_queue import ClientDescriptor
 from eventbus.tornado_events.handlers import EventsHandler
+from eventbus.tornado_events.handover import Handover
 from eventbus.tornado_events.initial_state import InitialState
+from eventbus.tornado_events.notify import split_notice
 from eventbus.tornado_events.rate_limit import RateLimits
 from eventbus.tornado_events.sockets import OpenSockets
 from eventbus.tornado_events.submissions import Submissions
@@ -71,8 +72,10 @@ class EventServer:
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
+        self.shard = settings.tornado_shard
+        self.sharding = settings.sharding
         self.registry = ClientRegistry(settings.max_queue_events, settings.max_queue_bytes,
-                                       settings.max_queues_per_user)
+                                       settings.max_queues_per_user, lambda: self.sharding.new_queue_id(self.shard))
         self.broker = broker if broker is not None else make_broker(settings)
         self.queue_client = self.broker.tornado_client(name=f"tornado {settings.server_id}")
         self.away = AwayNotifier(self.registry, self.queue_client.publish_nowait)
@@ -83,9 +86,16 @@ class EventServer:
         self.rate_limits = RateLimits.from_settings(settings)
         self.sockets = OpenSockets()
         self.authenticator = Authenticator(settings, self.messages.users, self.sockets)
-        self.submissions = Submissions(self.queue_client.publish, settings.server_id)
+        if self.sharding.sharded and not settings.shared_secret:
+            logger.error("shard %d of %d without a shared_secret in %s: CSRF tokens of another shard fail here, "
+                         "and requests handed over count twice against rate limits", self.shard,
+                         self.sharding.count, settings.secrets_file)
+        self.handover = Handover(self.sharding, self.shard, settings.shared_secret, settings.heartbeat_seconds)
+        self.submissions = Submissions(self.queue_client.publish, settings.server_id, settings.return_queue)
         self.activity = ActivityRecorder(self.queue_client.publish_nowait, settings.slow_request_seconds)
-        self.queues_file = Path(settings.var_dir) / "event_queues.json"
+        # Shards may share a var folder: each saves its own queues.
+        self.queues_file = Path(settings.var_dir) / (
+            f"event_queues_{self.shard}.json" if self.sharding.sharded else "event_queues.json")
         self.started = time.time()
         #: Set once shutdown() stopped consuming: no request is held from then on.
         self.stopping = False
@@ -99,8 +109,10 @@ class EventServer:
         restored = self.registry.load(self.queues_file, self.restart_event())
         if restored:
             logger.info("restored %d event queue(s) from %s", restored, self.queues_file)
-        self.queue_client.consume(notify_queue_name(self.settings.server_id), self.on_notice)
-        self.queue_client.consume(return_queue_name(self.settings.server_id), self.submissions.on_return)
+        for queue in self.notify_queues:
+            self.queue_client.consume(queue, self.on_notice if queue == self.settings.notify_queue
+                                      else self.on_notice_to_route)
+        self.queue_client.consume(self.settings.return_queue, self.submissions.on_return)
         self.queue_client.start()
         self._gc = PeriodicCallback(self._collect_garbage, self.settings.queue_gc_seconds * 1000)
         self._gc.start()
@@ -137,18 +149,19 @@ class EventServer:
         self.activity.stop()
         if http is not None:
             http.stop()
-        await self.queue_client.stop_consuming([notify_queue_name(self.settings.server_id)])
+        await self.queue_client.stop_consuming(self.notify_queues)
         self.stopping = True
         answers = [w for w in (listener.restart(client) for client, listener in self._held_polls()) if w is not None]
         self.sockets.close(SERVICE_RESTART, "the server is restarting; reconnect and resume")
         await self._wait_stopped_answering(answers)
-        await self.queue_client.stop_consuming([return_queue_name(self.settings.server_id)])
+        await self.queue_client.stop_consuming([self.settings.return_queue])
         self.submissions.expire_all()
         if http is not None:
             await http.close_all_connections()
         saved = self.registry.dump(self.queues_file)
         logger.info("saved %d event queue(s) to %s", saved, self.queues_file)
         self.activity.flush(at_once=True)
+        self.handover.close()
         await self.queue_client.close()
 
     def _held_polls(self) -> list[tuple[ClientDescriptor, EventsHandler]]:
@@ -167,9 +180,31 @@ class EventServer:
 
     # -- queues in and out ----------------------------------------------------------
 
+    @property
+    def notify_queues(self) -> list[str]:
+        """The queues this process takes notices from: its shard's; with sharding, ``notify_tornado`` too, for
+        notices that were put there whole (an older producer, ``eventbus replay_errors``) and must be routed."""
+        own = self.settings.notify_queue
+        return [own, NOTIFY_TORNADO] if own != NOTIFY_TORNADO else [own]
+
     def on_notice(self, notice: Any) -> None:
-        """Invoked for each notify_tornado event."""
+        """Invoked for each event of this shard's notify queue."""
         self.notify(notice)
+
+    async def on_notice_to_route(self, notice: Any) -> None:
+        """Invoked for each event of the plain ``notify_tornado`` when sharded."""
+        await self.route(notice)
+
+    async def route(self, notice: Any) -> int:
+        """A notice that may concern other shards' users too (POSTed, or from the plain ``notify_tornado``):
+        their part is published to their notify queues (before this shard's part is delivered: a failure
+        then leaves nothing delivered twice when the notice comes again), ours delivered here. How many of
+        this process's clients got it; ValueError for a bad notice."""
+        parts = split_notice(self.sharding, Notice.from_event(notice))
+        mine = parts.pop(self.shard, None)
+        await asyncio.gather(*(self.queue_client.publish(self.sharding.notify_queue(shard), part.event())
+                               for shard, part in parts.items()))
+        return self.notify(mine.event()) if mine is not None else 0
 
     def notify(self, notice: Any) -> int:
         """A notice, from notify_tornado or POSTed: queue its event for every client that wants it, and

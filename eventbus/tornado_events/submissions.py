@@ -19,7 +19,7 @@ from typing import Any
 
 from tornado.ioloop import IOLoop
 
-from eventbus.contracts import MESSAGE_SENDER, MessageRequest, MessageResponse, return_queue_name
+from eventbus.contracts import MESSAGE_SENDER, MessageRequest, MessageResponse
 from eventbus.users import User
 
 logger = logging.getLogger(__name__)
@@ -39,9 +39,10 @@ Publish = Callable[[str, Any], Awaitable[Any]]
 class Submissions:
     """The requests of one event process waiting for message_sender's answer. Use from the IOLoop only."""
 
-    def __init__(self, publish: Publish, server_id: str) -> None:
+    def __init__(self, publish: Publish, server_id: str, return_queue: str) -> None:
         self.publish = publish
         self.server_id = server_id
+        self.return_queue = return_queue
         self.pending: dict[str, Responder] = {}
         self.request_timeout = REQUEST_TIMEOUT_SECONDS
 
@@ -69,7 +70,7 @@ class Submissions:
         late answer is logged and dropped).
         """
         request_id = str(uuid.uuid4())
-        submitted = MessageRequest(request_id, user.id, request, return_queue_name(self.server_id), self.server_id,
+        submitted = MessageRequest(request_id, user.id, request, self.return_queue, self.server_id,
                                    **tags)
         self.pending[request_id] = respond
         try:

@@ -16,6 +16,12 @@ server to client
   ``{"type": "detached", "queue_id": Q}``  another connection took over the queue
   ``{"type": "error", "code": C, "msg": M}``
 
+With several shards a user's queues live on the shard that owns the user:
+a register frame for a user of another shard, or an attach frame for a
+queue of another shard, is answered ``{"type": "error", "code":
+"WRONG_SHARD", "shard": N}``, and the client opens its socket again with
+``?shard=N`` (or ``?queue_id=Q``), which nginx routes to that shard.
+
 Opening a socket, register frames and request frames count against their
 user's rate limits, as the HTTP endpoints do: over a limit, the opening is
 answered 429 and a frame an error frame with code ``RATE_LIMIT_HIT`` and
@@ -60,6 +66,7 @@ from eventbus.tornado_events.handlers import (
     check_last_event_id,
     check_rate_limit,
     register_client,
+    wrong_shard,
 )
 from eventbus.tornado_events.rate_limit import RateLimits
 from eventbus.tornado_events.sockets import OpenSockets
@@ -148,12 +155,18 @@ class EventSocket(tornado.websocket.WebSocketHandler):
                              **({"req_id": frame.get("req_id")} if frame["type"] == "request" else {}))
 
     async def _on_register(self, frame: dict[str, Any]) -> None:
+        owner = self.server.sharding.shard_for(self.user.id)
+        if owner != self.server.shard:
+            raise wrong_shard(owner, "Your event queue")
         client = register_client(frame, self.server, self.user)
         self._send({"type": "registered", "queue_id": client.queue_id, "last_event_id": -1})
         self._serve(client)
 
     async def _on_attach(self, frame: dict[str, Any]) -> None:
         queue_id = str(frame.get("queue_id"))
+        shard = self.server.sharding.shard_of_queue(queue_id)
+        if shard is not None and shard != self.server.shard:
+            raise wrong_shard(shard, "This event queue")
         client = self.server.registry.get(queue_id, self.user.id)
         if client is None:
             raise bad_queue(queue_id)

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import IOLoop
 
-from eventbus.contracts import notify_queue_name, return_queue_name
 from eventbus.errors import BrokerError
 from eventbus.processors.monitoring import QueueReport, State, queue_reports
 from eventbus.processors.registry import registered_queues
@@ -110,10 +109,10 @@ class QueueDashboard:
     def _read(self) -> tuple[list[QueueReport], list[QueueInfo], str | None]:
         """Everything blocking, in one executor call: the reports (with the worker stats), Tornado's own queues."""
         names = list(self.queues())
-        server_id = self.server.settings.server_id
+        settings = self.server.settings
         try:
             reports = queue_reports(self.broker, names)
-            tornado_queues = self.broker.queue_infos([notify_queue_name(server_id), return_queue_name(server_id)])
+            tornado_queues = self.broker.queue_infos([settings.notify_queue, settings.return_queue])
         except BrokerError as e:
             logger.warning("queue dashboard: cannot read the queues: %s", e)
             return [], [], str(e)

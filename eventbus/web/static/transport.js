@@ -95,6 +95,7 @@ export class SocketTransport extends Transport {
     this.failures = 0;
     this.opened = false; // a socket ever opened: failures after that are outages, not a missing feature
     this.timer = null;
+    this.shard = null; // the shard the server said owns this user's queues (WRONG_SHARD), for nginx to route by
   }
 
   start() {
@@ -105,7 +106,11 @@ export class SocketTransport extends Transport {
   connect() {
     this.timer = null;
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(`${scheme}//${location.host}/json/events/websocket`);
+    // nginx routes the socket by the queue it resumes, or by the shard the server named.
+    const saved = this.queue.load();
+    const route = saved && saved.queue_id ? `?queue_id=${encodeURIComponent(saved.queue_id)}`
+      : this.shard !== null ? `?shard=${encodeURIComponent(this.shard)}` : "";
+    const ws = new WebSocket(`${scheme}//${location.host}/json/events/websocket${route}`);
     this.ws = ws;
     ws.onopen = () => {
       this.opened = true;
@@ -147,9 +152,11 @@ export class SocketTransport extends Transport {
     switch (frame.type) {
       case "registered":
         this.registering = false;
+        this.misrouted = 0;
         this.served(frame.queue_id, -1, true);
         break;
       case "attached":
+        this.misrouted = 0;
         this.served(frame.queue_id, this.queue.load()?.last_event_id ?? -1, false);
         break;
       case "events": {
@@ -173,7 +180,16 @@ export class SocketTransport extends Transport {
         this.register();
         break;
       case "error":
-        if (frame.code === "BAD_EVENT_QUEUE_ID") {
+        if (frame.code === "WRONG_SHARD") {
+          // This user's queues are on another shard: open the socket again, routed there.
+          // Only once at once: a server that keeps saying so (no nginx in front) is asked again ever later.
+          const ws = this.ws;
+          this.shard = frame.shard;
+          this.ws = null;
+          ws.close();
+          this.misrouted = (this.misrouted || 0) + 1;
+          this.timer = setTimeout(() => this.connect(), this.misrouted > 1 ? backoff(this.misrouted) : 0);
+        } else if (frame.code === "BAD_EVENT_QUEUE_ID") {
           this.queue.clear();
           this.register();
         } else if (frame.req_id !== undefined && this.pending.has(frame.req_id)) {
