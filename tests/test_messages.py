@@ -50,6 +50,19 @@ def queued(broker: MemoryBroker, queue: str, depth: int) -> bool:
     return broker.queue_info(queue).depth == depth
 
 
+def taken(broker: MemoryBroker, queue: str) -> list[Any]:
+    """The events ``queue`` holds (at least one), taken out of it."""
+    events: list[Any] = []
+
+    def take(batch: list[Any]) -> None:
+        events.extend(batch)
+        consumer.stop()
+
+    consumer = broker.consumer(queue, take, batch_size=10_000)
+    consumer.run()
+    return events
+
+
 class Audit(html.parser.HTMLParser):
     """Collects every tag, attribute and URL of rendered HTML."""
 
@@ -212,7 +225,11 @@ def test_a_redelivered_request_is_stored_and_delivered_once(start_server: StartS
         [event] = await next_events(api, queue_id, 1)
         assert event["message"]["content"] == "once"
         assert len(store.recent(othello.id)) == 1
-        assert event_broker.queue_info("nowhere").depth == 2  # both requests were answered
+        # both requests were answered, with the one message
+        answers = [a for m in taken(event_broker, "nowhere") for a in m["answers"]]
+        assert [a["request_id"] for a in answers] == ["req-1", "req-1"]
+        assert answers[0]["response"] == answers[1]["response"] == {"result": "success", "msg": "",
+                                                                    "id": event["message"]["id"]}
 
     run(scenario)
 

@@ -1,8 +1,9 @@
 """Requests a client submits (a message to send), sent to the message_sender processor, and its answers.
 
 ``submit`` publishes a request to ``message_sender`` with this server's
-return queue; the processor's answer comes back on that queue
-(``on_return``) and goes to the requester, once. A request that gets no
+return queue; the processor's answers come back on that queue, several in
+one message (``answers_event``: a batch of the processor answers in one
+publish), and ``on_return`` hands each to its requester, once. A request that gets no
 answer within ``request_timeout`` seconds is answered ``REQUEST_TIMEOUT``
 and forgotten (a late answer is logged and dropped). The websocket's request
 frames and ``POST /messages`` both submit here.
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from tornado.ioloop import IOLoop
@@ -32,6 +34,32 @@ REQUEST_TIMED_OUT = {"result": "error", "code": "REQUEST_TIMEOUT",
 Responder = Callable[[Any], None]
 #: publish(queue, event): returns once the broker has the event.
 Publish = Callable[[str, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The processor's answer to one request, with the request's tags (``server_id``, ``socket_id``,
+    ``req_id``: who asked)."""
+
+    request_id: str
+    response: Any
+    tags: dict[str, Any] = field(default_factory=dict)
+
+    def event(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, **self.tags, "response": self.response}
+
+    @classmethod
+    def from_event(cls, event: Any) -> Answer:
+        """ValueError if ``event`` is no answer."""
+        if not isinstance(event, dict) or not isinstance(event.get("request_id"), str):
+            raise ValueError("an answer must be an object with a 'request_id'")
+        tags = {k: v for k, v in event.items() if k not in ("request_id", "response")}
+        return cls(event["request_id"], event.get("response"), tags)
+
+
+def answers_event(answers: Sequence[Answer]) -> dict[str, Any]:
+    """What a processor publishes to a return queue: several answers in one message."""
+    return {"answers": [answer.event() for answer in answers]}
 
 
 class Submissions:
@@ -68,14 +96,26 @@ class Submissions:
         return request_id
 
     def on_return(self, message: Any) -> None:
-        """Invoked by the queue client for each answer a processor put on the return queue."""
-        if not isinstance(message, dict) or not isinstance(message.get("request_id"), str):
-            raise ValueError("a return message must be an object with a 'request_id'")
-        responder = self.pending.pop(message["request_id"], None)
-        if responder is None:
-            logger.info("answer to request %s came after its requester left", message["request_id"])
-            return
-        responder(message.get("response"))
+        """Invoked by the queue client for each message on the return queue: ``answers_event``'s answers, or
+        one answer alone (what processors published before they answered in batches, which may still be in
+        the queue after an upgrade). Each goes to its requester; ValueError, after the others, if one is no
+        answer."""
+        batch = message.get("answers") if isinstance(message, dict) else None
+        items = batch if isinstance(batch, list) else [message]
+        bad = 0
+        for item in items:
+            try:
+                answer = Answer.from_event(item)
+            except ValueError:
+                bad += 1
+                continue
+            responder = self.pending.pop(answer.request_id, None)
+            if responder is None:
+                logger.info("answer to request %s came after its requester left", answer.request_id)
+                continue
+            responder(answer.response)
+        if bad:
+            raise ValueError(f"{bad} of {len(items)} answer(s) are not objects with a 'request_id'")
 
     def expire_all(self) -> None:
         """Answer every request still waiting ``REQUEST_TIMEOUT`` (the server stops and its answers with it)."""
