@@ -208,8 +208,9 @@ class EventServers:
             known += [store.create_user(f"user{i}@example.com") for i in range(len(known), count)]
         return known[:count]
 
-    def start(self, name: str, amqp_url: str) -> Server:
-        """An eventbus event server on RabbitMQ, as in production; its log named ``name``; no heartbeats.
+    def start(self, name: str, amqp_url: str, **settings: str) -> Server:
+        """An eventbus event server on RabbitMQ, as in production; its log named ``name``; no heartbeats;
+        ``settings`` are more ``EVENTBUS_*`` variables.
 
         Each server gets a var folder of its own: it starts without the queues an earlier one saved.
         """
@@ -218,7 +219,7 @@ class EventServers:
         env = environment(
             EVENTBUS_BROKER="amqp", EVENTBUS_AMQP_URL=amqp_url, EVENTBUS_VAR_DIR=str(var_dir),
             EVENTBUS_DATABASE=str(self.database), EVENTBUS_SECRETS_FILE=str(self.secrets_file),
-            EVENTBUS_HEARTBEAT_SECONDS="3600",
+            EVENTBUS_HEARTBEAT_SECONDS="3600", **settings,
         )
         return Server(["bench._eventbus_server"], var_dir.with_suffix(".log"), env)
 

@@ -1,4 +1,5 @@
-"""Fan-out (issue 4): how long one event takes to reach 1,000 clients, against bare Tornado and python-socketio.
+"""Fan-out (issues 4, 15): how long one event takes to reach 1,000 and 10,000 clients, against bare Tornado
+and python-socketio.
 
 Every case is a server process and a client process holding ``CLIENTS``
 connections to it, one per user, all idle; one run sends one event to
@@ -21,8 +22,10 @@ waits until the server holds every GET.
   user's room. It is left out, with a warning, where python-socketio and
   aiohttp are not installed.
 
-Targets: eventbus within 1.3x of bare Tornado's time, long-polling and
-websockets alike, and at least twice as fast as python-socketio.
+Each size runs apart: the 1,000 cases, then their processes stopped, then
+the 10,000 cases (bare Tornado and eventbus only). Targets: eventbus within
+1.3x of bare Tornado's time, long-polling and websockets alike, at either
+size, and at least twice as fast as python-socketio.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 CLIENTS = 1_000
 QUICK_CLIENTS = 100
+#: The large fan-out of issue 15: each client and server process holds 10,000 sockets, under the 20,000 open
+#: files a process may have here. python-socketio is left out at this size (its aiohttp clients would take minutes).
+MANY_CLIENTS = 10_000
+QUICK_MANY_CLIENTS = 300
 #: eventbus may take at most 1.3x the time of bare Tornado: a rate of at least 1/1.3 of its rate.
 TORNADO_TARGET = 1 / 1.3
 #: eventbus should be at least twice as fast as python-socketio.
@@ -73,16 +80,23 @@ CASES = (
 AGAINST_SOCKETIO = f"{EVENTBUS_SOCKET} (against python-socketio)"
 
 
-@register("fanout", "time for one event to reach 1,000 idle clients, against bare Tornado and socketio (issue 4)")
+@register("fanout", "time for one event to reach 1,000 and 10,000 idle clients, against bare Tornado "
+          "and socketio (issues 4, 15)")
 def fanout(context: Context) -> list[Result]:
-    count = context.size(CLIENTS, QUICK_CLIENTS)
     servers = EventServers(context)
-    users = servers.users(count)
     cases = [case for case in CASES if case.flavor != "socketio" or _socketio_installed()]
+    results = _fanout_to(context, servers, context.size(CLIENTS, QUICK_CLIENTS), cases)
+    many = [case for case in cases if case.flavor != "socketio"]
+    return results + _fanout_to(context, servers, context.size(MANY_CLIENTS, QUICK_MANY_CLIENTS), many)
+
+
+def _fanout_to(context: Context, servers: EventServers, count: int, cases: list[Case]) -> list[Result]:
+    """The ``cases`` with ``count`` clients each, all connected at once (and closed before the next size)."""
+    users = servers.users(count)
     with ExitStack() as stack:
         trials = []
         for case in cases:
-            slug = f"fanout-{case.flavor}-{case.kind}"
+            slug = f"fanout-{case.flavor}-{case.kind}-{count}"
             server = stack.enter_context(_start(context, servers, case.flavor, slug))
             clients = stack.enter_context(servers.clients(case.kind, case.flavor, server, users, slug))
             trials.append(Trial(_fanout(clients)))

@@ -27,9 +27,10 @@ answer read.
   after each run, once every poller has every message of the run (or
   ``DELIVERY_TIMEOUT`` went by), the messages missing from any recipient's
   queue are counted: there should be none.
-- ``message_sender``'s ``consume`` in this process, on the in-process
-  broker: the worker's own work per message (checking the request,
-  rendering, storing, publishing), without HTTP, RabbitMQ or Tornado.
+- ``message_sender``'s ``consume_batch`` in this process, on the in-process
+  broker, in batches of its ``batch_size``: the worker's own work per
+  message (checking the request, rendering, storing, publishing), without
+  HTTP, RabbitMQ or Tornado.
 
 Figures: the p50 and p99 of each run's request latencies (POST and
 baseline GET), and the messages that did not reach all recipients, over
@@ -41,12 +42,15 @@ given with ``--amqp-url``; there, the event server consumes
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
+import math
 import os
 import statistics
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +59,7 @@ from typing import Any
 import ujson
 
 from bench import register
-from bench._load_client import HttpConnection, Response, _basic_auth
+from bench._load_client import HttpConnection, Response, WebSocketConnection, _basic_auth
 from bench._load_client import User as Credentials
 from bench._processes import PROFILE_ENV, START_TIMEOUT, EventServers, Process, environment
 from bench.harness import BenchError, Context, Figure, Outcome, Result, in_rounds
@@ -66,7 +70,6 @@ from eventbus.contracts import (
     SLOW_QUERIES,
     TORNADO_RETURN,
     USER_ACTIVITY,
-    MessageRequest,
 )
 from eventbus.messages import MessageStore
 from eventbus.processors.queues.messages import MessageSenderWorker
@@ -86,6 +89,14 @@ STREAM = "bench submission"
 TOPIC = "benchmarks"
 #: The longest one request may take; the server itself gives up on the worker after 30 s.
 REQUEST_TIMEOUT = 60.0
+#: The steady offered loads (messages/s) at which latency is measured, not at saturation, and for how long.
+OFFERED_RATES = (100.0, 500.0)
+OFFERED_SECONDS = 4.0
+QUICK_OFFERED_SECONDS = 0.5
+#: Connections the offered load may use at once (a request waits for a free one, and that wait is latency).
+OFFERED_CONNECTIONS = 64
+#: Issue 15's target for the p99 under offered load, from the POST to the last recipient having the message.
+OFFERED_P99_LIMIT_MS = 30.0
 #: How long after the last answer the events may take to reach every poller.
 DELIVERY_TIMEOUT = 30.0
 #: How often RabbitMQ is asked whether the worker consumes yet.
@@ -112,6 +123,8 @@ class Run:
     latencies: list[float] = field(default_factory=list)
     #: Messages of the run that did not reach every recipient's queue in time.
     missing: int = 0
+    #: Messages a recipient's queue had after one of a larger id (each queue must have them in id order).
+    out_of_order: int = 0
 
 
 class Poller:
@@ -124,6 +137,11 @@ class Poller:
         self.arrived = arrived
         self.last_event_id = -1
         self.message_ids: set[int] = set()
+        #: When each message arrived (``time.perf_counter()``), for the latency under offered load.
+        self.arrived_at: dict[int, float] = {}
+        #: Messages that came after one of a larger id, and the largest id so far.
+        self.out_of_order = 0
+        self.newest = 0
         self.error: BaseException | None = None
         self.closed = False
 
@@ -142,16 +160,73 @@ class Poller:
                 self.error = e
             self.arrived.set()
             return
+        now = time.perf_counter()
         for event in events:
             self.last_event_id = event["id"]
             if event["type"] == "message":
-                self.message_ids.add(event["message"]["id"])
+                message_id = event["message"]["id"]
+                if message_id < self.newest:
+                    self.out_of_order += 1
+                self.newest = max(self.newest, message_id)
+                self.message_ids.add(message_id)
+                self.arrived_at[message_id] = now
         self.arrived.set()
         self.arm()
 
     def close(self) -> None:
         self.closed = True
         self.http.close()
+
+
+class SocketSender:
+    """A websocket logged in as one user that sends request frames; each is answered by a response frame."""
+
+    def __init__(self) -> None:
+        self.socket: WebSocketConnection | None = None
+        self.waiting: dict[int, asyncio.Future[Any]] = {}
+        self.req_ids = itertools.count()
+
+    @classmethod
+    async def open(cls, port: int, user: User) -> SocketSender:
+        sender = cls()
+        http = await HttpConnection.open(port)  # the login's connection, closed after
+        try:
+            form = urllib.parse.urlencode({"email": user.email, "api_key": user.api_key}).encode()
+            cookie = (await http.request("POST", "/accounts/login", _FORM, form)).cookie("eventbus_session")
+        finally:
+            http.close()
+        if cookie is None:
+            raise BenchError("login set no session cookie")
+        headers = {"Cookie": f"eventbus_session={cookie}", "Origin": f"http://127.0.0.1:{port}"}
+        sender.socket = await WebSocketConnection.open(port, "/json/events/websocket", headers, sender._on_frame)
+        return sender
+
+    def request(self, request: dict[str, Any]) -> asyncio.Future[Any]:
+        """The response to ``request``, sent as a request frame."""
+        assert self.socket is not None
+        req_id = next(self.req_ids)
+        answer = self.waiting[req_id] = asyncio.get_running_loop().create_future()
+        self.socket.send(ujson.dumps({"type": "request", "req_id": req_id, "request": request}).encode())
+        return answer
+
+    def _on_frame(self, payload: bytes | None) -> None:
+        """Invoked by the connection with each frame's payload, and None when it closed."""
+        if payload is None:
+            for answer in self.waiting.values():
+                if not answer.done():
+                    answer.set_exception(BenchError("the websocket closed"))
+            return
+        frame = ujson.loads(payload)
+        if frame.get("type") == "response":
+            self.waiting.pop(frame["req_id"]).set_result(frame["response"])
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
+
+
+#: One sender's way of making the i-th request of a run: its answer, decoded.
+Call = Callable[[int], Awaitable[dict[str, Any]]]
 
 
 class Load:
@@ -164,6 +239,9 @@ class Load:
         #: Each user's Authorization header, made once.
         self.auth = {u.id: _basic_auth(Credentials(u.id, u.email, u.api_key)) for u in users}
         self.senders: list[tuple[HttpConnection, User]] = []
+        self.sockets: list[tuple[SocketSender, User]] = []
+        #: The connections the offered load takes from: as many as it may need at once.
+        self.pool: asyncio.Queue[HttpConnection] = asyncio.Queue()
         self.pollers: list[Poller] = []
         self.idle_queues: dict[int, str] = {}
         self.arrived = asyncio.Event()
@@ -171,7 +249,11 @@ class Load:
     async def open(self) -> None:
         """Connect every sender, register every poller's queue and an idle queue per user, arm the pollers."""
         for i in range(SENDERS):
-            self.senders.append((await HttpConnection.open(self.port), self.users[i % len(self.users)]))
+            user = self.users[i % len(self.users)]
+            self.senders.append((await HttpConnection.open(self.port), user))
+            self.sockets.append((await SocketSender.open(self.port, user), user))
+        for _ in range(OFFERED_CONNECTIONS):
+            self.pool.put_nowait(await HttpConnection.open(self.port))
         for user in self.users:
             http = await HttpConnection.open(self.port)
             queue_id = await self._register(http, user, ["message"])
@@ -190,47 +272,89 @@ class Load:
     def close(self) -> None:
         for http, _ in self.senders:
             http.close()
+        for socket, _ in self.sockets:
+            socket.close()
+        while not self.pool.empty():
+            self.pool.get_nowait().close()
         for poller in self.pollers:
             poller.close()
 
-    async def messages(self, count: int) -> Run:
-        """``count`` POSTs of messages; then wait until every poller has each, and count those missing."""
-        def request(i: int, user: User) -> tuple[str, str, dict[str, str], bytes]:
-            body = urllib.parse.urlencode({"type": "stream", "to": STREAM, "topic": TOPIC,
-                                           "content": self.contents[i % len(self.contents)]})
-            return "POST", "/api/v1/messages", {**self.auth[user.id], **_FORM}, body.encode()
+    def _message(self, i: int) -> dict[str, str]:
+        return {"type": "stream", "to": STREAM, "topic": TOPIC, "content": self.contents[i % len(self.contents)]}
 
-        run, answers = await self._send(count, request)
+    async def _post(self, http: HttpConnection, user: User, i: int) -> dict[str, Any]:
+        body = urllib.parse.urlencode(self._message(i)).encode()
+        return _answer(await http.request("POST", "/api/v1/messages", {**self.auth[user.id], **_FORM}, body), "POST")
+
+    async def messages(self, count: int, websocket: bool = False) -> Run:
+        """``count`` messages, POSTed (or sent as websocket requests); then wait until every poller has each,
+        and count those missing or out of order."""
+        calls: list[Call]
+        if websocket:
+            calls = [functools.partial(self._request, socket) for socket, _ in self.sockets]
+        else:
+            calls = [functools.partial(self._post, http, user) for http, user in self.senders]
+        run, answers = await self._send(count, calls)
         ids = {int(answer["id"]) for answer in answers}
         if len(ids) != count:
             raise BenchError(f"{count} messages sent but {len(ids)} message ids answered")
-        run.missing = await self._wait_delivered(ids)
+        run.missing, run.out_of_order = await self._wait_delivered(ids), self._out_of_order()
         return run
+
+    async def _request(self, socket: SocketSender, i: int) -> dict[str, Any]:
+        response = dict(await socket.request(self._message(i)))
+        if response.get("result") != "success":
+            raise BenchError(f"websocket request: {response}")
+        return response
 
     async def floor(self, count: int) -> Run:
         """``count`` authenticated GETs that do nothing: events of an idle queue, without waiting."""
-        def request(_i: int, user: User) -> tuple[str, str, dict[str, str], None]:
+        async def get(http: HttpConnection, user: User, _i: int) -> dict[str, Any]:
             path = f"/api/v1/events?queue_id={self.idle_queues[user.id]}&dont_block=true"
-            return "GET", path, self.auth[user.id], None
+            return _answer(await http.request("GET", path, self.auth[user.id]), "GET")
 
-        return (await self._send(count, request))[0]
+        return (await self._send(count, [functools.partial(get, http, user) for http, user in self.senders]))[0]
 
-    async def _send(self, count: int, request: Callable[[int, User], tuple[str, str, dict[str, str], bytes | None]]
-                    ) -> tuple[Run, list[dict[str, Any]]]:
-        """``count`` requests, ``SENDERS`` at a time, the i-th made by ``request(i, user)``; times and answers."""
+    async def offered(self, rate: float, seconds: float) -> Run:
+        """POSTs at a steady ``rate`` a second for ``seconds``, each sent at its time whatever the others do;
+        latencies from each POST's time to the last poller having its message."""
+        count = round(rate * seconds)
+        sent: list[tuple[float, int]] = []  # (time due, message id)
+
+        async def post(i: int, due: float) -> None:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            http = await self.pool.get()  # if none is free, the wait counts in the latency: it is due already
+            try:
+                answer = await asyncio.wait_for(self._post(http, self.users[i % len(self.users)], i), REQUEST_TIMEOUT)
+            finally:
+                self.pool.put_nowait(http)
+            sent.append((due, int(answer["id"])))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(post(i, start + i / rate) for i in range(count)))
+        seconds = time.perf_counter() - start
+        missing = await self._wait_delivered({message_id for _, message_id in sent})
+        latencies = [(max(p.arrived_at.get(message_id, math.inf) for p in self.pollers) - due) * 1000
+                     for due, message_id in sent]
+        return Run(seconds, [x for x in latencies if math.isfinite(x)], missing, self._out_of_order())
+
+    def _out_of_order(self) -> int:
+        return sum(poller.out_of_order for poller in self.pollers)
+
+    async def _send(self, count: int, calls: list[Call]) -> tuple[Run, list[dict[str, Any]]]:
+        """``count`` requests, one at a time by each of ``calls``; their times and answers."""
         latencies: list[float] = []
         answers: list[dict[str, Any]] = []
         turns = iter(range(count))
 
-        async def sender(http: HttpConnection, user: User) -> None:
+        async def sender(call: Call) -> None:
             for i in turns:
                 written = time.perf_counter()
-                response = await asyncio.wait_for(http.request(*request(i, user)), REQUEST_TIMEOUT)
+                answers.append(await asyncio.wait_for(call(i), REQUEST_TIMEOUT))
                 latencies.append((time.perf_counter() - written) * 1000)
-                answers.append(_answer(response, "request"))
 
         start = time.perf_counter()
-        await asyncio.gather(*(sender(http, user) for http, user in self.senders))
+        await asyncio.gather(*(sender(call) for call in calls))
         return Run(time.perf_counter() - start, latencies), answers
 
     async def _wait_delivered(self, ids: set[int]) -> int:
@@ -259,17 +383,30 @@ class InProcess:
     contents: list[str]
 
     def run(self, count: int) -> Run:
+        events = [{
+            "request_id": str(uuid.uuid4()), "server_id": "bench", "return_queue": TORNADO_RETURN,
+            "user_id": self.users[i % len(self.users)].id,
+            "request": {"type": "stream", "to": STREAM, "topic": TOPIC,
+                        "content": self.contents[i % len(self.contents)]},
+        } for i in range(count)]
+        size = self.worker.options.batch_size
         start = time.perf_counter()
-        for i in range(count):
-            request = {"type": "stream", "to": STREAM, "topic": TOPIC, "content": self.contents[i % len(self.contents)]}
-            self.worker.consume(MessageRequest(str(uuid.uuid4()), self.users[i % len(self.users)].id, request,
-                                               TORNADO_RETURN, "bench").event())
+        for first in range(0, count, size):
+            self.worker.consume_batch(events[first:first + size])
         seconds = time.perf_counter() - start
         delivered = self.broker.purge(NOTIFY_TORNADO)
-        answered = self.broker.purge(TORNADO_RETURN)
+        answered = sum(len(m["answers"]) for m in _take(self.broker, TORNADO_RETURN))
         if delivered != count or answered != count:
             raise BenchError(f"in process: {count} messages sent, {delivered} delivered, {answered} answered")
         return Run(seconds)
+
+
+def _take(broker: MemoryBroker, queue: str) -> list[Any]:
+    """The events waiting in ``queue``, taken off it."""
+    taken: list[Any] = []
+    consumer = broker.consumer(queue, taken.extend, batch_size=1000, on_idle=lambda: consumer.stop())
+    consumer.run()
+    return taken
 
 
 @contextmanager
@@ -285,13 +422,19 @@ def in_process(settings: Settings, users: list[User], contents: list[str]) -> It
 UNCOMPARED = ""
 BASELINE = f"GET /api/v1/events dont_block, Basic auth, {SENDERS} senders"
 MESSAGES_CASE = f"POST /api/v1/messages to {RECIPIENTS} recipients, {SENDERS} senders"
-IN_PROCESS = "message_sender consume in process, memory broker"
+SOCKET_CASE = f"websocket request frames to {RECIPIENTS} recipients, {SENDERS} sockets"
+IN_PROCESS = "message_sender consume_batch in process, memory broker"
+#: Issue 15's target for both ways of sending: half the authenticated GET's rate.
+THROUGHPUT_TARGET = 0.5
+#: The benchmark measures the path, not the per-user rate limiter: ten users send thousands of messages a minute.
+UNLIMITED = "1000000/60"
 
 
-@register("submission", f"messages/s from POST to {RECIPIENTS} recipients' queues through RabbitMQ and a "
-          "message_sender worker, against an authenticated GET (issue 5)")
+@register("submission", f"messages/s from POST and websocket to {RECIPIENTS} recipients' queues through RabbitMQ "
+          "and a message_sender worker, against an authenticated GET; latency at steady loads (issues 5, 15)")
 def submission(context: Context) -> list[Outcome]:
     count = context.size(MESSAGES, QUICK_MESSAGES)
+    offered_seconds = QUICK_OFFERED_SECONDS if context.quick else OFFERED_SECONDS
     servers = EventServers(context)
     users = servers.users(RECIPIENTS)
     MessageStore(servers.database).create_stream(STREAM, [u.id for u in users])
@@ -304,7 +447,7 @@ def submission(context: Context) -> list[Outcome]:
         for queue in (MESSAGE_SENDER, TORNADO_RETURN, *UNCONSUMED_QUEUES):
             admin.delete_queue(queue)  # a broker given with --amqp-url may hold old ones
             stack.callback(admin.delete_queue, queue)
-        server = stack.enter_context(servers.start("submission", url))
+        server = stack.enter_context(servers.start("submission", url, EVENTBUS_RATE_LIMIT_API=UNLIMITED))
         worker = stack.enter_context(_worker(servers, settings))
         _wait_consuming(admin, worker)
         runner = stack.enter_context(asyncio.Runner())
@@ -313,20 +456,45 @@ def submission(context: Context) -> list[Outcome]:
         runner.run(load.open())
         local = stack.enter_context(in_process(settings.replace(var_dir=settings.var_dir / "in-process"), users,
                                                contents))
-        floors, posts, locals_ = in_rounds([
+        cases: list[Callable[[], Run]] = [
             lambda: runner.run(load.floor(count)),
             lambda: runner.run(load.messages(count)),
+            lambda: runner.run(load.messages(count, websocket=True)),
             lambda: local.run(count),
-        ], repeats=context.repeats)
+            *(functools.partial(_offer, runner, load, rate, offered_seconds) for rate in OFFERED_RATES),
+        ]
+        floors, posts, frames, locals_, *offered = in_rounds(cases, repeats=context.repeats)
+    every = [*posts, *frames, *(run for runs in offered for run in runs)]
     return [
         Result("submission", BASELINE, count, [r.seconds for r in floors], baseline=True),
-        Result("submission", MESSAGES_CASE, count, [r.seconds for r in posts]),
+        Result("submission", MESSAGES_CASE, count, [r.seconds for r in posts], target=THROUGHPUT_TARGET),
+        Result("submission", SOCKET_CASE, count, [r.seconds for r in frames], versus=BASELINE,
+               target=THROUGHPUT_TARGET),
         Result("submission", IN_PROCESS, count, [r.seconds for r in locals_]),
         *_latencies("GET baseline", floors, baseline=True),
         *_latencies("POST messages", posts, baseline=False),
+        *_latencies("websocket requests", frames, baseline=False),
+        *(figure for rate, runs in zip(OFFERED_RATES, offered, strict=True) for figure in _delivery(rate, runs)),
         Figure("submission", f"messages missing from some of the {RECIPIENTS} queues, all runs",
-               count * len(posts), [float(sum(r.missing for r in posts))], "messages", versus=UNCOMPARED, limit=0),
+               sum(len(r.latencies) for r in every), [float(sum(r.missing for r in every))], "messages",
+               versus=UNCOMPARED, limit=0),
+        Figure("submission", "messages after one of a larger id in some queue, all runs",
+               sum(len(r.latencies) for r in every), [float(max(r.out_of_order for r in every))],
+               "messages", versus=UNCOMPARED, limit=0),
     ]
+
+
+def _offer(runner: asyncio.Runner, load: Load, rate: float, seconds: float) -> Run:
+    return runner.run(load.offered(rate, seconds))
+
+
+def _delivery(rate: float, runs: list[Run]) -> list[Figure]:
+    """The p50 and p99 of each run's latencies from POST to the last recipient, at the offered ``rate``."""
+    what = f"POST to last recipient at {rate:,.0f} messages/s offered"
+    return [Figure("submission", f"{what}, {name}", len(runs[0].latencies),
+                   [statistics.quantiles(r.latencies, n=100, method="inclusive")[percentile - 1] for r in runs], "ms",
+                   versus=UNCOMPARED, limit=OFFERED_P99_LIMIT_MS if percentile == 99 else None)
+            for name, percentile in (("p50", 50), ("p99", 99))]
 
 
 def _latencies(what: str, runs: list[Run], *, baseline: bool) -> list[Figure]:

@@ -36,7 +36,7 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import parseaddr
@@ -203,7 +203,11 @@ class Notice:
 
 @dataclass(frozen=True, slots=True)
 class MessageResponse:
-    """``tornado_return``: a processor's answer to the request ``request_id``, with the tags the request carried."""
+    """``tornado_return``: a processor's answer to the request ``request_id``, with the tags the request carried.
+
+    A processor that answers in batches publishes several in one message (``answers_event``); the event
+    server takes that, or one answer alone.
+    """
 
     request_id: str
     response: Any
@@ -224,6 +228,11 @@ class MessageResponse:
     def event(self) -> dict[str, Any]:
         return {"request_id": self.request_id, **_without_none(server_id=self.server_id, socket_id=self.socket_id,
                                                                req_id=self.req_id), "response": self.response}
+
+
+def answers_event(answers: Sequence[MessageResponse]) -> dict[str, Any]:
+    """What a processor publishes to a return queue: several answers in one message."""
+    return {"answers": [answer.event() for answer in answers]}
 
 
 def is_req_id(req_id: Any) -> bool:

@@ -180,6 +180,22 @@ class UnreadMessage:
 
 
 @dataclass(frozen=True)
+class NewMessage:
+    """A message to store: what ``MessageStore.store`` takes, for a batch of them (``store_many``)."""
+
+    request_id: str | None
+    sender_id: int
+    type: str
+    stream: Stream | None
+    display_recipient: Any  # the stream's name, or the private recipients as [{"id", "email", "full_name"}]
+    subject: str
+    content: str
+    rendered_content: str
+    flags: Mapping[int, list[str]]  # recipient user id -> flags
+    client: str = ""  # what sent it: Zulip's client string ("website", "ZulipPython", ...)
+
+
+@dataclass(frozen=True)
 class StoredMessage:
     """A message as stored, with what a message event needs."""
 
@@ -390,33 +406,42 @@ class MessageStore(sqlite.Store):
 
     # -- messages -----------------------------------------------------------------
 
-    def store(self, *, request_id: str | None, sender_id: int, type: str, stream: Stream | None,
-              display_recipient: Any, subject: str, content: str, rendered_content: str,
-              flags: Mapping[int, list[str]], client: str = "") -> StoredMessage:
-        """Store a message for its recipients (``flags``: recipient id -> flags), once per request id.
+    def store(self, message: NewMessage) -> StoredMessage:
+        """Store a message for its recipients, once per request id (see ``store_many``)."""
+        return self.store_many([message])[0]
 
-        ``client`` names what sent it (Zulip's client string: "website", "ZulipPython", ...)."""
+    def store_many(self, messages: Sequence[NewMessage]) -> list[StoredMessage]:
+        """Store ``messages`` in one transaction, in their order (their ids increase in it), each once per
+        request id: a request stored before gives the message stored then (``delivered`` says whether its
+        event went out). One commit for the lot: a batch pays one fsync."""
         with self._db(write=True) as db:
-            if request_id is not None:
-                row = db.execute("SELECT id FROM messages WHERE request_id = ?", (request_id,)).fetchone()
-                if row is not None:
-                    return self._stored(db, row["id"])
-            key = (f"stream:{stream.id}" if stream is not None
-                   else "private:" + ",".join(str(uid) for uid in sorted(u["id"] for u in display_recipient)))
-            cursor = db.execute(
-                "INSERT INTO messages (request_id, sender_id, type, stream_id, display_recipient, subject, content,"
-                " rendered_content, timestamp, recipient_id, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (request_id, sender_id, type, stream.id if stream else None, codec.encode(display_recipient),
-                 subject, content, rendered_content, time.time(), _recipient_id(db, key, create=True), client),
-            )
-            message_id = cursor.lastrowid
-            db.executemany("INSERT INTO user_messages (user_id, message_id, flags) VALUES (?, ?, ?)",
-                           [(uid, message_id, codec.encode(f).decode()) for uid, f in flags.items()])
-            return self._stored(db, message_id)
+            return [self._stored(db, self._insert(db, message)) for message in messages]
 
-    def mark_delivered(self, message_id: int) -> None:
+    def _insert(self, db: sqlite3.Connection, message: NewMessage) -> int | None:
+        """The id of the message of ``message.request_id`` if there is one, else of ``message`` inserted."""
+        if message.request_id is not None:
+            row = db.execute("SELECT id FROM messages WHERE request_id = ?", (message.request_id,)).fetchone()
+            if row is not None:
+                return int(row["id"])
+        stream = message.stream
+        key = (f"stream:{stream.id}" if stream is not None
+               else "private:" + ",".join(str(uid) for uid in sorted(u["id"] for u in message.display_recipient)))
+        cursor = db.execute(
+            "INSERT INTO messages (request_id, sender_id, type, stream_id, display_recipient, subject, content,"
+            " rendered_content, timestamp, recipient_id, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (message.request_id, message.sender_id, message.type, stream.id if stream else None,
+             codec.encode(message.display_recipient), message.subject, message.content, message.rendered_content,
+             time.time(), _recipient_id(db, key, create=True), message.client),
+        )
+        message_id = cursor.lastrowid
+        db.executemany("INSERT INTO user_messages (user_id, message_id, flags) VALUES (?, ?, ?)",
+                       [(uid, message_id, codec.encode(f).decode()) for uid, f in message.flags.items()])
+        return message_id
+
+    def mark_delivered(self, *message_ids: int) -> None:
+        """Record that the events of these messages went out (a redelivered request does not send them again)."""
         with self._db() as db:
-            db.execute("UPDATE messages SET delivered = 1 WHERE id = ?", (message_id,))
+            db.executemany("UPDATE messages SET delivered = 1 WHERE id = ?", [(i,) for i in message_ids])
 
     def topic_participants(self, stream_id: int, topic: str) -> set[int]:
         """Who has sent to this topic (Zulip's topic participants, whom ``@**topic**`` mentions)."""

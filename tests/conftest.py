@@ -90,6 +90,14 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str =
         time.sleep(0.01)
 
 
+def take(broker: MemoryBroker, queue: str) -> list[dict[str, Any]]:
+    """Every event waiting in ``queue``, taken off it."""
+    taken: list[dict[str, Any]] = []
+    consumer = broker.consumer(queue, taken.extend, batch_size=100, on_idle=lambda: consumer.stop())
+    consumer.run()
+    return taken
+
+
 async def until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
     """``wait_for`` inside a coroutine: the loop goes on while it polls."""
     deadline = time.monotonic() + timeout

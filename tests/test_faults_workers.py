@@ -8,6 +8,7 @@ printed). Each test prints what it counted.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections import Counter
@@ -18,7 +19,7 @@ from typing import Any
 import pika
 import pytest
 
-from eventbus import codec
+from eventbus import codec, sqlite
 from eventbus.devtools import dev_dir, push_gateway
 from eventbus.messages import MessageStore
 from eventbus.processors.mailer import queue_email
@@ -27,7 +28,7 @@ from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.queue.rabbitmq_node import free_port
 from eventbus.settings import Settings
 from eventbus.users import UserStore
-from tests.conftest import wait_for
+from tests.conftest import until, wait_for
 from tests.eventserver import Api, ServerThread, run
 from tests.faults import Tally, jsonl, seeded
 from tests.smtp_server import SmtpServer
@@ -173,6 +174,80 @@ def test_workers_killed_mid_batch_twice_lose_nothing_and_repeat_no_effect(
     finally:
         for worker in workers:
             worker.stop()
+
+
+# -- message_sender killed inside a batch -------------------------------------------------------
+
+#: Requests waiting when the first message_sender starts: it works through them in batches.
+BACKLOG = 400
+#: Kills, each where a batch is stored but its events are not all confirmed and marked delivered.
+BATCH_KILLS = 3
+
+
+def undelivered_after(settings: Settings, message_id: int) -> int:
+    """How many messages above ``message_id`` are stored without their events marked as sent."""
+    with sqlite.connect(settings.database) as db:
+        return int(db.execute("SELECT count(*) FROM messages WHERE id > ? AND delivered = 0",
+                              (message_id,)).fetchone()[0])
+
+
+def newest_id(settings: Settings) -> int:
+    with sqlite.connect(settings.database) as db:
+        return int(db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])
+
+
+def test_message_sender_killed_inside_batches_shows_every_message_once_in_id_order(
+        settings: Settings, purged: RabbitMQBroker) -> None:
+    store = MessageStore(settings.database)
+    users = UserStore(settings.database)
+    iago, othello = (users.create_user(f"{n}@example.com", n.title()) for n in ("iago", "othello"))
+    store.create_stream("Denmark", [iago.id, othello.id])
+    server = ServerThread(settings, purged).start()
+    workers: list[WorkerProcess] = []
+    answers: dict[int, list[Any]] = {}
+
+    async def scenario() -> None:
+        # Given Othello's client, and a backlog of Iago's messages submitted through the server
+        reader = Api(server, othello)
+        queue_id = await reader.register(event_types=["message"])
+        submissions = server.server.submissions
+        for n in range(BACKLOG):
+            request = {"type": "stream", "to": "Denmark", "topic": "batches", "content": f"message {n}"}
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                submissions.submit(iago, request, partial(answers.setdefault(n, []).append)), server.loop))
+        # When message_sender is killed (SIGKILL) each time a batch of it is stored and its events are not all
+        # confirmed and marked sent, and started again
+        for kill in range(BATCH_KILLS):
+            before = newest_id(settings)
+            workers.append(WorkerProcess(settings, "--queue=message_sender"))
+            await until(partial(undelivered_after, settings, before), timeout=60, what=f"a batch stored ({kill})")
+            workers[-1].kill()
+            print(f"kill {kill + 1}: {newest_id(settings) - before} messages stored by the killed worker, "
+                  f"{undelivered_after(settings, before)} of them not marked sent")
+        workers.append(WorkerProcess(settings, "--queue=message_sender"))
+        # Then Othello's client has every message once, in the order of their ids
+        received: list[dict[str, Any]] = []
+        last = -1
+        while len(received) < BACKLOG:
+            events = (await reader.events(queue_id, last))[1]["events"]
+            received += [e["message"] for e in events if e["type"] == "message"]
+            last = events[-1]["id"] if events else last
+        ids = [m["id"] for m in received]
+        assert sorted(m["content"] for m in received) == sorted(f"message {n}" for n in range(BACKLOG))
+        assert ids == sorted(set(ids))
+        # and every sender was answered once, with the id of the message stored once
+        await until(lambda: len(answers) == BACKLOG and all(answers.values()), timeout=60, what="every answer")
+        assert all(len(a) == 1 and a[0]["result"] == "success" for a in answers.values())
+        assert sorted(a[0]["id"] for a in answers.values()) == ids
+
+    try:
+        run(scenario, timeout=240)
+    finally:
+        for worker in workers:
+            worker.stop()
+        server.stop()
+    assert len(store.recent(othello.id, 10 * BACKLOG)) == BACKLOG
+    assert purged.error_store.queues() == []
 
 
 # -- malformed bodies among good events -----------------------------------------------------------

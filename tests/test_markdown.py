@@ -25,7 +25,7 @@ from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import MemoryBroker
 from eventbus.settings import Settings
 from eventbus.users import User
-from tests.conftest import wait_for
+from tests.conftest import take, wait_for
 from tests.eventserver import Api, StartServer, run
 from tests.test_messages import ALLOWED_ATTRS, ALLOWED_TAGS, HOSTILE, Audit, next_events, queued
 
@@ -306,14 +306,6 @@ def chat(event_settings: Settings, users: tuple[User, User]) -> tuple[MessageSto
     cassio = store.users.create_user("cassio@example.com", "Cassio")
     store.create_stream("Denmark", [iago.id, othello.id, desdemona.id, cassio.id])
     return store, iago, othello, desdemona, cassio
-
-
-def take(broker: MemoryBroker, queue: str) -> list[dict[str, Any]]:
-    """Every event waiting in ``queue``, taken off it."""
-    taken: list[dict[str, Any]] = []
-    consumer = broker.consumer(queue, taken.extend, batch_size=100, on_idle=lambda: consumer.stop())
-    consumer.run()
-    return taken
 
 
 def test_wildcard_and_silent_mentions_flag_recipients_as_zulip_does(

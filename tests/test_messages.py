@@ -14,11 +14,12 @@ import pytest
 
 from eventbus.messages import MessageStore
 from eventbus.processors.markdown import render
+from eventbus.processors.message_send import Draft, check_request, send_batch
 from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import MemoryBroker
 from eventbus.settings import Settings
 from eventbus.users import User
-from tests.conftest import EVENT_SECRET, wait_for
+from tests.conftest import EVENT_SECRET, take, wait_for
 from tests.eventserver import Api, StartServer, run
 
 HOSTILE = [
@@ -213,9 +214,67 @@ def test_a_redelivered_request_is_stored_and_delivered_once(start_server: StartS
         [event] = await next_events(api, queue_id, 1)
         assert event["message"]["content"] == "once"
         assert len(store.recent(othello.id)) == 1
-        assert event_broker.queue_info("nowhere").depth == 2  # both requests were answered
+        # both requests were answered, with the one message
+        answers = [a for m in take(event_broker, "nowhere") for a in m["answers"]]
+        assert [a["request_id"] for a in answers] == ["req-1", "req-1"]
+        assert answers[0]["response"] == answers[1]["response"] == {"result": "success", "msg": "",
+                                                                    "id": event["message"]["id"]}
 
     run(scenario)
+
+
+def test_a_backlog_is_sent_in_batches_with_ids_in_request_order(start_server: StartServer, world: Any,
+                                                               event_broker: MemoryBroker) -> None:
+    _store, iago, othello, _ = world
+    server = start_server()
+    count = 50
+
+    async def scenario() -> None:
+        # Given Othello's client and a backlog of requests waiting for message_sender
+        api = Api(server, othello)
+        queue_id = await api.register()
+        event_broker.publish_many("message_sender", [
+            {"request_id": f"req-{n}", "user_id": iago.id, "server_id": "tornado", "return_queue": "nowhere",
+             "request": {"type": "stream", "to": "Denmark", "topic": "t", "content": f"message {n}"}}
+            for n in range(count)])
+        # When the processor works through it
+        threads = WorkerThreads(["message_sender"], event_broker)
+        threads.start()
+        await asyncio.to_thread(event_broker.join, "message_sender", 10)
+        threads.stop()
+        assert threads.join(10)
+        # Then every request is answered, several answers to a message (a batch: one publish for its answers),
+        answered = take(event_broker, "nowhere")
+        answers = [a for m in answered for a in m["answers"]]
+        assert [a["request_id"] for a in answers] == [f"req-{n}" for n in range(count)]
+        assert len(answered) < count
+        # the ids follow the requests' order, and Othello's client has the messages in that order
+        ids = [a["response"]["id"] for a in answers]
+        assert ids == sorted(ids)
+        events = await next_events(api, queue_id, count)
+        assert [e["message"]["id"] for e in events] == ids
+        assert [e["message"]["content"] for e in events] == [f"message {n}" for n in range(count)]
+
+    run(scenario)
+
+
+def test_topic_wildcard_mentions_whoever_sent_to_the_topic_earlier_in_the_same_batch(
+        world: Any, event_broker: MemoryBroker) -> None:
+    store, iago, othello, desdemona = world
+    store.create_stream("Denmark", [desdemona.id])
+
+    def draft(sender: User, content: str) -> Draft:
+        return check_request(store, sender, {"type": "stream", "to": "Denmark", "topic": "new", "content": content})
+
+    # Given Othello's first message to a topic, and Iago's @**topic** after it, in one batch
+    # When the batch is sent
+    first, mention = send_batch(event_broker, store, [(draft(othello, "hello"), "r1"), (draft(iago, "@**topic** hi"),
+                                                                                          "r2")])
+    # Then Othello is mentioned by it (he took part in the topic), Desdemona is not
+    topic = ["topic_wildcard_mentioned", "wildcard_mentioned"]
+    assert first.id < mention.id
+    assert mention.flags[othello.id] == topic and mention.flags[iago.id] == ["read", *topic]
+    assert mention.flags[desdemona.id] == []
 
 
 def test_away_users_are_notified_once_per_mention(start_server: StartServer, world: Any,

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 import zulip
 
-from eventbus.messages import MessageStore, Stream
+from eventbus.messages import MessageStore, NewMessage, Stream
 from eventbus.processors.queues.analytics import AnalyticsStore
 from eventbus.queue import MemoryBroker
 from eventbus.settings import Settings
@@ -68,10 +68,10 @@ class World:
     def message(self, sender: User, stream: Stream | None, flags: dict[int, list[str]], topic: str = "t") -> int:
         """A message stored as the processor stores it: to ``stream``, or private to the users of ``flags``."""
         users = [{"id": uid, "email": f"{uid}@x", "full_name": str(uid)} for uid in flags]
-        return self.store.store(request_id=None, sender_id=sender.id, type="stream" if stream else "private",
-                                stream=stream, display_recipient=stream.name if stream else users,
-                                subject=topic if stream else "", content="hi", rendered_content="<p>hi</p>",
-                                flags=flags).id
+        return self.store.store(NewMessage(
+            request_id=None, sender_id=sender.id, type="stream" if stream else "private", stream=stream,
+            display_recipient=stream.name if stream else users, subject=topic if stream else "", content="hi",
+            rendered_content="<p>hi</p>", flags=flags)).id
 
 
 @pytest.fixture

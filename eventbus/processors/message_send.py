@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Set
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
 from eventbus import codec
 from eventbus.errors import EventEncodingError
-from eventbus.messages import MessageStore, StoredMessage, Stream
+from eventbus.messages import MessageStore, NewMessage, StoredMessage, Stream
 from eventbus.processors.markdown import Rendered, render
 from eventbus.queue import Broker
-from eventbus.tornado_events import send_event
+from eventbus.tornado_events import send_events
+from eventbus.tornado_events.notify import Recipient
 from eventbus.users import User
 from eventbus.validation import excerpt, is_id
 
@@ -168,6 +169,37 @@ def _recipients(to: Any) -> list[Any]:
 def send(broker: Broker, store: MessageStore, draft: Draft, request_id: str | None) -> StoredMessage:
     """Render, store (once per request id) and deliver through ``broker``; a message delivered before is not
     delivered again."""
+    return send_batch(broker, store, [(draft, request_id)])[0]
+
+
+def send_batch(broker: Broker, store: MessageStore, drafts: Sequence[tuple[Draft, str | None]]
+               ) -> list[StoredMessage]:
+    """``send`` for many drafts (each with its request id) at the cost of about one: rendered, stored in one
+    transaction, their events published with pipelined confirms, then marked delivered in one transaction.
+
+    Returns once every event is confirmed by the broker (the senders may then be answered). Ids follow the
+    order of ``drafts``, and the events go out in the order of the ids: each client queue gets them in id order
+    (a request stored before, whose event a killed worker may or may not have sent, comes in its place; the
+    event server drops a message event its queue already had).
+    """
+    participants: dict[tuple[int, bytes], set[int]] = {}  # a topic's senders earlier in this batch
+    new_messages = []
+    for draft, request_id in drafts:
+        earlier = participants.setdefault(_topic_key(draft), set()) if draft.stream is not None else set()
+        new_messages.append(_new_message(store, draft, request_id, earlier))
+        earlier.add(draft.sender.id)
+    messages = store.store_many(new_messages)
+    undelivered = sorted((m.id, i) for i, m in enumerate(messages) if not m.delivered)
+    send_events(broker, [_event(messages[i], drafts[i][0]) for _, i in undelivered])
+    if undelivered:
+        store.mark_delivered(*(message_id for message_id, _ in undelivered))
+    return messages
+
+
+def _new_message(store: MessageStore, draft: Draft, request_id: str | None, earlier_senders: Set[int]
+                 ) -> NewMessage:
+    """The draft rendered, with its recipients and their flags; ``earlier_senders`` are senders to its topic not
+    stored yet (earlier in the batch), whom ``@**topic**`` mentions too."""
     rendered = render_content(store, draft.content)
     if draft.stream is not None:
         recipient_ids = store.subscribers(draft.stream.id)
@@ -177,19 +209,26 @@ def send(broker: Broker, store: MessageStore, draft: Draft, request_id: str | No
         display = [{"id": u.id, "email": u.email, "full_name": u.full_name} for u in draft.recipients]
     if draft.sender.id not in recipient_ids:
         recipient_ids.append(draft.sender.id)
-    participants = _topic_participants(store, draft, rendered)
+    participants = _topic_participants(store, draft, rendered) | earlier_senders
     flags = {uid: (["read"] if uid == draft.sender.id else []) + mention_flags(uid, rendered, participants)
              for uid in recipient_ids}
-    message = store.store(request_id=request_id, sender_id=draft.sender.id, type=draft.type, stream=draft.stream,
-                          display_recipient=display, subject=draft.subject, content=draft.content,
-                          rendered_content=rendered.html, flags=flags, client=draft.client)
-    if not message.delivered:
-        event: dict[str, Any] = {"type": "message", "message": message.event_message()}
-        if draft.sender_queue_id is not None:  # Tornado gives local_id to that queue alone (clients.client_view)
-            event.update(sender_queue_id=draft.sender_queue_id, local_id=draft.local_id)
-        send_event(broker, event, [{"id": uid, "flags": f} for uid, f in message.flags.items()])
-        store.mark_delivered(message.id)
-    return message
+    return NewMessage(request_id=request_id, sender_id=draft.sender.id, type=draft.type, stream=draft.stream,
+                      display_recipient=display, subject=draft.subject, content=draft.content,
+                      rendered_content=rendered.html, flags=flags, client=draft.client)
+
+
+def _event(message: StoredMessage, draft: Draft) -> tuple[dict[str, Any], list[Recipient]]:
+    """The message event of a stored message, and its recipients with their flags."""
+    event: dict[str, Any] = {"type": "message", "message": message.event_message()}
+    if draft.sender_queue_id is not None:  # Tornado gives local_id to that queue alone (clients.client_view)
+        event.update(sender_queue_id=draft.sender_queue_id, local_id=draft.local_id)
+    return event, [{"id": uid, "flags": f} for uid, f in message.flags.items()]
+
+
+def _topic_key(draft: Draft) -> tuple[int, bytes]:
+    """A stream topic as the store compares topics: SQLite's NOCASE folds ASCII letters only, as ``bytes.lower``."""
+    assert draft.stream is not None
+    return draft.stream.id, draft.subject.encode().lower()
 
 
 def render_content(store: MessageStore, content: str) -> Rendered:

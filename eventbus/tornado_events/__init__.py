@@ -1,6 +1,7 @@
 """The Tornado event server: per-client event queues, long-polling and websocket delivery.
 
-Producers call ``send_event(broker, event, user_ids)`` (a processor passes ``self.broker``);
+Producers call ``send_event(broker, event, user_ids)`` (a processor passes ``self.broker``), or
+``send_events`` for several at once;
 ``eventbus runtornado`` runs the server.
 
 One module per concept::
@@ -20,6 +21,6 @@ One module per concept::
 ``eventbus.app.make_app`` hands each handler the parts it uses.
 """
 
-from eventbus.tornado_events.notify import send_event
+from eventbus.tornado_events.notify import send_event, send_events
 
-__all__ = ["send_event"]
+__all__ = ["send_event", "send_events"]

@@ -1,8 +1,9 @@
 """Requests a client submits (a message to send, a change to messages), sent to a processor, and its answers.
 
 ``submit`` publishes a request to ``message_sender`` with this server's
-return queue; the processor's answer comes back on that queue
-(``on_return``) and goes to the requester, once. A request that gets no
+return queue; the processor's answers come back on that queue, several in
+one message (``answers_event``: a batch of the processor answers in one
+publish), and ``on_return`` hands each to its requester, once. A request that gets no
 answer within ``request_timeout`` seconds is answered ``REQUEST_TIMEOUT``
 and forgotten (a late answer is logged and dropped). The websocket's request
 frames and ``POST /messages`` both submit here (to message_sender), and so do
@@ -82,13 +83,26 @@ class Submissions:
         return request_id
 
     def on_return(self, message: Any) -> None:
-        """Invoked by the queue client for each answer a processor put on the return queue."""
-        answer = MessageResponse.from_event(message)
-        responder = self.pending.pop(answer.request_id, None)
-        if responder is None:
-            logger.info("answer to request %s came after its requester left", answer.request_id)
-            return
-        responder(answer.response)
+        """Invoked by the queue client for each message on the return queue: the answers of an ``answers_event``
+        (``eventbus.contracts``), or one answer alone (what processors published before they answered in
+        batches, which may still be in the queue after an upgrade). Each goes to its requester; ValueError,
+        after the others, if one is no answer."""
+        batch = message.get("answers") if isinstance(message, dict) else None
+        items = batch if isinstance(batch, list) else [message]
+        bad = 0
+        for item in items:
+            try:
+                answer = MessageResponse.from_event(item)
+            except ValueError:
+                bad += 1
+                continue
+            responder = self.pending.pop(answer.request_id, None)
+            if responder is None:
+                logger.info("answer to request %s came after its requester left", answer.request_id)
+                continue
+            responder(answer.response)
+        if bad:
+            raise ValueError(f"{bad} of {len(items)} answer(s) are not objects with a 'request_id'")
 
     def expire_all(self) -> None:
         """Answer every request still waiting ``REQUEST_TIMEOUT`` (the server stops and its answers with it)."""
