@@ -1,6 +1,6 @@
 """The clients of the event server benchmarks: one process holding every connection of one case.
 
-    python -m bench._load_client KIND FLAVOR PORT USERS_FILE
+    python -m bench._load_client KIND FLAVOR PORT USERS_FILE [--shards PORT,... [--direct]] [--held N]
 
 KIND is how every client listens (``longpoll``, ``websocket``,
 ``socketio``; on eventbus also ``live``, a long-poll that polls again as
@@ -354,12 +354,31 @@ def _basic_auth(user: User) -> dict[str, str]:
 
 
 class Server:
-    """The server of the case: how to trigger a fan-out there, and how many clients it holds."""
+    """The server of the case: how to trigger a fan-out there, and how many clients it holds.
 
-    def __init__(self, flavor: str, port: int, control: HttpConnection) -> None:
+    With ``shards`` (their ports, in shard order) the server is several eventbus shards, each user owned by
+    shard ``user id % len(shards)``: the clients talk to ``port`` (nginx in front of them), or with
+    ``direct`` each to its own shard; triggers go to the first shard, which routes the other shards' part
+    through their notify queues, and the held clients are counted on every shard.
+    """
+
+    def __init__(self, flavor: str, port: int, controls: list[HttpConnection], shards: list[int] | None = None,
+                 direct: bool = False) -> None:
         self.flavor = flavor
         self.port = port
-        self.control = control  # a connection of its own for triggers and counts
+        self.shards = shards or [port]
+        self.direct = direct
+        self.controls = controls  # a connection of its own to each shard for triggers and counts
+        self.control = controls[0]
+
+    def port_for(self, user: User) -> int:
+        """Where ``user``'s client connects."""
+        return self.shards[user.id % len(self.shards)] if self.direct else self.port
+
+    def socket_path(self, user: User) -> str:
+        """The websocket's path: with several shards, naming the user's (nginx routes by it)."""
+        path = "/json/events/websocket"
+        return f"{path}?shard={user.id % len(self.shards)}" if len(self.shards) > 1 else path
 
     def trigger(self, event: dict[str, Any], user_ids: list[int]) -> bytes:
         """The request that sends ``event`` to ``user_ids``."""
@@ -376,8 +395,8 @@ class Server:
         if self.flavor == "socketio":
             return
         while True:
-            counts = ujson.loads(_check(await self.control.request("GET", "/bench/stats"), "stats").body)
-            if counts[HELD_AS.get(kind, kind)] >= clients:
+            answers = await asyncio.gather(*(control.request("GET", "/bench/stats") for control in self.controls))
+            if sum(ujson.loads(_check(a, "stats").body)[HELD_AS.get(kind, kind)] for a in answers) >= clients:
                 return
             await asyncio.sleep(POLL)
 
@@ -411,7 +430,7 @@ class LongPollClient:
         self.http: HttpConnection | None = None
 
     async def connect(self) -> None:
-        self.http = await HttpConnection.open(self.server.port)
+        self.http = await HttpConnection.open(self.server.port_for(self.user))
         if self.server.flavor == "eventbus":
             answer = _check(await self.http.request("POST", "/api/v1/register", self.headers, b""), "register")
             self.queue_id = ujson.loads(answer.body)["queue_id"]
@@ -467,7 +486,7 @@ class SocketClient:
         self.closing = False
 
     async def connect(self) -> None:
-        port = self.server.port
+        port = self.server.port_for(self.user)
         if self.server.flavor == "bare":
             self.socket = await WebSocketConnection.open(port, f"/socket?user={self.user.id}", {}, self._on_frame)
             return
@@ -481,7 +500,8 @@ class SocketClient:
         if cookie is None:
             raise BenchClientError("login set no session cookie")
         headers = {"Cookie": f"eventbus_session={cookie}", "Origin": f"http://127.0.0.1:{port}"}
-        self.socket = await WebSocketConnection.open(port, "/json/events/websocket", headers, self._on_frame)
+        self.socket = await WebSocketConnection.open(port, self.server.socket_path(self.user), headers,
+                                                     self._on_frame)
         self.socket.send(b'{"type":"register"}')
         await asyncio.wait_for(self.registered, TIMEOUT)
 
@@ -543,9 +563,12 @@ CLIENTS: dict[str, Callable[[Server, User, Tally], Client]] = {
 class Load:
     """Every client of the case, and the commands."""
 
-    def __init__(self, kind: str, server: Server, users: list[User]) -> None:
+    def __init__(self, kind: str, server: Server, users: list[User], held: int | None = None) -> None:
         self.kind = kind
         self.server = server
+        #: The clients of this kind the server holds when this process's are armed: more where another
+        #: process's clients share the server (its clients are held while this one's fan-out runs).
+        self.held = held or len(users)
         self.user_ids = [user.id for user in users]
         self.tally = Tally(len(users))
         self.clients = [CLIENTS[kind](server, user, self.tally) for user in users]
@@ -560,7 +583,7 @@ class Load:
                 client.arm()
 
         await asyncio.gather(*(connect(client) for client in self.clients))
-        await self.server.wait_held(self.kind, len(self.clients))
+        await self.server.wait_held(self.kind, len(self.clients))  # another process may not be connected yet
 
     async def fanout(self) -> dict[str, Any]:
         self.next_message_id += 1
@@ -573,7 +596,7 @@ class Load:
         _check(await asyncio.wait_for(answered, TIMEOUT), "trigger")
         for client in self.clients:
             client.arm()
-        await self.server.wait_held(self.kind, len(self.clients))
+        await self.server.wait_held(self.kind, self.held)
         return {"seconds": end - start}
 
     async def collect(self) -> dict[str, Any]:
@@ -586,12 +609,15 @@ class Load:
 
     async def close(self) -> None:
         await asyncio.gather(*(client.close() for client in self.clients), return_exceptions=True)
-        self.server.control.close()
+        for control in self.server.controls:
+            control.close()
 
 
-async def run(kind: str, flavor: str, port: int, users: list[User]) -> None:
-    server = Server(flavor, port, await HttpConnection.open(port))
-    load = Load(kind, server, users)
+async def run(kind: str, flavor: str, port: int, users: list[User], shards: list[int] | None = None,
+              direct: bool = False, held: int | None = None) -> None:
+    controls = [await HttpConnection.open(control) for control in shards or [port]]
+    server = Server(flavor, port, controls, shards, direct)
+    load = Load(kind, server, users, held)
     commands: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
         "fanout": load.fanout, "collect": load.collect, "report": load.report,
     }
@@ -627,11 +653,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("flavor", choices=FLAVORS)
     parser.add_argument("port", type=int)
     parser.add_argument("users", type=Path)
+    parser.add_argument("--shards", help="eventbus shards' ports, comma-separated, in shard order (PORT: nginx)")
+    parser.add_argument("--direct", action="store_true", help="with --shards, each client to its user's shard")
+    parser.add_argument("--held", type=int, help="clients of KIND the server holds once these are armed, "
+                        "where another process's share it (default: this process's)")
     args = parser.parse_args(argv)
+    shards = [int(port) for port in args.shards.split(",")] if args.shards else None
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     users = [User(*entry) for entry in json.loads(args.users.read_text())]
     try:
-        asyncio.run(run(args.kind, args.flavor, args.port, users))
+        asyncio.run(run(args.kind, args.flavor, args.port, users, shards, args.direct, args.held))
     except (BenchClientError, OSError, TimeoutError) as e:
         print(f"{args.kind} clients of {args.flavor}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

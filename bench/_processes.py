@@ -140,11 +140,11 @@ class Server(Process):
 class LoadClient(Process):
     """A ``bench._load_client`` process: every client of one case, connected and armed."""
 
-    def __init__(self, kind: str, flavor: str, server: Server, users: Sequence[User], log: Path,
-                 env: dict[str, str]) -> None:
+    def __init__(self, kind: str, flavor: str, port: int, users: Sequence[User], log: Path,
+                 env: dict[str, str], options: Sequence[str] = ()) -> None:
         self.users_file = write_users(log.with_suffix(".users.json"), users)
-        super().__init__(["bench._load_client", kind, flavor, str(server.port), str(self.users_file)], log, env,
-                         stdin=True)
+        super().__init__(["bench._load_client", kind, flavor, str(port), str(self.users_file), *options],
+                         log, env, stdin=True)
         try:
             ready = self.read(START_TIMEOUT)
         except BaseException:
@@ -208,9 +208,9 @@ class EventServers:
             known += [store.create_user(f"user{i}@example.com") for i in range(len(known), count)]
         return known[:count]
 
-    def start(self, name: str, amqp_url: str, **settings: str) -> Server:
+    def start(self, name: str, amqp_url: str, port: int = 0, **settings: str) -> Server:
         """An eventbus event server on RabbitMQ, as in production; its log named ``name``; no heartbeats;
-        ``settings`` are more ``EVENTBUS_*`` variables.
+        listening on ``port`` (0: a free one); ``settings`` are more ``EVENTBUS_*`` variables.
 
         Each server gets a var folder of its own: it starts without the queues an earlier one saved.
         """
@@ -221,7 +221,7 @@ class EventServers:
             EVENTBUS_DATABASE=str(self.database), EVENTBUS_SECRETS_FILE=str(self.secrets_file),
             EVENTBUS_HEARTBEAT_SECONDS="3600", **settings,
         )
-        return Server(["bench._eventbus_server"], var_dir.with_suffix(".log"), env)
+        return Server(["bench._eventbus_server", f"--port={port}"], var_dir.with_suffix(".log"), env)
 
     def start_bare(self, name: str, *, amqp_url: str | None = None, queue: str | None = None) -> Server:
         """The bare Tornado baseline; with ``queue``, relaying notices from RabbitMQ."""
@@ -233,11 +233,13 @@ class EventServers:
         return Server(["bench._socketio_server"], self.dir / f"{name}.log", environment())
 
     def send(self, flavor: str, clients: LoadClient, *, rate: float, seconds: float, first_id: int,
-             amqp_url: str, queue: str | None = None, to_all: Sequence[User] | None = None) -> Process:
+             amqp_url: str, queue: str | None = None, to_all: Sequence[User] | None = None,
+             **settings: str) -> Process:
         """A ``bench._sender`` process sending to the users of ``clients``, one user an event, round robin, or
-        each event to every user of ``to_all``; it prints what it sent, and exits."""
+        each event to every user of ``to_all``; it prints what it sent, and exits. ``settings`` are more
+        ``EVENTBUS_*`` variables (the sharding that ``send_event`` routes by)."""
         env = environment(EVENTBUS_BROKER="amqp", EVENTBUS_AMQP_URL=amqp_url,
-                          EVENTBUS_VAR_DIR=str(self.dir / "sender"))
+                          EVENTBUS_VAR_DIR=str(self.dir / "sender"), **settings)
         users_file = clients.users_file
         if to_all is not None:
             users_file = write_users(self.dir / f"sender-{flavor}.users.json", to_all)
@@ -245,7 +247,9 @@ class EventServers:
                 *(["--queue", queue] if queue else []), *(["--to-all"] if to_all is not None else [])]
         return Process(argv, self.dir / f"sender-{flavor}.log", env)
 
-    def clients(self, kind: str, flavor: str, server: Server, users: Sequence[User], name: str) -> LoadClient:
-        """A load client process of ``kind`` for ``server``, connected and armed."""
-        return LoadClient(kind, flavor, server, users, self.dir / f"{name}.log",
-                          environment(EVENTBUS_BENCH_SECRET=self.secret))
+    def clients(self, kind: str, flavor: str, server: Server, users: Sequence[User], name: str,
+                options: Sequence[str] = (), port: int | None = None) -> LoadClient:
+        """A load client process of ``kind`` for ``server`` (or a proxy in front of it at ``port``), connected
+        and armed; ``options`` are more of its arguments (``--shards``, ``--direct``)."""
+        return LoadClient(kind, flavor, port or server.port, users, self.dir / f"{name}.log",
+                          environment(EVENTBUS_BENCH_SECRET=self.secret), options)

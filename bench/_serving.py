@@ -1,10 +1,11 @@
 """What the servers of the event server benchmarks share, each in a process of its own.
 
-A server listens on a free port of 127.0.0.1, then prints one JSON line,
-``{"port": P}``, on stdout; it logs to stderr (the benchmark sends that to a
-file) and runs until SIGTERM or SIGINT. With ``--profile FILE`` its IOLoop
-thread runs under cProfile from the start, and the profile is written to
-FILE when it stops (read it with ``python -m pstats FILE``).
+A server listens on a free port of 127.0.0.1 (or ``--port``: a shard's, which
+the sharding names), then prints one JSON line, ``{"port": P}``, on stdout;
+it logs to stderr (the benchmark sends that to a file) and runs until
+SIGTERM or SIGINT. With ``--profile FILE`` its IOLoop thread runs under
+cProfile from the start, and the profile is written to FILE when it stops
+(read it with ``python -m pstats FILE``).
 
 Every server logs alike: INFO and up, but not Tornado's access log, which
 would cost a line per request of the timed fan-outs and time the logging as
@@ -39,6 +40,7 @@ Build = Callable[[argparse.Namespace], Awaitable[Built]]
 def main(parser: argparse.ArgumentParser, build: Build, argv: list[str] | None = None) -> int:
     """Parse the command line, build the application, serve it until SIGTERM; 0 on a clean stop."""
     parser.add_argument("--profile", type=Path, help="run under cProfile and write the profile here on exit")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -58,7 +60,7 @@ def main(parser: argparse.ArgumentParser, build: Build, argv: list[str] | None =
 
 async def _serve(build: Build, args: argparse.Namespace) -> None:
     app, on_stop = await build(args)
-    sockets = bind_sockets(0, "127.0.0.1", family=socket.AF_INET, backlog=BACKLOG)
+    sockets = bind_sockets(args.port, "127.0.0.1", family=socket.AF_INET, backlog=BACKLOG)
     http = HTTPServer(app)
     http.add_sockets(sockets)
     print(json.dumps({"port": sockets[0].getsockname()[1]}), flush=True)

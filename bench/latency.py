@@ -101,12 +101,13 @@ def latency(context: Context) -> list[Figure]:
 
 
 def measure(servers: EventServers, clients: LoadClient, flavor: str, rate: float, seconds: float, first_id: int,
-            url: str, queue: str | None = None, to_all: Sequence[User] | None = None) -> Latencies:
-    """One run: the producer sends (to the users of ``clients``, or each event to all of ``to_all``), the
-    clients record, every event must arrive."""
+            url: str, queue: str | None = None, to_all: Sequence[User] | None = None,
+            **settings: str) -> Latencies:
+    """One run: the producer sends (to the users of ``clients``, or each event to all of ``to_all``; with
+    ``settings`` in its environment), the clients record, every event must arrive."""
     clients.ask("collect")
     with servers.send(flavor, clients, rate=rate, seconds=seconds, first_id=first_id, amqp_url=url,
-                      queue=queue, to_all=to_all) as sender:
+                      queue=queue, to_all=to_all, **settings) as sender:
         sent = sender.read(seconds + SENDER_MARGIN)
     latencies = clients.ask(f"report {sent['sent']} {ARRIVAL_TIMEOUT}")["latencies"]
     if len(latencies) != sent["sent"]:

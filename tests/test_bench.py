@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from eventbus.settings import Settings
+from tests.shards import require_nginx
 from tests.workers import ROOT, cli_env
 
 
@@ -18,3 +19,16 @@ def test_quick_publish_benchmark_prints_its_table(settings: Settings) -> None:
     assert "raw pika basic_publish" in result.stdout
     assert "queue_json_publish_many" in result.stdout
     assert "baseline" in result.stdout
+
+
+def test_quick_shards_benchmark_prints_its_table(settings: Settings) -> None:
+    """One shard, two behind nginx and two reached directly all fan out and deliver (nginx from Debian)."""
+    require_nginx()
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--amqp-url", settings.amqp_url, "shards"],
+        cwd=ROOT, env=cli_env(settings), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    for case in ("websocket, two shards behind nginx", "long-poll, nginx against direct",
+                 "sustained, two shards behind nginx"):
+        assert case in result.stdout
