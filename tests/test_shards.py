@@ -263,6 +263,24 @@ def test_presence_crosses_shards(cluster: ShardCluster, people: list[User]) -> N
     run(scenario)
 
 
+def test_typing_crosses_shards(cluster: ShardCluster, people: list[User]) -> None:
+    cluster.start()
+    iago, othello = people[0], people[1]  # shards 1 and 0
+
+    async def scenario() -> None:
+        # Given Othello's client on shard 0, when Iago (shard 1) starts typing to him through nginx,
+        watcher = Api(cluster, othello)
+        queue = await watcher.register(event_types=["typing"])
+        assert queue.startswith("0:")
+        status, body = await Api(cluster, iago).call("POST", "/typing", op="start", to=[othello.id])
+        assert status == 200, body
+        # then Othello's client on the other shard is told who is typing.
+        [typing] = await poll(watcher, queue)
+        assert (typing["op"], typing["sender"]["user_id"]) == ("start", iago.id)
+
+    run(scenario)
+
+
 async def stop_shard_1_while_shard_0_polls(cluster: ShardCluster, people: list[User], producer: RabbitMQBroker,
                                            sig: signal.Signals) -> tuple[Api, str]:
     """Iago (shard 1) and Othello (shard 0) register; shard 1 stops by ``sig`` while Othello's poll is held, and

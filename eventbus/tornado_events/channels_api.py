@@ -5,7 +5,7 @@ Subscribing sends the newly subscribed users a ``subscription`` ``add`` event
 (with the streams' subscribers) and every other active user a ``peer_add``;
 unsubscribing sends ``remove`` and ``peer_remove``: every stream is public,
 and in Zulip everyone may see a public stream's subscribers. The events go
-through the event server's ``notify``, the one way events reach client queues.
+through the event server's ``route``, the one way events reach client queues (on every shard).
 A user may subscribe anyone, and unsubscribe only themselves (the channels'
 permissions say so). Streams are named by name, as Zulip's endpoints take them;
 subscribing to a stream that does not exist creates it.
@@ -106,7 +106,7 @@ class SubscriptionsHandler(CoreHandler):
                                                          [u.id for u in users])
         gone = [stream for stream in streams if removed[stream.id]]
         for stream in gone:
-            self.notify({"type": "subscription", "op": "remove",
+            await self.notify({"type": "subscription", "op": "remove",
                          "subscriptions": [{"stream_id": stream.id, "name": stream.name}]}, removed[stream.id])
         await self.tell_peers("peer_remove", gone, removed)
         self.success(removed=[s.name for s in gone], not_removed=[s.name for s in streams if s not in gone],
@@ -123,7 +123,7 @@ class SubscriptionsHandler(CoreHandler):
             for user_id in added[info.stream_id]:
                 by_user.setdefault(user_id, []).append(subscription_object(info))
         for user_id, subscriptions in by_user.items():
-            self.notify({"type": "subscription", "op": "add", "subscriptions": subscriptions}, [user_id])
+            await self.notify({"type": "subscription", "op": "add", "subscriptions": subscriptions}, [user_id])
         await self.tell_peers("peer_add", fresh, added)
 
     async def tell_peers(self, op: str, streams: list[Stream], changed: dict[int, list[int]]) -> None:
@@ -133,12 +133,13 @@ class SubscriptionsHandler(CoreHandler):
         active = await IOLoop.current().run_in_executor(None, self.server.messages.users.active_ids)
         for stream in streams:
             users = changed[stream.id]
-            self.notify({"type": "subscription", "op": op, "stream_ids": [stream.id], "user_ids": users},
+            await self.notify({"type": "subscription", "op": op, "stream_ids": [stream.id], "user_ids": users},
                         [uid for uid in active if uid not in users])
 
-    def notify(self, event: dict[str, Any], users: list[int]) -> None:
+    async def notify(self, event: dict[str, Any], users: list[int]) -> None:
+        """``event`` to the users' clients, with shards on each user's own (the server's ``route``)."""
         if users:
-            self.server.notify({"event": event, "users": users})
+            await self.server.route({"event": event, "users": users})
 
     # -- arguments ----------------------------------------------------------------
 

@@ -9,8 +9,9 @@ the server keeps no typing state: clients send ``start`` again every
 ``TYPING_STARTED_WAIT_MS`` while their user types, ``stop`` after
 ``TYPING_STOPPED_WAIT_MS`` without input, and forget a typist not heard of
 for ``TYPING_STARTED_EXPIRY_MS``. The events go through the event server's
-``notify``, the one way events reach client queues; requests count against
-their user's ``typing`` rate limit.
+``route`` (``notify`` here, each other shard's part to that shard), the one
+way events reach client queues; requests count against their user's
+``typing`` rate limit.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class TypingHandler(CoreHandler):
             stream_id, topic = await self.stream_and_topic()
             event.update(stream_id=stream_id, topic=topic)
             users = await IOLoop.current().run_in_executor(None, self.server.messages.subscribers, stream_id)
-        self.server.notify({"event": event, "users": users})
+        await self.server.route({"event": event, "users": users})  # with shards, to each user's own
         self.success(**ignored_parameters(self, self.FIELDS))
 
     async def direct_recipients(self) -> list[dict[str, Any]]:
