@@ -64,6 +64,8 @@ SECONDS = 5.0
 QUICK_SECONDS = 1.0
 #: Issue 12: delivery counts at a p99 under 50 ms.
 P99_LIMIT_MS = 50.0
+#: A --quick run only shows that the pieces work together, on whatever the machine is doing meanwhile.
+QUICK_P99_LIMIT_MS = 1000.0
 #: Issue 12: two shards deliver at least 1.6x what one delivers.
 TWO_SHARDS_TARGET = 1.6
 #: Issue 12: nginx adds at most 15% to the fan-out time: a rate of at least 1/1.15 of the direct one.
@@ -200,6 +202,7 @@ def _sustained(context: Context, servers: EventServers, clients: LoadClient, set
                **settings: str) -> list[float]:
     """The highest rate of the ladder with a p99 under the limit, once per round."""
     rates, seconds = (QUICK_RATES, QUICK_SECONDS) if context.quick else (RATES, SECONDS)
+    limit = QUICK_P99_LIMIT_MS if context.quick else P99_LIMIT_MS
     first_ids = itertools.count(2_000_000 if setup == ONE else 3_000_000, 100_000)
 
     def ladder() -> float:
@@ -211,11 +214,11 @@ def _sustained(context: Context, servers: EventServers, clients: LoadClient, set
             except BenchError as e:
                 logger.warning("  %s at %.0f/s: %s", setup, rate, str(e).splitlines()[0])
                 break
-            if found.p99 >= P99_LIMIT_MS:
+            if found.p99 >= limit:
                 break
             best = rate
         if not best:
-            raise BenchError(f"shards, {setup}: no rate of {rates} kept the p99 under {P99_LIMIT_MS:.0f} ms")
+            raise BenchError(f"shards, {setup}: no rate of {rates} kept the p99 under {limit:.0f} ms")
         return best
 
     return in_rounds([ladder], repeats=context.repeats)[0]
