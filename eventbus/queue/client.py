@@ -3,13 +3,22 @@
 ``AmqpClient`` is the one place that speaks to RabbitMQ. It owns a connection
 and one channel in confirm mode, and it:
 
-- reconnects with backoff after any failure, logging each one (warnings at
+- connects to one of the URLs of ``EVENTBUS_AMQP_URL`` (the nodes of a
+  cluster), starting at a random one so that clients spread over the nodes;
+  after a failure it tries the next URL at once, and waits (with backoff)
+  only once every URL failed in a row, logging each failure (warnings at
   first, errors once failures repeat);
 - holds publishes made while disconnected, and sends them again, in order,
   when a connection dies before RabbitMQ confirmed them;
-- declares each queue (durable; delay queues with their TTL, see ``delay``)
-  once per channel before its first use;
-- re-registers its consumers on every new channel.
+- declares each queue (durable, with the type and arguments of
+  ``declarations``) once per channel before its first use; a queue that
+  exists with other arguments (a classic queue where quorum queues are
+  asked for) is a ``QueueMismatchError`` naming the queue and the command
+  that migrates it: publishes to it fail with it, and its consumer is told
+  (``on_queue_error``) or, without that hook, tried again after a backoff;
+- re-registers its consumers on every new channel; with quorum queues the
+  consumer of a queue also consumes its dead-letter queue, for
+  ``on_dead_letter`` to move poison events into the error store.
 
 It does not care which loop drives it: the Tornado client runs it on Tornado's
 IOLoop through pika's TornadoConnection, the synchronous publisher and
@@ -20,6 +29,8 @@ from the thread that runs the loop.
 from __future__ import annotations
 
 import logging
+import random
+import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,11 +43,11 @@ import pika.connection
 import pika.frame
 import pika.spec
 
-from eventbus.errors import NackedError, UnroutableError
+from eventbus.errors import NackedError, QueueMismatchError, UnroutableError
 from eventbus.queue.backoff import Backoff
-from eventbus.queue.delay import declare_arguments
+from eventbus.queue.declarations import dead_letter_queue_name, queue_arguments, takes_dead_letters
 from eventbus.queue.frames import FastDeliveries
-from eventbus.settings import Settings
+from eventbus.settings import Settings, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +60,14 @@ PERSISTENT_JSON = pika.BasicProperties(delivery_mode=2, content_type="applicatio
 DoneCallback = Callable[[BaseException | None], None]
 #: Called with (channel generation, delivery tag, body) for each delivery.
 MessageCallback = Callable[[int, int, bytes], None]
+#: Called with (queue, channel generation, delivery tag, body) for an event dead-lettered out of ``queue``.
+DeadLetterCallback = Callable[[str, int, int, bytes], None]
+#: RabbitMQ's reply code for a declare whose arguments differ from the existing queue's.
+PRECONDITION_FAILED = 406
+#: Seconds before a queue refused for a mismatch is declared again (by a consumer nobody is told about).
+MISMATCH_RETRY_SECONDS = 30.0
+#: The queue named in RabbitMQ's "inequivalent arg" reply to such a declare.
+INEQUIVALENT = re.compile(r"inequivalent arg .* for queue '(?P<queue>[^']+)'")
 
 
 class Loop(Protocol):
@@ -98,17 +117,25 @@ class AmqpClient:
         prefetch: int | None = None,
         name: str = "eventbus",
         on_ready: Callable[[], None] | None = None,
+        on_dead_letter: DeadLetterCallback | None = None,
+        on_queue_error: Callable[[str, BaseException], None] | None = None,
     ) -> None:
-        self.url = settings.redacted_url
         self.name = name
         self.prefetch = prefetch or settings.prefetch
+        self.queue_type = settings.queue_type
         #: Grows with each new channel; acks for deliveries of an older channel are dropped.
         self.generation = 0
         self.last_error: BaseException | None = None
-        self._parameters = pika.URLParameters(settings.connection_url)
+        self._parameters = [pika.URLParameters(url) for url in settings.connection_urls]
+        self._urls = [redact_url(url) for url in settings.amqp_urls]
+        # A random first node spreads clients (and the quorum queues they declare first) over the cluster.
+        self._node = random.randrange(len(self._urls))
+        self._failed_in_a_row = 0  # attempts since the last connection; backoff once every URL failed
         self._loop = loop
         self._factory = connection_factory
         self._on_ready = on_ready
+        self._on_dead_letter = on_dead_letter
+        self._on_queue_error = on_queue_error
         self._backoff = Backoff()
         self._connection: pika.connection.Connection | None = None
         self._channel: pika.channel.Channel | None = None  # open or still being set up
@@ -124,6 +151,11 @@ class AmqpClient:
         self._consumers: dict[str, _Consumer] = {}
 
     # -- public API ---------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The URL (password hidden) of the node this client is connected to, or will try next."""
+        return self._urls[self._node]
 
     @property
     def connects(self) -> int:
@@ -187,10 +219,13 @@ class AmqpClient:
         """Consume ``queue`` on this and every later channel."""
         if queue in self._consumers:
             raise ValueError(f"already consuming {queue!r}")
-        consumer = _Consumer(queue, on_message)
-        self._consumers[queue] = consumer
-        if self._ready:
-            self._start_consumer(consumer)
+        consumers = [_Consumer(queue, on_message)]
+        if self._on_dead_letter is not None and takes_dead_letters(queue, self.queue_type):
+            consumers.append(_Consumer(dead_letter_queue_name(queue), partial(self._on_dead_letter, queue)))
+        for consumer in consumers:
+            self._consumers[consumer.queue] = consumer
+            if self._ready:
+                self._start_consumer(consumer)
 
     def cancel_consumers(self, queues: Iterable[str] | None = None,
                          on_cancelled: Callable[[], None] | None = None) -> None:
@@ -202,7 +237,8 @@ class AmqpClient:
         the caller's to ack. ``on_cancelled()`` runs once RabbitMQ
         confirmed every cancel (at once when there is nothing to cancel).
         """
-        names = list(self._consumers) if queues is None else [q for q in queues if q in self._consumers]
+        wanted = None if queues is None else {name for q in queues for name in (q, dead_letter_queue_name(q))}
+        names = [q for q in self._consumers if wanted is None or q in wanted]
         consumers = [self._consumers.pop(name) for name in names]
         channel = self._channel
         tags = {c.tag for c in consumers if c.tag is not None}
@@ -251,6 +287,7 @@ class AmqpClient:
         return {
             "ready": self.ready,
             "connects": self.connects,
+            "url": self.url,
             "failures": self._backoff.failures,
             "held": len(self._held),
             "unconfirmed": len(self._unconfirmed),
@@ -266,7 +303,7 @@ class AmqpClient:
             return
         logger.debug("%s: connecting to %s", self.name, self.url)
         self._connection = self._factory(
-            self._parameters,
+            self._parameters[self._node],
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_connection_open_error,
             on_close_callback=self._on_connection_closed,
@@ -295,13 +332,20 @@ class AmqpClient:
             self._retry_later(reason)
 
     def _retry_later(self, error: BaseException) -> None:
+        """Try the next URL at once; once every URL failed in a row, wait a backoff delay first."""
         self.last_error = error
         if self._closing:
             return
-        delay = self._backoff.next_delay()
+        failed_url = self.url
+        self._node = (self._node + 1) % len(self._urls)
+        self._failed_in_a_row += 1
+        delay = 0.0
+        if self._failed_in_a_row >= len(self._urls):
+            self._failed_in_a_row = 0
+            delay = self._backoff.next_delay()
         level = logging.WARNING if self._backoff.failures < ESCALATE_AFTER else logging.ERROR
-        logger.log(level, "%s: no connection to RabbitMQ at %s (%s: %s); retry %d in %.1f s",
-                   self.name, self.url, type(error).__name__, error, self._backoff.failures, delay)
+        logger.log(level, "%s: no connection to RabbitMQ at %s (%s: %s); trying %s in %.1f s",
+                   self.name, failed_url, type(error).__name__, error, self.url, delay)
         self._reconnect_timer = self._loop.call_later(delay, self._connect)
 
     def _on_channel_open(self, channel: pika.channel.Channel) -> None:
@@ -322,10 +366,11 @@ class AmqpClient:
             return
         self._ready = True
         self.generation += 1
-        if self._backoff.failures:
-            logger.warning("%s: connected to RabbitMQ at %s again after %d failed attempts",
-                           self.name, self.url, self._backoff.failures)
+        if self.last_error is not None:
+            logger.warning("%s: connected to RabbitMQ at %s again (%d backoff waits), after %s: %s", self.name,
+                           self.url, self._backoff.failures, type(self.last_error).__name__, self.last_error)
         self._backoff.reset()
+        self._failed_in_a_row = 0
         self.last_error = None
         for consumer in self._consumers.values():
             self._start_consumer(consumer)
@@ -342,9 +387,42 @@ class AmqpClient:
         if self._closing or conn is None or conn.is_closing or conn.is_closed:
             return
         # The broker closed the channel (a bad declare, say) but kept the connection: reopen it.
-        logger.error("%s: RabbitMQ closed the channel: %s", self.name, reason)
-        self.last_error = reason
-        self._reconnect_timer = self._loop.call_later(self._backoff.next_delay(), partial(self._reopen_channel, conn))
+        mismatch = self._mismatch(reason)
+        if mismatch is not None:
+            self._refuse_queue(*mismatch)
+        else:
+            logger.error("%s: RabbitMQ closed the channel: %s", self.name, reason)
+        self.last_error = mismatch[1] if mismatch is not None else reason
+        # A mismatch lasts until an operator migrates the queue: no point asking again every fraction of a second.
+        delay = MISMATCH_RETRY_SECONDS if mismatch is not None else self._backoff.next_delay()
+        self._reconnect_timer = self._loop.call_later(delay, partial(self._reopen_channel, conn))
+
+    def _mismatch(self, reason: BaseException) -> tuple[str, QueueMismatchError] | None:
+        """The queue and error, when ``reason`` is RabbitMQ refusing our declare of a queue that exists otherwise."""
+        code, text = getattr(reason, "reply_code", None), str(getattr(reason, "reply_text", ""))
+        match = INEQUIVALENT.search(text)
+        if code != PRECONDITION_FAILED or match is None:
+            return None
+        queue = match["queue"]
+        return queue, QueueMismatchError(
+            f"queue {queue!r} exists on RabbitMQ with other arguments than eventbus declares it with "
+            f"(EVENTBUS_QUEUE_TYPE={self.queue_type}): {text}. Run `eventbus migrate_queues` to move its events "
+            f"into a queue declared the new way."
+        )
+
+    def _refuse_queue(self, queue: str, error: QueueMismatchError) -> None:
+        """Fail the publishes held for ``queue``; tell its consumer, if someone listens (else it is tried again)."""
+        logger.error("%s: %s", self.name, error)
+        refused = [pub for pub in self._held if pub.queue == queue]
+        self.abandon(refused)
+        for pub in refused:
+            try:
+                pub.on_done(error)
+            except Exception:
+                logger.exception("%s: publish callback failed", self.name)
+        if self._on_queue_error is not None and queue in self._consumers:
+            del self._consumers[queue]
+            self._on_queue_error(queue, error)
 
     def _reopen_channel(self, connection: pika.connection.Connection) -> None:
         self._reconnect_timer = None
@@ -389,7 +467,8 @@ class AmqpClient:
             for callback in self._declaring.pop(queue, []):
                 callback()
 
-        channel.queue_declare(queue, durable=True, arguments=declare_arguments(queue), callback=on_declared)
+        channel.queue_declare(queue, durable=True, arguments=queue_arguments(queue, self.queue_type),
+                              callback=on_declared)
 
     def _send_held(self) -> None:
         channel = self._channel
