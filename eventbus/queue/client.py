@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import pika
 import pika.channel
 import pika.connection
+import pika.exceptions
 import pika.frame
 import pika.spec
 
@@ -62,6 +63,14 @@ DoneCallback = Callable[[BaseException | None], None]
 MessageCallback = Callable[[int, int, bytes], None]
 #: Called with (queue, channel generation, delivery tag, body) for an event dead-lettered out of ``queue``.
 DeadLetterCallback = Callable[[str, int, int, bytes], None]
+#: A nack means RabbitMQ could not store an event: a quorum queue had no leader while the cluster elected one (a
+#: node was lost), or an internal error. It is sent again this many times, on a new channel after a growing delay
+#: (about 15 s in all, longer than an election), before the publisher is told.
+NACK_RETRIES = 10
+NACK_RETRY_SECONDS = 0.1
+NACK_RETRY_MAX_SECONDS = 2.0
+#: Heartbeat timeouts without a byte from the broker after which a connection counts as dead.
+SILENT_HEARTBEATS = 2
 #: RabbitMQ's reply code for a declare whose arguments differ from the existing queue's.
 PRECONDITION_FAILED = 406
 #: Seconds before a queue refused for a mismatch is declared again (by a consumer nobody is told about).
@@ -96,6 +105,7 @@ class Publish:
     body: bytes
     on_done: DoneCallback
     returned: bool = False
+    nacks: int = 0
 
 
 @dataclass(eq=False)
@@ -145,6 +155,8 @@ class AmqpClient:
         self._on_closed: Callable[[], None] | None = None
         self._held: deque[Publish] = deque()
         self._unconfirmed: OrderedDict[int, Publish] = OrderedDict()
+        self._nacked: list[Publish] = []  # refused; sent again on a new channel
+        self._renew_timer: Any = None
         self._next_tag = 1
         self._declared: set[str] = set()
         self._declaring: dict[str, list[Callable[[], None]]] = {}
@@ -212,6 +224,7 @@ class AmqpClient:
         """Forget publishes whose caller gave up: they are not sent again, nor reported."""
         gone = set(map(id, pubs))
         self._held = deque(p for p in self._held if id(p) not in gone)
+        self._nacked = [p for p in self._nacked if id(p) not in gone]
         for tag in [t for t, p in self._unconfirmed.items() if id(p) in gone]:
             del self._unconfirmed[tag]
 
@@ -279,8 +292,9 @@ class AmqpClient:
 
     @property
     def publishing(self) -> int:
-        """Publishes not confirmed yet: held, or sent and waiting for RabbitMQ's confirm."""
-        return len(self._held) + len(self._unconfirmed)
+        """Publishes not confirmed yet: held, sent and waiting for RabbitMQ's confirm, or refused and waiting to be
+        sent again."""
+        return len(self._held) + len(self._unconfirmed) + len(self._nacked)
 
     def statistics(self) -> dict[str, Any]:
         """A plain record of the client's state, for logs, metrics and tests."""
@@ -289,7 +303,7 @@ class AmqpClient:
             "connects": self.connects,
             "url": self.url,
             "failures": self._backoff.failures,
-            "held": len(self._held),
+            "held": len(self._held) + len(self._nacked),
             "unconfirmed": len(self._unconfirmed),
             "consumers": sorted(self._consumers),
             "last_error": repr(self.last_error) if self.last_error else None,
@@ -312,6 +326,33 @@ class AmqpClient:
     def _on_connection_open(self, connection: pika.connection.Connection) -> None:
         """Invoked by pika when the connection is open."""
         connection.channel(on_open_callback=self._on_channel_open)
+        heartbeat = connection.params.heartbeat
+        if heartbeat:
+            self._watch_silence(connection, heartbeat / 2, connection.bytes_received, 0.0)
+
+    def _watch_silence(self, connection: pika.connection.Connection, tick: float, seen: int, silent: float) -> None:
+        """Every half heartbeat timeout: abort ``connection`` once the broker was silent ``SILENT_HEARTBEATS``
+        timeouts.
+
+        RabbitMQ sends a heartbeat every half timeout when it has nothing else
+        to send, so silence means the node stopped answering (a frozen VM, a
+        network cut) while the TCP connection looks alive. pika's own check
+        needs a whole window of timeout + 5 s without a byte, up to twice that
+        in all: too slow to move to another node of a cluster.
+        """
+        stale = connection is not self._connection  # a test of its own: mypy would narrow connection to Optional
+        if stale or not connection.is_open:
+            return
+        received = connection.bytes_received
+        silent = 0.0 if received != seen else silent + tick
+        if silent >= SILENT_HEARTBEATS * 2 * tick:
+            logger.warning("%s: RabbitMQ at %s sent nothing for %.1f s; dropping the connection",
+                           self.name, self.url, silent)
+            # pika has no public abort; a close() would wait for an answer that does not come.
+            connection._terminate_stream(pika.exceptions.AMQPHeartbeatTimeout(
+                f"no heartbeat from RabbitMQ at {self.url} for {silent:.1f} s"))
+            return
+        self._loop.call_later(tick, partial(self._watch_silence, connection, tick, received, silent))
 
     def _on_connection_open_error(self, _connection: Any, error: BaseException) -> None:
         """Invoked by pika when a connection attempt fails."""
@@ -515,12 +556,39 @@ class AmqpClient:
         error: BaseException | None = None
         if pub.returned:
             error = UnroutableError(f"RabbitMQ at {self.url} had no queue {pub.queue!r} to route the event to")
+        elif nacked and pub.nacks < NACK_RETRIES:
+            delay = min(NACK_RETRY_MAX_SECONDS, NACK_RETRY_SECONDS * 2**pub.nacks)
+            pub.nacks += 1
+            logger.warning("%s: RabbitMQ at %s refused an event for %r; sending it again on a new channel in %.1f s "
+                           "(retry %d)", self.name, self.url, pub.queue, delay, pub.nacks)
+            self._nacked.append(pub)
+            if self._renew_timer is None:
+                self._renew_timer = self._loop.call_later(delay, self._renew_channel)
+            return
         elif nacked:
             error = NackedError(f"RabbitMQ at {self.url} refused an event for queue {pub.queue!r}")
         try:
             pub.on_done(error)
         except Exception:
             logger.exception("%s: publish callback failed", self.name)
+
+    def _renew_channel(self) -> None:
+        """Send the refused publishes again, on a new channel.
+
+        Not on the same one: a channel of RabbitMQ 3.10 that began publishing
+        to a quorum queue while the queue's record still named a lost leader
+        keeps sending to it, and every publish is refused until the channel
+        closes (upstream fixed in 3.11, rabbitmq-server pull request 9241).
+        """
+        self._renew_timer = None
+        self._held.extendleft(reversed(self._nacked))
+        self._nacked.clear()
+        channel, connection = self._channel, self._connection
+        if channel is None or connection is None or not channel.is_open or not connection.is_open:
+            return  # a new channel comes anyway, and sends the held publishes
+        self._lose_channel()  # the unconfirmed ones too go back to the held ones, first
+        channel.close()  # its close callback finds it is no longer ours
+        connection.channel(on_open_callback=self._on_channel_open)
 
     # -- consuming ----------------------------------------------------------------
 
