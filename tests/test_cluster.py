@@ -9,6 +9,7 @@ leader: the node the scenario then takes down.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import redirect_stdout
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ import pytest
 import zulip
 
 from eventbus.errors import BrokerError, QueueMismatchError
-from eventbus.queue import set_broker
+from eventbus.queue import rabbitmq_node, set_broker
 from eventbus.queue.declarations import DEAD_LETTER_REASON, DELIVERY_LIMIT, dead_letter_queue_name, queue_arguments
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.queue.rabbitmq_node import RabbitMQCluster, RabbitMQNode, free_port
@@ -49,9 +51,15 @@ QUORUM = {"EVENTBUS_QUEUE_TYPE": "quorum", "EVENTBUS_PUBLISH_TIMEOUT": "60"}
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQCluster]:
     require_rabbitmq()
-    cluster = RabbitMQCluster(tmp_path_factory.mktemp("cluster"), 3, name=f"eventbus-cluster-{os.getpid()}")
-    cluster.start()
+    folder, name = tmp_path_factory.mktemp("cluster"), f"eventbus-cluster-{os.getpid()}"
+    printed = io.StringIO()
+    with redirect_stdout(printed):  # started as an operator does: `eventbus rabbitmq start --nodes 3`
+        started = rabbitmq_node.main(["start", "--nodes", "3", "--dir", str(folder), "--name", name])
+    cluster = RabbitMQCluster(folder, name=name)
     try:
+        assert started == 0
+        assert printed.getvalue() == f"RabbitMQ cluster of 3 nodes is up: {cluster.url}\n"
+        assert cluster.url.count(",amqp://") == 2
         yield cluster
     finally:
         for node in cluster.nodes:
@@ -112,6 +120,13 @@ def resume(node: RabbitMQNode) -> None:
 
 def all_running(cluster: RabbitMQCluster) -> bool:
     return sorted(cluster.running_nodes()) == sorted(n.nodename for n in cluster.nodes)
+
+
+def test_status_names_every_node_of_the_cluster(cluster: RabbitMQCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    assert rabbitmq_node.main(["status", "--dir", str(cluster.base_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"RabbitMQ node {node.nodename} is up: {node.url}" for node in cluster.nodes]
+    assert len({node.port for node in cluster.nodes}) == len({node.dist_port for node in cluster.nodes}) == 3
 
 
 # -- the clients ----------------------------------------------------------------------------------------------------
@@ -263,7 +278,9 @@ def test_losing_the_leader_mid_stream_loses_no_confirmed_event(
 
         # and the node rejoins the cluster when started (or woken) again
         undo()
+        undone = time.monotonic()
         wait_for(lambda: all_running(cluster), timeout=60, what="the node back in the cluster")
+        print(f"{failure.__name__}: the node was back in the cluster {time.monotonic() - undone:.1f} s after")
         to_workers.stop()
         to_tornado.stop()
 

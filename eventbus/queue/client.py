@@ -9,7 +9,12 @@ and one channel in confirm mode, and it:
   only once every URL failed in a row, logging each failure (warnings at
   first, errors once failures repeat);
 - holds publishes made while disconnected, and sends them again, in order,
-  when a connection dies before RabbitMQ confirmed them;
+  when a connection dies before RabbitMQ confirmed them; a publish RabbitMQ
+  refuses (a nack: a quorum queue electing a new leader) is sent again on a
+  new channel, a few times, before its publisher hears of it;
+- drops a connection whose node sent nothing for two heartbeat timeouts (a
+  node that stopped answering), rather than wait for the TCP connection to
+  fail;
 - declares each queue (durable, with the type and arguments of
   ``declarations``) once per channel before its first use; a queue that
   exists with other arguments (a classic queue where quorum queues are

@@ -31,6 +31,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 #: Where Debian's rabbitmq-server package puts the real start script.
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
@@ -39,6 +40,9 @@ CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
 #: default 60: until then, quorum queues led by that node elect no new leader, and their consumers wait. When the
 #: peer answers again, the split is healed automatically (autoheal): the side that lost restarts and rejoins.
 NODE_CONFIG = "cluster_partition_handling = autoheal\nnet_ticktime = 3\n"
+#: A node that autoheal restarts waits for the winner's word to start again; on RabbitMQ 3.10 that word can be
+#: lost, and the node starts only when this wait times out (60 s by default).
+NODE_ADVANCED_CONFIG = "[{rabbit, [{autoheal_state_transition_timeout, 5000}]}].\n"
 #: A node starts in 6 to 9 s on these machines; a loaded one can take several times that.
 START_TIMEOUT = 90.0
 
@@ -127,6 +131,7 @@ class RabbitMQNode:
         self._save()
         (self.base_dir / "enabled_plugins").write_text("[].\n")
         (self.base_dir / "rabbitmq.conf").write_text(NODE_CONFIG)
+        (self.base_dir / "advanced.config").write_text(NODE_ADVANCED_CONFIG)
         # Output goes to a file: a detached server must not hold its parent's stdout open.
         with open(self.log_file, "ab") as log:
             subprocess.run(
@@ -222,10 +227,13 @@ class RabbitMQCluster:
             raise ValueError("a cluster has at least one node")
         self.base_dir = Path(base_dir).resolve()
         saved = self._load()
-        self.count = saved.get("nodes", count)
-        self.epmd_port = saved.get("epmd_port") or free_port()
+        # A cluster started before keeps its size and names: ``stop`` and ``status`` need only its folder.
+        self.count = int(saved.get("nodes", count))
+        self.name = str(saved.get("name", name))
+        self.epmd_port = int(saved.get("epmd_port") or free_port())
         home = self.base_dir / "home"
-        self.nodes = [RabbitMQNode(self.base_dir / f"node{n}", f"{name}-{n}", home=home, epmd_port=self.epmd_port)
+        self.nodes = [RabbitMQNode(self.base_dir / f"node{n}", f"{self.name}-{n}", home=home,
+                                   epmd_port=self.epmd_port)
                       for n in range(1, self.count + 1)]
 
     @property
@@ -280,14 +288,15 @@ class RabbitMQCluster:
             list(pool.map(lambda node: node.stop(epmd=False), self.nodes))
         self.nodes[0].stop_epmd()
 
-    def _load(self) -> dict[str, int]:
+    def _load(self) -> dict[str, Any]:
         return _load_json(self.base_dir / "cluster.json")
 
     def _save(self) -> None:
-        _save_json(self.base_dir / "cluster.json", {"nodes": self.count, "epmd_port": self.epmd_port})
+        _save_json(self.base_dir / "cluster.json", {"nodes": self.count, "name": self.name,
+                                                    "epmd_port": self.epmd_port})
 
 
-def _load_json(path: Path) -> dict[str, int]:
+def _load_json(path: Path) -> dict[str, Any]:
     """The ports and counts saved in ``path`` by an earlier start (none if it never started)."""
     try:
         return dict(json.loads(path.read_text()))
@@ -295,7 +304,7 @@ def _load_json(path: Path) -> dict[str, int]:
         return {}
 
 
-def _save_json(path: Path, saved: dict[str, int]) -> None:
+def _save_json(path: Path, saved: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(saved))
 
