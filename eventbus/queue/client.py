@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -74,6 +75,10 @@ DeadLetterCallback = Callable[[str, int, int, bytes], None]
 NACK_RETRIES = 10
 NACK_RETRY_SECONDS = 0.1
 NACK_RETRY_MAX_SECONDS = 2.0
+#: A publish not confirmed after this many seconds, on a live connection, is sent again on a new channel (see
+#: ``_watch_confirms``); looked at this often.
+CONFIRM_PATIENCE_SECONDS = 5.0
+CONFIRM_CHECK_SECONDS = 1.0
 #: Heartbeat timeouts without a byte from the broker after which a connection counts as dead.
 SILENT_HEARTBEATS = 2
 #: RabbitMQ's reply code for a declare whose arguments differ from the existing queue's.
@@ -111,6 +116,7 @@ class Publish:
     on_done: DoneCallback
     returned: bool = False
     nacks: int = 0
+    sent_at: float = 0.0  # monotonic time it was last written to a channel
 
 
 @dataclass(eq=False)
@@ -421,8 +427,28 @@ class AmqpClient:
         for consumer in self._consumers.values():
             self._start_consumer(consumer)
         self._send_held()
+        self._loop.call_later(CONFIRM_CHECK_SECONDS, partial(self._watch_confirms, channel))
         if self._on_ready is not None:
             self._on_ready()
+
+    def _watch_confirms(self, channel: pika.channel.Channel) -> None:
+        """Every second while ``channel`` is ours: renew it once its oldest publish waited too long for a confirm.
+
+        A quorum queue confirms in milliseconds once it has a leader. A channel
+        of RabbitMQ 3.10 that sent publishes to a leader the cluster lost can
+        leave them unanswered, neither confirmed nor refused, after the queue
+        has a new leader: sent again on a new channel, they go through.
+        """
+        if channel is not self._channel or not self._ready:
+            return
+        oldest = next(iter(self._unconfirmed.values()), None)
+        waited = 0.0 if oldest is None else time.monotonic() - oldest.sent_at
+        if waited > CONFIRM_PATIENCE_SECONDS:
+            logger.warning("%s: RabbitMQ at %s confirmed no publish for %.1f s; sending %d again on a new channel",
+                           self.name, self.url, waited, len(self._unconfirmed))
+            self._renew_channel()
+            return
+        self._loop.call_later(CONFIRM_CHECK_SECONDS, partial(self._watch_confirms, channel))
 
     def _on_channel_closed(self, channel: pika.channel.Channel, reason: BaseException) -> None:
         """Invoked by pika when the channel closes: a broker error, or the connection going away."""
@@ -527,6 +553,7 @@ class AmqpClient:
                 return
             channel.basic_publish("", pub.queue, pub.body, PERSISTENT_JSON, mandatory=True)
             self._held.popleft()  # only once sent: a publish that raised stays held, never silently dropped
+            pub.sent_at = time.monotonic()
             self._unconfirmed[self._next_tag] = pub
             self._next_tag += 1
 
@@ -568,7 +595,7 @@ class AmqpClient:
                            "(retry %d)", self.name, self.url, pub.queue, delay, pub.nacks)
             self._nacked.append(pub)
             if self._renew_timer is None:
-                self._renew_timer = self._loop.call_later(delay, self._renew_channel)
+                self._renew_timer = self._loop.call_later(delay, self._on_renew_timer)
             return
         elif nacked:
             error = NackedError(f"RabbitMQ at {self.url} refused an event for queue {pub.queue!r}")
@@ -576,6 +603,10 @@ class AmqpClient:
             pub.on_done(error)
         except Exception:
             logger.exception("%s: publish callback failed", self.name)
+
+    def _on_renew_timer(self) -> None:
+        self._renew_timer = None
+        self._renew_channel()
 
     def _renew_channel(self) -> None:
         """Send the refused publishes again, on a new channel.
@@ -585,7 +616,9 @@ class AmqpClient:
         keeps sending to it, and every publish is refused until the channel
         closes (upstream fixed in 3.11, rabbitmq-server pull request 9241).
         """
-        self._renew_timer = None
+        if self._renew_timer is not None:  # asked for by a nack, and now by the confirm watch: once is enough
+            self._loop.remove_timeout(self._renew_timer)
+            self._renew_timer = None
         self._held.extendleft(reversed(self._nacked))
         self._nacked.clear()
         channel, connection = self._channel, self._connection
