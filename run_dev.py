@@ -97,17 +97,20 @@ def ensure_rabbitmq() -> bool:
     return True
 
 
-def amqp_reachable(url: str) -> bool:
+def amqp_reachable(urls: str) -> bool:
+    """Whether a node of ``EVENTBUS_AMQP_URL`` (one URL, or a cluster's, comma-separated) answers."""
     import pika
     import pika.exceptions
 
-    parameters = pika.URLParameters(url)
-    parameters.socket_timeout = parameters.stack_timeout = 3
-    try:
-        pika.BlockingConnection(parameters).close()
-        return True
-    except (pika.exceptions.AMQPError, OSError):
-        return False
+    for url in filter(None, (u.strip() for u in urls.split(","))):
+        parameters = pika.URLParameters(url)
+        parameters.socket_timeout = parameters.stack_timeout = 3
+        try:
+            pika.BlockingConnection(parameters).close()
+            return True
+        except (pika.exceptions.AMQPError, OSError):
+            continue
+    return False
 
 
 # -- processes -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from eventbus.contracts import NOTIFY_TORNADO, TORNADO_RETURN
 from eventbus.errors import EventBusError
 from eventbus.processors import monitoring
 from eventbus.processors.registry import get_worker_class, registered_queues
@@ -223,7 +224,50 @@ def cmd_rabbitmq(args: argparse.Namespace) -> int:
     argv = [args.action, "--dir", args.dir, "--name", args.name]
     if args.port is not None:
         argv += ["--port", str(args.port)]
+    if args.nodes is not None:
+        argv += ["--nodes", str(args.nodes)]
     return rabbitmq_node.main(argv)
+
+
+def cmd_migrate_queues(args: argparse.Namespace) -> int:
+    from eventbus.queue.migration import QueueMigrator
+    from eventbus.settings import get_settings
+
+    settings = get_settings()
+    if settings.broker != "amqp":
+        raise UsageError("migrate_queues is for RabbitMQ queues (EVENTBUS_BROKER=amqp)")
+    queues = args.queues or known_queues(settings.queue_type)
+    changed = 0
+    with QueueMigrator(settings).connected() as migrator:
+        for queue in queues:
+            migration = migrator.migrate_queue(queue)
+            changed += migration.changed
+            if migration.changed or args.queues:  # the queues named are reported whatever happened
+                print(migration.describe(), flush=True)
+    print(f"{len(queues)} queue(s) checked, {changed} migrated to EVENTBUS_QUEUE_TYPE={settings.queue_type}")
+    return 0
+
+
+def known_queues(queue_type: str) -> list[str]:
+    """Every queue eventbus declares that can be named in advance: the processors' queues, their retry delay
+    queues and dead-letter queues, and the Tornado server's."""
+    from eventbus.queue.declarations import dead_letter_queue_name, takes_dead_letters
+    from eventbus.queue.delay import delay_queue_name
+    from eventbus.settings import get_settings
+
+    sharding = get_settings().sharding
+    shards = range(sharding.count) if sharding.sharded else range(0)
+    tornado = [NOTIFY_TORNADO, TORNADO_RETURN,
+               *(queue for shard in shards for queue in (sharding.notify_queue(shard), sharding.return_queue(shard)))]
+    queues = []
+    for name in [*registered_queues(enabled_only=False), *tornado]:
+        queues.append(name)
+        if takes_dead_letters(name, queue_type):
+            queues.append(dead_letter_queue_name(name))
+    for name in registered_queues(enabled_only=False):
+        options = get_worker_class(name).options
+        queues += [delay_queue_name(name, options.retry_delay * 2 ** (tries - 1)) for tries in range(1, options.tries)]
+    return queues
 
 
 # -- the parser ---------------------------------------------------------------------
@@ -294,11 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     mirror.add_argument("--port", type=int, default=2525, help="port to listen on (default 2525)")
     mirror.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
 
-    rabbitmq = command("rabbitmq", "start, stop or check a private RabbitMQ node")
+    migrate = command("migrate_queues", "declare queues again with EVENTBUS_QUEUE_TYPE, moving their events over")
+    migrate.add_argument("queues", nargs="*", metavar="NAME",
+                         help="queues to migrate (default: every queue eventbus declares; name other delay queues)")
+
+    rabbitmq = command("rabbitmq", "start, stop or check a private RabbitMQ node, or a local cluster")
     rabbitmq.add_argument("action", choices=["start", "stop", "status"])
     rabbitmq.add_argument("--dir", default="var/rabbitmq", help="the node's folder (default var/rabbitmq)")
     rabbitmq.add_argument("--port", type=int, default=None, help="AMQP port (default: a free one)")
     rabbitmq.add_argument("--name", default="eventbus", help="node name before @localhost")
+    rabbitmq.add_argument("--nodes", type=int, default=None, metavar="N",
+                          help="start a local cluster of N nodes; prints their comma-separated URLs")
     return parser
 
 

@@ -5,6 +5,7 @@ at the boundary, into this tree::
 
     EventBusError
      +-- ConfigurationError        a setting has a value that cannot work
+     |    +-- QueueMismatchError   a queue exists with another type: run `eventbus migrate_queues`
      +-- EventEncodingError        an event is not JSON-serializable, or a body is not JSON
      +-- PermanentError            an event can never be processed: stored at once, never retried
      |    +-- ContractError        an event breaks its queue's contract (eventbus.contracts); names the field
@@ -76,3 +77,7 @@ class QueueNotFound(BrokerError):
 
 class ConsumerError(BrokerError):
     """A consumer's connection thread died; the events it held go back to the queue."""
+
+
+class QueueMismatchError(ConfigurationError):
+    """A queue exists on RabbitMQ with other arguments (another type) than the settings declare it with."""

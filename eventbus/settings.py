@@ -17,6 +17,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import threading
 import urllib.parse
 from collections.abc import Mapping
@@ -30,6 +31,10 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 #: Where production keeps secrets, as Zulip keeps zulip-secrets.conf.
 DEFAULT_SECRETS_FILE = "/etc/eventbus/secrets.conf"
 BROKERS = ("amqp", "memory")
+#: ``classic``: the one-node default; ``quorum``: replicated over a cluster with Raft, confirmed once a majority has it.
+QUEUE_TYPES = ("classic", "quorum")
+#: A value that starts like a URL (``postgresql://...``), not like a file path.
+URL_LOOKING = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 #: A session cookie meant to outlive a year is a credential nobody remembers handing out.
 MAX_SESSION_LIFETIME_SECONDS = 366 * 24 * 3600.0
 
@@ -39,7 +44,10 @@ class Settings:
     """Every setting, documented in README's configuration table."""
 
     broker: str = "amqp"
+    #: One AMQP URL, or several comma-separated (the nodes of a cluster): clients use one that answers.
     amqp_url: str = DEFAULT_AMQP_URL
+    #: The type every durable queue is declared with: classic, or quorum (a cluster's replicated queues).
+    queue_type: str = "classic"
     secrets_file: Path = Path(DEFAULT_SECRETS_FILE)
     var_dir: Path = Path("var")
     #: Seconds a synchronous publish keeps retrying before it gives up.
@@ -124,12 +132,13 @@ class Settings:
         settings = cls(
             broker=env.get("EVENTBUS_BROKER", cls.broker).strip().lower(),
             amqp_url=env.get("EVENTBUS_AMQP_URL", cls.amqp_url),
+            queue_type=env.get("EVENTBUS_QUEUE_TYPE", cls.queue_type).strip().lower(),
             secrets_file=secrets_file,
             var_dir=Path(env.get("EVENTBUS_VAR_DIR", cls.var_dir)),
             publish_timeout=_number(env, "EVENTBUS_PUBLISH_TIMEOUT", cls.publish_timeout),
             prefetch=int(_number(env, "EVENTBUS_PREFETCH", cls.prefetch)),
             test_queue_path=_path(env, "EVENTBUS_TEST_QUEUE_FILE"),
-            database_setting=_path(env, "EVENTBUS_DATABASE"),
+            database_setting=_database(env),
             port=int(_number(env, "EVENTBUS_PORT", cls.port)),
             server_id=env.get("EVENTBUS_SERVER_ID", cls.server_id),
             sharding=Sharding.parse(env.get("EVENTBUS_TORNADO_SHARDS", ""),
@@ -180,10 +189,10 @@ class Settings:
             raise ConfigurationError(
                 f"EVENTBUS_BROKER must be one of {', '.join(BROKERS)}, not {self.broker!r}"
             )
-        scheme = urllib.parse.urlsplit(self.amqp_url).scheme
-        if scheme not in ("amqp", "amqps"):
+        self._validate_amqp_urls()
+        if self.queue_type not in QUEUE_TYPES:
             raise ConfigurationError(
-                f"EVENTBUS_AMQP_URL must start with amqp:// or amqps://, not {scheme!r}"
+                f"EVENTBUS_QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}, not {self.queue_type!r}"
             )
         positive = {
             "EVENTBUS_PUBLISH_TIMEOUT": self.publish_timeout, "EVENTBUS_PREFETCH": self.prefetch,
@@ -228,12 +237,37 @@ class Settings:
                 raise ConfigurationError("EVENTBUS_PROCESSOR_MODULES must be comma-separated module names "
                                          f"(such as myapp.processors), not {module!r}")
 
+    def _validate_amqp_urls(self) -> None:
+        urls = self.amqp_urls
+        if not urls:
+            raise ConfigurationError("EVENTBUS_AMQP_URL must hold at least one amqp:// or amqps:// URL")
+        for n, url in enumerate(urls, 1):
+            scheme = urllib.parse.urlsplit(url).scheme
+            if scheme not in ("amqp", "amqps"):
+                where = f"element {n} of " if len(urls) > 1 else ""
+                raise ConfigurationError(
+                    f"{where}EVENTBUS_AMQP_URL must start with amqp:// or amqps://, not {redact_url(url)!r}"
+                )
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The URLs of ``EVENTBUS_AMQP_URL``: one, or each node of a cluster (comma-separated)."""
+        return tuple(url.strip() for url in self.amqp_url.split(",") if url.strip())
+
+    @property
+    def connection_urls(self) -> tuple[str, ...]:
+        """The AMQP URLs to connect with: the password from the secrets file fills a URL without one."""
+        return tuple(self._with_password(url) for url in self.amqp_urls)
+
     @property
     def connection_url(self) -> str:
-        """The AMQP URL to connect with: the password from the secrets file fills a URL without one."""
-        parts = urllib.parse.urlsplit(self.amqp_url)
+        """The first of ``connection_urls`` (for tools that take one node)."""
+        return self.connection_urls[0]
+
+    def _with_password(self, url: str) -> str:
+        parts = urllib.parse.urlsplit(url)
         if parts.password is not None or not self.rabbitmq_password:
-            return self.amqp_url
+            return url
         user = parts.username or "guest"
         password = urllib.parse.quote(self.rabbitmq_password, safe="")
         host = parts.netloc.rpartition("@")[2]
@@ -273,8 +307,8 @@ class Settings:
 
     @property
     def redacted_url(self) -> str:
-        """The broker URL for messages and logs, with any password replaced by ``***``."""
-        return redact_url(self.amqp_url)
+        """The broker URL(s) for messages and logs, with any password replaced by ``***``."""
+        return ",".join(map(redact_url, self.amqp_urls))
 
     def replace(self, **changes: object) -> Settings:
         """A copy with some settings changed (for tests and command-line flags)."""
@@ -293,6 +327,19 @@ def redact_url(url: str) -> str:
 
 def _path(env: Mapping[str, str], name: str) -> Path | None:
     raw = env.get(name)
+    return Path(raw) if raw else None
+
+
+def _database(env: Mapping[str, str]) -> Path | None:
+    """``EVENTBUS_DATABASE``: a SQLite file path. A URL would be taken for a relative path and "work" in a folder
+    named after its scheme: it is refused."""
+    raw = env.get("EVENTBUS_DATABASE")
+    if raw and URL_LOOKING.match(raw.strip()):
+        if raw.strip().lower().startswith("postgres"):
+            raise ConfigurationError("EVENTBUS_DATABASE: PostgreSQL is not supported yet "
+                                     "(give the path of a SQLite file)")
+        raise ConfigurationError(f"EVENTBUS_DATABASE must be the path of a SQLite file, not a URL "
+                                 f"({redact_url(raw.strip())!r})")
     return Path(raw) if raw else None
 
 

@@ -32,17 +32,22 @@ os.environ["EVENTBUS_PROCESSOR_MODULES"] = "tests.processors"
 @pytest.fixture(scope="session")
 def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQNode]:
     """One private RabbitMQ node for the whole run, stopped at the end."""
-    if not is_installed():
-        reason = "rabbitmq-server is not installed (apt-get install -y rabbitmq-server)"
-        if os.environ.get("CI"):
-            pytest.fail(reason + ": in CI the RabbitMQ tests must run", pytrace=False)
-        pytest.skip(reason)
+    require_rabbitmq()
     node = RabbitMQNode(tmp_path_factory.mktemp("rabbitmq"), name=f"eventbus-test-{os.getpid()}")
     node.start()
     try:
         yield node
     finally:
         node.stop()
+
+
+def require_rabbitmq() -> None:
+    """Skip the test unless rabbitmq-server is installed; in CI, fail it."""
+    if not is_installed():
+        reason = "rabbitmq-server is not installed (apt-get install -y rabbitmq-server)"
+        if os.environ.get("CI"):
+            pytest.fail(reason + ": in CI the RabbitMQ tests must run", pytrace=False)
+        pytest.skip(reason)
 
 
 @pytest.fixture

@@ -83,3 +83,14 @@ class PartialBatch(CrashOnRequest, LoopQueueProcessingWorker):
         self.fail([e for e in events if e.get("bad")], PermanentError("a bad event"))
         if any(e.get("raise") for e in events):
             raise RuntimeError("the rest of the batch failed")
+
+
+@assign_queue("test_poison", enabled=False)
+class PoisonRecorder(QueueProcessingWorker):
+    """Records each event; one with ``"poison": true`` kills its worker process on the spot, as a segfault or the
+    OOM killer would: nothing is acked, nothing is retried. Not in ``--all``: only test_cluster runs it."""
+
+    def consume(self, event: Event) -> None:
+        if event.get("poison"):
+            os._exit(70)
+        record(self, "test_poison", event)

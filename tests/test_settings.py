@@ -1,11 +1,13 @@
 """Settings come from EVENTBUS_* variables and the secrets file, never from code."""
 
+import re
 from pathlib import Path
 
 import pytest
 
 from eventbus.errors import ConfigurationError
 from eventbus.settings import DEFAULT_AMQP_URL, Settings, redact_url
+from tests.workers import ROOT, run_cli
 
 
 def test_defaults_when_nothing_is_set() -> None:
@@ -67,3 +69,55 @@ def test_queues_are_bounded_by_bytes_as_well_as_by_events() -> None:
     assert Settings.from_env({"EVENTBUS_MAX_QUEUE_BYTES": "65536"}).max_queue_bytes == 65536
     with pytest.raises(ConfigurationError, match="EVENTBUS_MAX_QUEUE_BYTES must be positive"):
         Settings.from_env({"EVENTBUS_MAX_QUEUE_BYTES": "0"})
+
+
+# -- a cluster: several URLs, quorum queues; configuration mistakes named at start ----------------------------------
+
+def test_several_amqp_urls_are_the_nodes_of_a_cluster(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.conf"
+    secrets.write_text("[secrets]\nrabbitmq_password = hunter2\n")
+    settings = Settings.from_env({
+        "EVENTBUS_AMQP_URL": "amqp://eventbus@rabbit1:5672/%2F, amqp://eventbus@rabbit2:5672/%2F,"
+                             "amqps://other:own@rabbit3:5671/%2F",
+        "EVENTBUS_SECRETS_FILE": str(secrets),
+        "EVENTBUS_QUEUE_TYPE": "Quorum",
+    })
+    assert settings.connection_urls == ("amqp://eventbus:hunter2@rabbit1:5672/%2F",
+                                        "amqp://eventbus:hunter2@rabbit2:5672/%2F",
+                                        "amqps://other:own@rabbit3:5671/%2F")
+    assert settings.redacted_url == ("amqp://eventbus@rabbit1:5672/%2F,amqp://eventbus@rabbit2:5672/%2F,"
+                                     "amqps://other:***@rabbit3:5671/%2F")
+    assert settings.queue_type == "quorum"
+    assert Settings.from_env({}).queue_type == "classic"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        # Before: accepted, and failing later as an access error for a vhost named "/,amqp".
+        ("EVENTBUS_AMQP_URL", "amqp://a:5672/%2F,http://b:5672/", "element 2 of EVENTBUS_AMQP_URL must start with "
+                                                                  "amqp:// or amqps://, not 'http://b:5672/'"),
+        ("EVENTBUS_AMQP_URL", " , ", "EVENTBUS_AMQP_URL must hold at least one amqp:// or amqps:// URL"),
+        ("EVENTBUS_QUEUE_TYPE", "stream", "EVENTBUS_QUEUE_TYPE must be one of classic, quorum, not 'stream'"),
+        # Before: taken for a SQLite path, creating a folder named "postgresql:".
+        ("EVENTBUS_DATABASE", "postgresql://eventbus:pw@db/eventbus",
+         "EVENTBUS_DATABASE: PostgreSQL is not supported yet"),
+        ("EVENTBUS_DATABASE", "sqlite:///var/x.db", "EVENTBUS_DATABASE must be the path of a SQLite file, not a URL"),
+    ],
+)
+def test_configuration_mistakes_name_the_setting(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        Settings.from_env({variable: value})
+
+
+def test_a_database_path_is_still_a_path() -> None:
+    assert Settings.from_env({"EVENTBUS_DATABASE": "var/data:1/eventbus.sqlite3"}).database == \
+        Path("var/data:1/eventbus.sqlite3")
+
+
+def test_the_command_line_refuses_a_postgresql_url_at_start(tmp_path: Path) -> None:
+    settings = Settings(broker="memory", var_dir=tmp_path / "var")
+    result = run_cli(settings, "create_user", "iago@example.com", EVENTBUS_DATABASE="postgresql://db/eventbus")
+    assert result.returncode == 1
+    assert "EVENTBUS_DATABASE: PostgreSQL is not supported yet" in result.stderr
+    assert not (ROOT / "postgresql:").exists() and not (tmp_path / "postgresql:").exists()

@@ -16,11 +16,20 @@ import pika.adapters.blocking_connection
 import pika.exceptions
 from pika.adapters.select_connection import IOLoop
 
+from eventbus import codec
 from eventbus.contracts import check_queue_name
-from eventbus.errors import BrokerError, BrokerUnreachable, ConsumerError, QueueNotFound
+from eventbus.errors import (
+    BrokerError,
+    BrokerUnreachable,
+    ConsumerError,
+    EventEncodingError,
+    QueueMismatchError,
+    QueueNotFound,
+)
 from eventbus.queue.broker import Broker, QueueInfo
 from eventbus.queue.client import AmqpClient
 from eventbus.queue.consumer import BatchCallback, Consumer, Delivery
+from eventbus.queue.declarations import DEAD_LETTER_REASON, DELIVERY_LIMIT, dead_letter_queue_name
 from eventbus.queue.frames import FastSelectConnection
 from eventbus.queue.publisher import BlockingPublisher
 from eventbus.queue.tornado_client import TornadoClient, TornadoQueueClient
@@ -80,7 +89,8 @@ class RabbitMQBroker(Broker):
     def _admin_channel(self) -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
         """A short-lived channel for the operator's commands; pika's errors become ours."""
         try:
-            connection = pika.BlockingConnection(pika.URLParameters(self.settings.connection_url))
+            # pika tries each node of a cluster in turn.
+            connection = pika.BlockingConnection([pika.URLParameters(url) for url in self.settings.connection_urls])
         except pika.exceptions.AMQPError as e:
             raise BrokerUnreachable(f"cannot reach RabbitMQ at {self.settings.redacted_url}: {e!r}") from None
         try:
@@ -184,6 +194,7 @@ class RabbitMQConsumer(Consumer):
         self._client = AmqpClient(
             self.settings, ioloop, partial(FastSelectConnection, custom_ioloop=ioloop),
             prefetch=self.prefetch, name=f"consumer of {self.queue}",
+            on_dead_letter=self._on_dead_letter, on_queue_error=self._on_queue_error,
         )
         self._client.add_consumer(self.queue, self._on_message)
         self._thread = threading.Thread(target=self._io_main, name=f"amqp-io {self.queue}", daemon=True)
@@ -209,6 +220,28 @@ class RabbitMQConsumer(Consumer):
             assert self._ioloop is not None
             self._ioloop.call_later(0, self._hand_over)  # runs once this read's frames are all parsed
 
+    def _on_dead_letter(self, queue: str, generation: int, tag: int, body: bytes) -> None:
+        """Invoked in the I/O thread for an event RabbitMQ dead-lettered: delivered ``DELIVERY_LIMIT`` times, never
+        acked (it killed its worker each time). It goes to the error store, then is acked; rare enough to write
+        here, off the worker's thread, so a worker busy with a long batch still empties its dead-letter queue."""
+        try:
+            event, raw = codec.decode(body), None
+        except EventEncodingError:
+            event, raw = None, body
+        try:
+            self.error_store.record(queue, event, raw=raw, error=DEAD_LETTER_REASON, tries=DELIVERY_LIMIT + 1)
+        except OSError:
+            logger.exception("consumer of %s: could not write a dead-lettered event to the error store; "
+                             "it stays in %s", queue, dead_letter_queue_name(queue))
+            self.client.nack(generation, tag, requeue=True)
+            return
+        self.client.ack(generation, tag)
+
+    def _on_queue_error(self, queue: str, error: BaseException) -> None:
+        """Invoked in the I/O thread when RabbitMQ refused to declare the queue: ``run()`` raises it."""
+        self._failure = error
+        self._inbox.put(_WAKE)
+
     def _hand_over(self) -> None:
         """Invoked in the I/O thread: pass the deliveries that arrived to the worker thread."""
         self._hand_over_scheduled = False
@@ -228,6 +261,8 @@ class RabbitMQConsumer(Consumer):
             except Empty:
                 return None
             if isinstance(item, _Wake):
+                if isinstance(self._failure, QueueMismatchError):
+                    raise self._failure
                 if self._failure is not None:
                     raise ConsumerError(f"consumer of {self.queue}: connection thread died") from self._failure
                 return None

@@ -33,6 +33,7 @@ from eventbus import codec
 from eventbus.contracts import check_queue_name
 from eventbus.errors import EventEncodingError
 from eventbus.queue.client import AmqpClient
+from eventbus.queue.declarations import DEAD_LETTER_REASON
 from eventbus.queue.error_store import ErrorStore, describe
 from eventbus.queue.frames import FastTornadoConnection
 from eventbus.settings import Settings
@@ -177,7 +178,7 @@ class TornadoQueueClient(TornadoClient):
         assert self._ioloop is not None
         self._client = AmqpClient(
             self.settings, self._ioloop, partial(FastTornadoConnection, custom_ioloop=self._ioloop),
-            prefetch=self.prefetch, name=self.name, on_ready=self._on_ready,
+            prefetch=self.prefetch, name=self.name, on_ready=self._on_ready, on_dead_letter=self._on_dead_letter,
         )
         self._client.start()
 
@@ -253,6 +254,14 @@ class TornadoQueueClient(TornadoClient):
             return
         future = asyncio.ensure_future(result)
         future.add_done_callback(partial(self._after_async_callback, queue, event, ack))
+
+    def _on_dead_letter(self, queue: str, generation: int, tag: int, body: bytes) -> None:
+        """Invoked by the AMQP client for an event RabbitMQ dead-lettered out of ``queue`` (see ``declarations``)."""
+        ack = self._acker(generation, tag)
+        try:
+            self._store_failure(queue, ack, event=codec.decode(body), error=DEAD_LETTER_REASON)
+        except EventEncodingError:
+            self._store_failure(queue, ack, raw=body, error=DEAD_LETTER_REASON)
 
     def _acker(self, generation: int, tag: int) -> Callable[[], None]:
         """The one way to ack a delivery: it also counts the events in flight, which close() waits for."""
