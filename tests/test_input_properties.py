@@ -82,6 +82,8 @@ ARGUMENTS = st.one_of(
 KNOWN = st.sampled_from(["queue_id", "last_event_id", "type", "to", "content", "event_types", "narrow"])
 CONTENT_TYPES = st.sampled_from(["application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
                                  "application/json", "text/plain", "application/x-www-form-urlencoded; charset=latin1"])
+#: The server's body limit in this suite: small, so that the limit itself is exercised.
+BODY_LIMIT = 256 * 1024
 
 
 def form(params: dict[str, bytes]) -> str:
@@ -145,7 +147,7 @@ def check_answer(status: int, body: bytes, what: object) -> Any:
 @pytest.fixture
 def server(event_settings: Settings, event_broker: MemoryBroker,
            sender_worker: WorkerThreads) -> Iterator[ServerThread]:
-    server = ServerThread(event_settings.replace(queue_gc_seconds=3600.0, max_body_bytes=256 * 1024), event_broker,
+    server = ServerThread(event_settings.replace(queue_gc_seconds=3600.0, max_body_bytes=BODY_LIMIT), event_broker,
                           extra_handlers=lambda s: web_handlers(s, event_broker)).start()
     yield server
     server.stop()
@@ -174,6 +176,9 @@ def test_every_endpoint_answers_json_4xx_or_success_whatever_it_gets(
             params["secret"] = EVENT_SECRET.encode()
         query, body = (form(params), b"") if in_query or method == "GET" else ("", form(params).encode())
         assume(len(query) < 32 * 1024)  # a longer request line is no request: Tornado reads 64 KB of headers
+        # A body over the limit is answered 413 and the connection closed while the client may still be sending
+        # (a reset): tests/test_input_hardening.py checks that case on the wire.
+        assume(len(body) < BODY_LIMIT)
         headers = {**client.auth[auth], "Content-Type": content_type}
         status, answer = client.request(method, path + ("?" + query if query else ""),
                                         body if method != "GET" else None, headers)
