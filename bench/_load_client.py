@@ -75,6 +75,9 @@ HELD_AS = {"live": "longpoll"}
 #: The first message id this process sends; eventbus delivers a message to a client once (by id).
 FIRST_MESSAGE_ID = 1_000_000
 
+#: A register body asking for no initial state (``fetch_event_types=[]``).
+NO_INITIAL_STATE = b"fetch_event_types=%5B%5D"
+
 
 def message_event(message_id: int, **extra: Any) -> dict[str, Any]:
     """A stream message event, as a chat server sends its clients (about 450 bytes of JSON)."""
@@ -432,7 +435,9 @@ class LongPollClient:
     async def connect(self) -> None:
         self.http = await HttpConnection.open(self.server.port_for(self.user))
         if self.server.flavor == "eventbus":
-            answer = _check(await self.http.request("POST", "/api/v1/register", self.headers, b""), "register")
+            # No initial state: these clients only take events (a full state is every user's record each time).
+            register = self.http.request("POST", "/api/v1/register", {**self.headers, **_FORM}, NO_INITIAL_STATE)
+            answer = _check(await register, "register")
             self.queue_id = ujson.loads(answer.body)["queue_id"]
 
     def arm(self) -> None:
