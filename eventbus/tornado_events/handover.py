@@ -58,9 +58,6 @@ class Handover:
         self._client: AsyncHTTPClient | None = None
         self.handed_over = 0
 
-    def owns(self, shard: int) -> bool:
-        return shard == self.shard
-
     def client(self) -> AsyncHTTPClient:
         """An HTTP client of this handover's own: made inside the IOLoop, on first use."""
         if self._client is None:

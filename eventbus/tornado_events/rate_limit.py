@@ -55,10 +55,6 @@ class RateLimiter:
             return 0.0
         return (1.0 - tokens) / self._per_second
 
-    def allow(self, key: object, now: float | None = None) -> bool:
-        """Count one action of ``key`` if it is within the limit; False (and not counted) if over."""
-        return self.acquire(key, now) == 0.0
-
     def forget_refilled(self, now: float | None = None) -> int:
         """Forget the keys whose bucket is full again (they are as if never seen); how many."""
         now = time.monotonic() if now is None else now
