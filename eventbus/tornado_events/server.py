@@ -204,13 +204,16 @@ class EventServer:
         mine = parts.pop(self.shard, None)
         await asyncio.gather(*(self.queue_client.publish(self.sharding.notify_queue(shard), part.event())
                                for shard, part in parts.items()))
-        return self.notify(mine.event()) if mine is not None else 0
+        return self.deliver(mine) if mine is not None else 0
 
     def notify(self, notice: Any) -> int:
         """A notice, from notify_tornado or POSTed: queue its event for every client that wants it, and
         notify its away recipients. How many clients got it; ContractError (a ValueError) for a bad notice."""
-        checked = Notice.from_event(notice)
-        event, users = checked.client_event, checked.users
+        return self.deliver(Notice.from_event(notice))
+
+    def deliver(self, notice: Notice) -> int:
+        """``notify`` for a notice checked already (a routed part is not checked again)."""
+        event, users = notice.client_event, notice.users
         deactivated = deactivated_user(event)
         if deactivated is not None:
             self.forget_user(deactivated)
