@@ -28,6 +28,10 @@ setup(
         "emoji>=2.10",  # emoji names and code points for :name: in messages (Unicode's CLDR data)
         # The email mirror's SMTP receiver.
         "aiosmtpd>=1.4",
+        # The stores: one schema and one set of queries for SQLite and PostgreSQL (eventbus/database.py), and
+        # PostgreSQL's driver (its binary wheel: no compiler or libpq needed).
+        "sqlalchemy>=2.0,<2.2",
+        "psycopg[binary]>=3.1,<4",
     ],
     extras_require={
         "django": ["django>=4.2"],

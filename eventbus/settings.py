@@ -56,8 +56,8 @@ class Settings:
     prefetch: int = 100
     #: Where the ``test`` processor appends its events (default: <var>/test_queue.jsonl).
     test_queue_path: Path | None = None
-    #: The SQLite file of users and messages (default: <var>/eventbus.sqlite3).
-    database_setting: Path | None = None
+    #: The database of every store: a SQLite file's path, or a postgresql:// URL (default: <var>/eventbus.sqlite3).
+    database_setting: Path | str | None = None
     #: The Tornado server: its port, and a name that tags what it asks of the processors.
     port: int = 9993
     server_id: str = "tornado"
@@ -296,8 +296,8 @@ class Settings:
         return f"{self.sharding.return_queue(0)}.{self.server_id}"
 
     @property
-    def database(self) -> Path:
-        """``EVENTBUS_DATABASE``, else ``<var>/eventbus.sqlite3``."""
+    def database(self) -> Path | str:
+        """``EVENTBUS_DATABASE`` (a SQLite file's path, or a PostgreSQL URL), else ``<var>/eventbus.sqlite3``."""
         return self.database_setting or self.var_dir / "eventbus.sqlite3"
 
     @property
@@ -330,17 +330,24 @@ def _path(env: Mapping[str, str], name: str) -> Path | None:
     return Path(raw) if raw else None
 
 
-def _database(env: Mapping[str, str]) -> Path | None:
-    """``EVENTBUS_DATABASE``: a SQLite file path. A URL would be taken for a relative path and "work" in a folder
-    named after its scheme: it is refused."""
-    raw = env.get("EVENTBUS_DATABASE")
-    if raw and URL_LOOKING.match(raw.strip()):
-        if raw.strip().lower().startswith("postgres"):
-            raise ConfigurationError("EVENTBUS_DATABASE: PostgreSQL is not supported yet "
-                                     "(give the path of a SQLite file)")
-        raise ConfigurationError(f"EVENTBUS_DATABASE must be the path of a SQLite file, not a URL "
-                                 f"({redact_url(raw.strip())!r})")
-    return Path(raw) if raw else None
+def _database(env: Mapping[str, str]) -> Path | str | None:
+    """``EVENTBUS_DATABASE``: a SQLite file's path, or a PostgreSQL URL. Any other URL would be taken for a
+    relative path and "work" in a folder named after its scheme: it is refused, as is a PostgreSQL URL that
+    names no database."""
+    raw = (env.get("EVENTBUS_DATABASE") or "").strip()
+    if not raw:
+        return None
+    if not URL_LOOKING.match(raw):
+        return Path(raw)
+    scheme = raw.partition("://")[0].lower()
+    if scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
+        raise ConfigurationError(f"EVENTBUS_DATABASE must be the path of a SQLite file or a postgresql:// URL, "
+                                 f"not {redact_url(raw)!r}")
+    parts = urllib.parse.urlsplit(raw)
+    if not parts.hostname or not parts.path.strip("/"):
+        raise ConfigurationError(f"EVENTBUS_DATABASE: a PostgreSQL URL names its host and database "
+                                 f"(postgresql://user:password@host:5432/dbname), not {redact_url(raw)!r}")
+    return raw
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:

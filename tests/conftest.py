@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +17,9 @@ from typing import Any
 import pytest
 
 from eventbus import cli
+from eventbus.database import close_database
+from eventbus.devtools.postgresql import PostgreSQLServer
+from eventbus.devtools.postgresql import is_installed as postgresql_installed
 from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import Broker, MemoryBroker, set_broker
 from eventbus.queue.rabbitmq import RabbitMQBroker
@@ -110,6 +115,49 @@ async def until(condition: Callable[[], object], timeout: float = 10.0, what: st
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+# -- the databases: SQLite files, and a private PostgreSQL server --------------------------
+
+#: The databases every store test runs against (the ``database`` fixture).
+DATABASES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgresql_server() -> Iterator[PostgreSQLServer]:
+    """One private PostgreSQL server for the whole run (fsync off: its databases are thrown away), stopped at the
+    end. In a folder of its own under /tmp: the server runs as the postgres user when the tests run as root."""
+    if not postgresql_installed():
+        reason = "PostgreSQL is not installed (apt-get install -y postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(reason + ": in CI the PostgreSQL tests must run", pytrace=False)
+        pytest.skip(reason)
+    root = Path(tempfile.mkdtemp(prefix="eventbus-postgresql-"))
+    server = PostgreSQLServer(root, durable=False).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgresql_url(postgresql_server: PostgreSQLServer) -> Iterator[str]:
+    """A new, empty PostgreSQL database of the test's own; this process's connections to it closed at the end."""
+    url = postgresql_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+    yield url
+    close_database(url)
+
+
+@pytest.fixture(params=DATABASES)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
+    """The database of a store test (``EVENTBUS_DATABASE``): a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        path = tmp_path / "eventbus.sqlite3"
+        yield path
+        close_database(path)
+    else:
+        yield request.getfixturevalue("postgresql_url")
 
 
 # -- the event server on the in-process broker ----------------------------------------

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from eventbus.errors import ConfigurationError
+from eventbus.queue.rabbitmq_node import free_port
 from eventbus.settings import DEFAULT_AMQP_URL, Settings, redact_url
 from tests.workers import ROOT, run_cli
 
@@ -99,10 +100,11 @@ def test_several_amqp_urls_are_the_nodes_of_a_cluster(tmp_path: Path) -> None:
                                                                   "amqp:// or amqps://, not 'http://b:5672/'"),
         ("EVENTBUS_AMQP_URL", " , ", "EVENTBUS_AMQP_URL must hold at least one amqp:// or amqps:// URL"),
         ("EVENTBUS_QUEUE_TYPE", "stream", "EVENTBUS_QUEUE_TYPE must be one of classic, quorum, not 'stream'"),
-        # Before: taken for a SQLite path, creating a folder named "postgresql:".
-        ("EVENTBUS_DATABASE", "postgresql://eventbus:pw@db/eventbus",
-         "EVENTBUS_DATABASE: PostgreSQL is not supported yet"),
-        ("EVENTBUS_DATABASE", "sqlite:///var/x.db", "EVENTBUS_DATABASE must be the path of a SQLite file, not a URL"),
+        ("EVENTBUS_DATABASE", "postgresql://eventbus:pw@db",
+         "EVENTBUS_DATABASE: a PostgreSQL URL names its host and database (postgresql://user:password@host:5432/"
+         "dbname), not 'postgresql://eventbus:***@db'"),
+        ("EVENTBUS_DATABASE", "sqlite:///var/x.db",
+         "EVENTBUS_DATABASE must be the path of a SQLite file or a postgresql:// URL, not 'sqlite:///var/x.db'"),
     ],
 )
 def test_configuration_mistakes_name_the_setting(variable: str, value: str, message: str) -> None:
@@ -115,9 +117,16 @@ def test_a_database_path_is_still_a_path() -> None:
         Path("var/data:1/eventbus.sqlite3")
 
 
-def test_the_command_line_refuses_a_postgresql_url_at_start(tmp_path: Path) -> None:
+def test_a_postgresql_url_is_taken_as_one() -> None:
+    url = "postgresql://eventbus:pw@db.example.com:5432/eventbus"
+    assert Settings.from_env({"EVENTBUS_DATABASE": url}).database == url
+
+
+def test_the_command_line_names_an_unreachable_postgresql_database_at_start(tmp_path: Path) -> None:
     settings = Settings(broker="memory", var_dir=tmp_path / "var")
-    result = run_cli(settings, "create_user", "iago@example.com", EVENTBUS_DATABASE="postgresql://db/eventbus")
+    closed = f"postgresql://eventbus:secret@127.0.0.1:{free_port()}/eventbus"
+    result = run_cli(settings, "create_user", "iago@example.com", EVENTBUS_DATABASE=closed)
     assert result.returncode == 1
-    assert "EVENTBUS_DATABASE: PostgreSQL is not supported yet" in result.stderr
+    assert "EVENTBUS_DATABASE: cannot use" in result.stderr and "secret" not in result.stderr
+    assert "Traceback" not in result.stderr
     assert not (ROOT / "postgresql:").exists() and not (tmp_path / "postgresql:").exists()

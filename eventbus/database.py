@@ -1,0 +1,230 @@
+"""The database every store uses (``EVENTBUS_DATABASE``): a SQLite file, or a PostgreSQL server.
+
+One schema (``eventbus.schema``) and one set of queries serve both, written
+with SQLAlchemy Core; the few things the two engines say differently are
+said here once, through SQLAlchemy's own means (each dialect's ``insert``,
+a compiled construct for case-insensitive equality), and in
+``eventbus.migrations`` (the full-text index).
+
+- SQLite (the embedded default): the file is in WAL mode, so readers never
+  wait for a writer. A process keeps its connections open (opening one per
+  call cost a worker half its time, and closing the last one checkpoints the
+  write-ahead log every time).
+- PostgreSQL (``postgresql://user:password@host/dbname``, through psycopg 3):
+  for workers and Tornado shards on several machines.
+
+``Database.transaction`` is the one way in: one transaction per block,
+committed when it ends, rolled back if it raises. A block that writes asks
+for ``write=True``: that takes the database's write lock first (SQLite's
+``BEGIN IMMEDIATE``; a transaction-scoped advisory lock on PostgreSQL), so
+that a read followed by a write is atomic across every process on every
+machine, and a request's "at most one effect" checks hold. Unique
+constraints back them in the schema.
+
+Every process opens a database once per URL (``open_database``), and the
+first opening in a process brings its schema up to date (``migrations``).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sqlalchemy import Connection, Engine, Table, create_engine, event, exc, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import Boolean
+
+from eventbus.errors import ConfigurationError
+
+#: Seconds a SQLite connection waits for another writer's lock before giving up.
+BUSY_TIMEOUT = 30.0
+#: The key of the PostgreSQL advisory lock a writing transaction holds (any constant: it names the lock).
+WRITE_LOCK_KEY = 0x6576656E74627573  # "eventbus"
+#: Connections a process keeps open to its database, and how many more it may open at busy times.
+POOL_SIZE = 8
+POOL_OVERFLOW = 32
+#: The schemes of a PostgreSQL ``EVENTBUS_DATABASE``; it is always reached through psycopg 3.
+POSTGRESQL_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+
+#: What a database raises for a value from a request that it cannot hold (an id past 64 bits, a string with
+#: a NUL for PostgreSQL): such a request is answered with an error, it is not retried.
+REQUEST_DATA_ERRORS: tuple[type[Exception], ...] = (OverflowError, exc.DataError, exc.IntegrityError,
+                                                    exc.InterfaceError, ValueError)
+
+
+class DatabaseError(ConfigurationError):
+    """A database that cannot be used as configured (unreachable, a bad URL, a schema newer than this release):
+    named at start, with ``EVENTBUS_DATABASE``."""
+
+
+class Database:
+    """One database, SQLite or PostgreSQL, with its engine; safe from any thread of the process that opened it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
+        if self.dialect == "sqlite":
+            self.engine = _sqlite_engine(url)
+        else:
+            self.engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_pre_ping=True)
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @contextmanager
+    def transaction(self, write: bool = False) -> Iterator[Connection]:
+        """A connection in one transaction, committed when the block ends (rolled back if it raises);
+        ``write`` takes the write lock first. Blocks must not nest."""
+        with self.engine.connect() as connection:
+            connection.info["write"] = write  # read by the SQLite "begin" hook
+            with connection.begin():
+                if write and self.is_postgresql:
+                    connection.execute(select(func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
+                yield connection
+
+    def insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
+        """An INSERT into ``table`` in this database's dialect: both offer ``on_conflict_do_nothing`` and
+        ``on_conflict_do_update`` alike."""
+        return (postgresql.insert if self.is_postgresql else sqlite.insert)(table)
+
+    def __repr__(self) -> str:
+        return f"Database({redact(self.url)!r})"
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW,
+                           connect_args={"timeout": BUSY_TIMEOUT, "check_same_thread": False})
+
+    # SQLAlchemy's recipe for SQLite's own transactions: the driver leaves them alone, and every transaction
+    # starts with a BEGIN of ours, IMMEDIATE for a writer (the write lock at once, waiting up to BUSY_TIMEOUT).
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.info.get("write") else "BEGIN")
+
+    return engine
+
+
+def database_url(target: Path | str) -> str:
+    """The SQLAlchemy URL of ``EVENTBUS_DATABASE``: a SQLite file's path, or a PostgreSQL URL (psycopg 3)."""
+    text = str(target)
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme.lower() in POSTGRESQL_SCHEMES:
+        return f"postgresql+psycopg://{rest}"
+    if sep:
+        raise DatabaseError(f"EVENTBUS_DATABASE: unknown database URL scheme {scheme!r} (a SQLite file's path, or "
+                            f"postgresql://user:password@host/dbname)")
+    return f"sqlite:///{Path(text).resolve()}"
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
+
+
+_opened: dict[tuple[int, str], Database] = {}
+_opening = threading.Lock()
+
+
+def open_database(target: Database | Path | str) -> Database:
+    """This process's ``Database`` for ``target`` (a path or URL), opened and migrated on first use.
+
+    Per process: a forked child opens its own (a connection must not cross a fork).
+    """
+    if isinstance(target, Database):
+        return target
+    url = database_url(target)
+    key = (os.getpid(), url)
+    with _opening:
+        database = _opened.get(key)
+        if database is None:
+            if url.startswith("sqlite:"):
+                _use_wal(Path(url.removeprefix("sqlite:///")))
+            database = Database(url)
+            from eventbus import migrations  # it builds on this module
+
+            try:
+                migrations.migrate(database)
+            except exc.OperationalError as error:
+                raise DatabaseError(f"EVENTBUS_DATABASE: cannot use {database!r}: {error.orig or error}") from error
+            _opened[key] = database
+    return database
+
+
+def close_database(target: Path | str) -> None:
+    """Close this process's connections to ``target`` (a test's database, before it is thrown away)."""
+    with _opening:
+        database = _opened.pop((os.getpid(), database_url(target)), None)
+    if database is not None:
+        database.engine.dispose()
+
+
+def _use_wal(path: Path) -> None:
+    # Switching to WAL needs a moment alone with the file and ignores the busy timeout: processes that open a
+    # new database together retry. Once switched, the mode stays in the file and this is a read.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            with closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT)) as db:
+                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+class Store:
+    """A store in the database ``EVENTBUS_DATABASE`` names (a SQLite file's path or a PostgreSQL URL);
+    ``_db()`` is one transaction. Safe from any thread and process."""
+
+    #: Nothing: every table is in ``eventbus.schema``, made by ``migrations``.
+    SCHEMA: ClassVar[None] = None
+
+    def __init__(self, database: Database | Path | str) -> None:
+        self.database = open_database(database)
+
+    def _db(self, write: bool = False) -> Any:
+        """A connection in one transaction; ``write`` (for any block that writes) takes the write lock first,
+        so a read-then-write is atomic."""
+        return self.database.transaction(write=write)
+
+
+class ci_equal(FunctionElement[bool]):
+    """``ci_equal(column, value)``: ``column = value`` without regard to case. SQLite's NOCASE collation there (the
+    indexes of such columns are NOCASE), ``lower(column) = lower(value)`` on PostgreSQL (indexes on ``lower``)."""
+
+    type = Boolean()
+    name = "ci_equal"
+    inherit_cache = True
+
+
+@compiles(ci_equal, "sqlite")
+def _ci_equal_sqlite(element: ci_equal, compiler: Any, **kw: Any) -> str:
+    column, value = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"{column} = {value} COLLATE NOCASE"
+
+
+@compiles(ci_equal)
+def _ci_equal_default(element: ci_equal, compiler: Any, **kw: Any) -> str:
+    column, value = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"lower({column}) = lower({value})"
