@@ -151,3 +151,33 @@ _POSTGRESQL_DDL = (
 MIGRATIONS = (
     Migration(1, "baseline: every table, added columns, recipients, indexes, full-text search", _baseline),
 )
+
+
+#: Rows copied per statement by ``copy_database``.
+COPY_CHUNK = 1000
+
+
+def copy_database(source: Database, target: Database) -> dict[str, int]:
+    """Copy every row of every store from ``source`` into ``target`` (say, from the SQLite file of a small install
+    to the PostgreSQL database of a bigger one), ids kept; the rows copied per table. ``target`` must hold no
+    users or messages yet (DatabaseError otherwise); both are migrated to this release first (``open_database``).
+    One transaction on the target: a copy that fails leaves it as it was."""
+    copied: dict[str, int] = {}
+    tables = [table for table in schema.metadata.sorted_tables if table is not schema.schema_migrations]
+    with target.transaction(write=True) as writer, source.transaction() as reader:
+        for table in (schema.users, schema.messages):
+            if writer.scalar(select(table.c.id).limit(1)) is not None:
+                raise DatabaseError(f"{target!r} is not empty (its {table.name} table has rows): copy into a new, "
+                                    "empty database")
+        for table in tables:
+            copied[table.name] = 0
+            rows = reader.execute(select(table)).mappings()
+            while chunk := [dict(row) for row in rows.fetchmany(COPY_CHUNK)]:
+                writer.execute(table.insert(), chunk)
+                copied[table.name] += len(chunk)
+        if target.is_postgresql:  # the next id of each table comes after the ids copied
+            for table in tables:
+                if "id" in table.c and table.c.id.autoincrement is True:
+                    writer.execute(text(f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'),"
+                                        f" (SELECT COALESCE(MAX(id), 0) + 1 FROM {table.name}), false)"))
+    return copied
