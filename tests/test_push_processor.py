@@ -12,13 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
-from eventbus import sqlite
 from eventbus.messages import MessageStore, StoredMessage
 from eventbus.processors.message_send import check_request, send
 from eventbus.processors.queues.push import PushNotificationWorker, SentNotifications
 from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import MemoryBroker
+from eventbus.schema import push_notifications_sent
 from eventbus.settings import Settings
 from eventbus.users import User
 
@@ -238,9 +239,11 @@ def test_without_a_push_url_events_are_logged_and_acked(
 def test_pushes_sent_long_ago_are_forgotten_when_the_worker_starts(event_settings: Settings,
                                                                    event_broker: MemoryBroker) -> None:
     sent = SentNotifications(event_settings.database)
-    sent.record(1, 10)
-    sent.record(1, 11)
-    with sqlite.connect(sent.path) as db:
-        db.execute("UPDATE push_notifications_sent SET sent_at = ? WHERE message_id = 10", (time.time() - 40 * 86400,))
+    for message_id in (10, 11):
+        sent.claim(1, message_id)
+        sent.finish(1, message_id)
+    with sent.database.transaction(write=True) as db:
+        db.execute(update(push_notifications_sent).where(push_notifications_sent.c.message_id == 10)
+                   .values(sent_at=time.time() - 40 * 86400))
     PushNotificationWorker(event_broker).before_start()
-    assert (sent.was_sent(1, 10), sent.was_sent(1, 11)) == (False, True)
+    assert (sent.is_done(1, 10), sent.is_done(1, 11)) == (False, True)
