@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, exc, insert, select, update
+from sqlalchemy import Row, Select, bindparam, exc, insert, select, update
 
 from eventbus.database import Store, ci_equal
 from eventbus.schema import users
@@ -28,6 +28,12 @@ EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 MEMBER_ROLE = 400
 #: Nobody uploads an avatar here: every avatar is the first version of a Gravatar.
 AVATAR_VERSION = 1
+#: The reads of every authentication and of every message's sender and recipients, built once: building a
+#: statement costs more than running it.
+_BY_ID = select(users).where(users.c.id == bindparam("value"))
+_BY_EMAIL = select(users).where(ci_equal(users.c.email, bindparam("value")))
+_ACTIVE_BY_FULL_NAME = select(users).where(ci_equal(users.c.full_name, bindparam("value")), users.c.is_active)
+
 
 class UserError(ValueError):
     """A user cannot be created as asked (bad email, taken email)."""
@@ -89,13 +95,13 @@ class UserStore(Store):
         return self.get_by_email(email) or self.create_user(email, full_name)
 
     def get_by_email(self, email: str) -> User | None:
-        return self._one(ci_equal(users.c.email, email.strip()))
+        return self._one(_BY_EMAIL, email.strip())
 
     def get(self, user_id: int) -> User | None:
-        return self._one(users.c.id == user_id)
+        return self._one(_BY_ID, user_id)
 
     def get_by_full_name(self, full_name: str) -> User | None:
-        return self._one(ci_equal(users.c.full_name, full_name) & users.c.is_active)
+        return self._one(_ACTIVE_BY_FULL_NAME, full_name)
 
     def all(self) -> list[User]:
         with self._db() as db:
@@ -127,9 +133,9 @@ class UserStore(Store):
         with self._db(write=True) as db:
             return db.execute(update(users).where(users.c.id == user_id).values(is_active=False)).rowcount > 0
 
-    def _one(self, condition: ColumnElement[bool]) -> User | None:
+    def _one(self, query: Select[Any], value: object) -> User | None:
         with self._db() as db:
-            row = db.execute(select(users).where(condition)).first()
+            row = db.execute(query, {"value": value}).first()
         return _user(row) if row else None
 
 

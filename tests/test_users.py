@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from eventbus.database import open_database
+from eventbus.database import ci_equal, open_database
 from eventbus.schema import users
 from eventbus.settings import Settings
 from eventbus.users import UserError, UserStore
@@ -62,3 +62,13 @@ def test_the_command_line_creates_a_user_in_a_postgresql_database(postgresql_url
     assert not (tmp_path / "var" / "eventbus.sqlite3").exists() and not (ROOT / "postgresql:").exists()
     again = run_cli(settings, "create_user", "DESDEMONA@example.com")
     assert again.returncode == 2 and "exists already" in again.stderr
+
+
+def test_a_user_is_found_by_email_through_the_index(tmp_path: Path) -> None:
+    # Every authentication that is not cached looks a user up by email: on SQLite, that must not read every user.
+    users_store = UserStore(tmp_path / "eventbus.sqlite3")
+    with users_store.database.transaction() as db:
+        query = select(users.c.id).where(ci_equal(users.c.email, "iago@example.com"))
+        compiled = query.compile(db, compile_kwargs={"literal_binds": True})
+        plan = " ".join(row[-1] for row in db.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
+    assert plan.startswith("SEARCH users USING") and "INDEX" in plan, plan  # not SCAN: every row
