@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from eventbus.claims import Claimed
 from eventbus.messages import MessageStore, StoredMessage
 from eventbus.processors.message_send import check_request, send
 from eventbus.processors.queues.push import PushNotificationWorker, SentNotifications
@@ -22,6 +23,7 @@ from eventbus.queue import MemoryBroker
 from eventbus.schema import push_notifications_sent
 from eventbus.settings import Settings
 from eventbus.users import User
+from tests.conftest import eventbus_command
 
 QUEUE = "missedmessage_mobile_notifications"
 API_KEY = "push-k3y"
@@ -188,6 +190,35 @@ def test_a_4xx_answer_goes_to_the_error_store_at_once(
     assert entry["event"] == notice(users[1], mention)
     assert entry["error"] == "PermanentError: push gateway answered 400 Bad Request: error 400: bad token"
     assert entry["tries"] == 1
+
+
+def test_a_push_the_gateway_refused_is_pushed_when_replayed(
+        pusher: MemoryBroker, gateway: Gateway, users: tuple[User, User], mention: StoredMessage) -> None:
+    # Given a push the gateway refused (a wrong API key, say), which went to the error store,
+    gateway.answer(401)
+    pusher.publish(QUEUE, notice(users[1], mention))
+    pusher.join(QUEUE, timeout=10)
+    assert len(pusher.error_store.read(QUEUE)) == 1 and gateway.accepted == []
+    # when the operator replays it once the key is fixed,
+    assert eventbus_command(pusher, "replay_errors", QUEUE) == 0
+    pusher.join(QUEUE, timeout=10)
+    # then it is pushed: the refused try did not count as sent.
+    assert [r["json"]["message_id"] for r in gateway.accepted] == [mention.id]
+
+
+def test_a_push_a_dead_worker_claimed_is_made_once_its_claim_lapses(
+        pusher: MemoryBroker, gateway: Gateway, users: tuple[User, User], mention: StoredMessage) -> None:
+    othello = users[1]
+    # Given a worker (on another machine, say) that claimed the push, then died before making it,
+    claimed_at = time.monotonic()
+    assert SentNotifications(pusher.settings.database).claim(othello.id, mention.id, lease=1.0) == Claimed()
+    # when RabbitMQ redelivers the event to a worker here,
+    pusher.publish(QUEUE, notice(othello, mention))
+    # then the push waits for the claim to lapse, and is made once.
+    pusher.join(QUEUE, timeout=10)
+    assert time.monotonic() - claimed_at >= 1.0
+    assert [r["json"]["user_id"] for r in gateway.accepted] == [othello.id]
+    assert pusher.error_store.read(QUEUE) == []
 
 
 def test_an_unreachable_gateway_sends_the_event_to_the_error_store_after_the_last_try(
