@@ -17,8 +17,9 @@ two effects is a worker slower than the lease between its claim and its
 finish: the lease is far longer than the processing time limit of an event.
 
 A worker that finds a live claim of another (``Busy``) must not drop its
-event: the other worker may yet die. It has the event come back once the
-claim lapses (``publish_later``); by then the key is done, or claimable.
+event: the other worker may yet die. It has the event come back after a
+whole lease (``publish_later``: one delay, so one delay queue per queue); by
+then the key is done, or its claim lapsed and it is claimable.
 
 A table of claims has its key as primary key, ``sent_at`` (when the claim was
 made, then when it was finished) and ``claimed_until`` (NULL once finished).
@@ -28,15 +29,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy import ColumnElement, Table, and_, delete, select, update
 
-from eventbus.database import Store
+from eventbus.database import Database, Store
 
-#: How long a claim holds before another worker may take it over: twice the 30 s a worker may spend on one event
-#: (the processing time limit; SMTP and the push gateway time out after 10 s), so that only a dead worker's claim
-#: lapses, and short enough that the effect a crash interrupted comes a minute late, not much later.
+#: How long a claim holds before another worker may take it over (``EVENTBUS_CLAIM_LEASE_SECONDS``): twice the
+#: 30 s a worker may spend on one event (the processing time limit; SMTP and the push gateway time out after 10 s),
+#: so that only a dead worker's claim lapses, and short enough that the effect a crash interrupted comes a minute
+#: late, not much later.
 CLAIM_LEASE_SECONDS = 60.0
 
 
@@ -56,10 +59,6 @@ class Busy:
 
     until: float
 
-    def wait(self, now: float | None = None) -> float:
-        """Seconds until the claim lapses (at least 1: the event comes back after it)."""
-        return max(1.0, self.until - (time.time() if now is None else now))
-
 
 Outcome = Claimed | Done | Busy
 
@@ -70,10 +69,15 @@ class Claims(Store):
 
     TABLE: ClassVar[Table]
 
-    def claim(self, *key: Any, lease: float = CLAIM_LEASE_SECONDS) -> Outcome:
-        """Claim ``key`` for ``lease`` seconds: ``Claimed`` if this call won it (new, or a lapsed claim taken
-        over), ``Done`` if its effect was had, ``Busy`` if another worker holds it."""
+    def __init__(self, database: Database | Path | str, lease: float = CLAIM_LEASE_SECONDS) -> None:
+        super().__init__(database)
+        self.lease = lease
+
+    def claim(self, *key: Any, lease: float | None = None) -> Outcome:
+        """Claim ``key`` for ``lease`` seconds (this store's): ``Claimed`` if this call won it (new, or a lapsed
+        claim taken over), ``Done`` if its effect was had, ``Busy`` if another worker holds it."""
         table, now = self.TABLE, time.time()
+        lease = self.lease if lease is None else lease
         insert = self.database.insert(table).values(**self._key(key), sent_at=now, claimed_until=now + lease)
         upsert = insert.on_conflict_do_update(
             index_elements=list(table.primary_key.columns),

@@ -37,9 +37,10 @@ QUICK = {"batch_wait": 0.05, "retry_delay": 0.05}
 
 @pytest.fixture
 def mail_settings(tmp_path: Path, smtp: SmtpServer, request: pytest.FixtureRequest) -> Settings:
-    """On the ``database`` of a test that asks for one (SQLite, then PostgreSQL), else on a SQLite file."""
+    """On the ``database`` of a test that asks for one (SQLite, then PostgreSQL), else on a SQLite file; the claim
+    on an email a dead worker left lapses within a test."""
     return Settings(broker="memory", var_dir=tmp_path, smtp_port=smtp.port, missed_email_window_seconds=0.3,
-                    admin_emails=(ADMIN,), database_setting=chosen_database(request))
+                    admin_emails=(ADMIN,), database_setting=chosen_database(request), claim_lease_seconds=1.0)
 
 
 @pytest.fixture

@@ -96,7 +96,9 @@ def gateway() -> Iterator[Gateway]:
 
 @pytest.fixture
 def event_settings(event_settings: Settings, gateway: Gateway) -> Settings:
-    return event_settings.replace(push_url=gateway.url, push_api_key=API_KEY, site_url="https://chat.example.com")
+    """The gateway's; the claim on a push a dead worker left lapses within a test."""
+    return event_settings.replace(push_url=gateway.url, push_api_key=API_KEY, site_url="https://chat.example.com",
+                                  claim_lease_seconds=1.0)
 
 
 @pytest.fixture

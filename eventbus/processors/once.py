@@ -3,13 +3,15 @@
 ``have_once`` claims the key in the database (``eventbus.claims``), has the
 effect, and marks the key done; an effect that raises releases the claim, so
 that the retry has it. An event whose key another worker is busy with comes
-back to its queue once that worker's claim lapses (it may yet die before the
-effect); an event whose effect was had is logged and dropped.
+back to its queue after a whole lease, by when that worker's claim lapsed if
+it died before the effect; an event whose effect was had is logged and
+dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -27,8 +29,9 @@ def have_once(broker: Broker, queue: str, event: dict[str, Any], claims: Claims,
     in the log ("email 3f2a", "push of message 7 to user 3")."""
     claim = claims.claim(*key)
     if isinstance(claim, Busy):
-        logger.info("%s: another worker has it in hand; looking again in %.0f s", what, claim.wait())
-        broker.publish_later(queue, [event], claim.wait())
+        logger.info("%s: another worker has it in hand (its claim holds %.0f s more); looking again in %g s", what,
+                    claim.until - time.time(), claims.lease)
+        broker.publish_later(queue, [event], claims.lease)
         return None
     if not isinstance(claim, Claimed):
         logger.info("%s: done before; not again", what)

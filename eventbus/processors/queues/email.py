@@ -54,7 +54,7 @@ class EmailSenderWorker(LoopQueueProcessingWorker):
 
     def before_start(self) -> None:
         self.mailer = Mailer(self.broker.settings)
-        self.sent = SentEmails(self.broker.settings.database)
+        self.sent = SentEmails(self.broker.settings.database, self.broker.settings.claim_lease_seconds)
         self.sent.forget_before(time.time() - KEEP_SENT_SECONDS)
 
     def after_stop(self) -> None:

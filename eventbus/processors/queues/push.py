@@ -144,7 +144,7 @@ class PushNotificationWorker(QueueProcessingWorker):
     def before_start(self) -> None:
         settings = self.broker.settings
         self.store = MessageStore(settings.database)
-        self.sent = SentNotifications(settings.database)
+        self.sent = SentNotifications(settings.database, settings.claim_lease_seconds)
         self.sent.forget_before(time.time() - KEEP_SENT_SECONDS)  # the table would grow with every push otherwise
         self.gateway = PushGateway(settings.push_url, settings.push_api_key) if settings.push_url else None
         if self.gateway is None:
