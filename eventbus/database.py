@@ -216,6 +216,9 @@ class ci_equal(FunctionElement[bool]):
     type = Boolean()
     name = "ci_equal"
     inherit_cache = True
+    #: A comparison, as ``=`` is: without this SQLAlchemy writes ``... = 1`` after it on SQLite (no boolean type
+    #: there), and SQLite then reads the whole table instead of the NOCASE index.
+    _is_implicitly_boolean = True
 
 
 @compiles(ci_equal, "sqlite")

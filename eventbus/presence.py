@@ -16,7 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from eventbus import sqlite
+from sqlalchemy import select
+
+from eventbus.database import Store
+from eventbus.schema import user_presence, users
 
 #: How often a client reports its user's presence, and how old a report may be before the user shows as
 #: offline: Zulip's values, which clients read from register (``server_presence_*``).
@@ -47,18 +50,17 @@ class UserPresence:
                 "idle_timestamp": self.timestamp}
 
 
-class PresenceStore(sqlite.Store):
-    """Reads the ``user_presence`` table (made by the processor that writes it); safe from any thread."""
+class PresenceStore(Store):
+    """Reads the ``user_presence`` table (the ``user_presence`` processor writes it); safe from any thread."""
 
     def all(self) -> list[UserPresence]:
         """The presence of every active user who is not offline, by user id."""
+        query = (select(user_presence.c.user_id, users.c.email, user_presence.c.status, user_presence.c.time)
+                 .join(users, users.c.id == user_presence.c.user_id)
+                 .where(users.c.is_active, user_presence.c.status.in_(SHOWN)).order_by(user_presence.c.user_id))
         with self._db() as db:
-            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'user_presence'").fetchone() is None:
-                return []  # no presence was ever reported
-            rows = db.execute("SELECT p.user_id, u.email, p.status, p.time FROM user_presence p"
-                              " JOIN users u ON u.id = p.user_id WHERE u.is_active AND p.status IN (?, ?)"
-                              " ORDER BY p.user_id", SHOWN).fetchall()
-        return [UserPresence(row["user_id"], row["email"], row["status"], int(row["time"])) for row in rows]
+            rows = db.execute(query).all()
+        return [UserPresence(row.user_id, row.email, row.status, int(row.time)) for row in rows]
 
 
 def presences(found: list[UserPresence], slim: bool = False) -> dict[str, Any]:

@@ -170,18 +170,24 @@ user_presence = Table(
     Column("recheck_due", Float, nullable=False, server_default=text("0"), info={"added": True}),
 )
 
+#: The emails sent, or being sent (``eventbus.claims``): what makes a redelivered email a no-op.
 sent_emails = Table(
     "sent_emails", metadata,
     Column("email_id", Text, primary_key=True),
     Column("sent_at", Float, nullable=False),
+    #: Until when a worker's claim to send it holds; NULL once sent (rows made before claims were all sent).
+    Column("claimed_until", Float, info={"added": True}),
     Index("sent_emails_by_time", "sent_at"),
 )
 
+#: The push notifications sent, or being sent (``eventbus.claims``), one per message per user.
 push_notifications_sent = Table(
     "push_notifications_sent", metadata,
     Column("user_id", ID, nullable=False),
     Column("message_id", ID, nullable=False),
     Column("sent_at", Float, nullable=False),
+    #: As ``sent_emails.claimed_until``.
+    Column("claimed_until", Float, info={"added": True}),
     PrimaryKeyConstraint("user_id", "message_id"),
     Index("push_notifications_sent_by_time", "sent_at"),
 )

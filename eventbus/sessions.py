@@ -27,24 +27,19 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from eventbus import sqlite
+from sqlalchemy import bindparam, delete, insert, select
+
+from eventbus.database import Store
+from eventbus.schema import sessions
 
 #: Random bytes in a session id: as many as a SHA-256 key, beyond any guessing.
 SESSION_ID_BYTES = 32
 #: A longer cookie is no session id of ours: refused before any hashing or database lookup.
 MAX_SESSION_ID_LENGTH = 64
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id_hash TEXT PRIMARY KEY,
-    user_id INTEGER NOT NULL,
-    created REAL NOT NULL,
-    expires REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id);
-CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires);
-"""
-
+#: The read of every request with a session cookie (not cached yet), built once: building a statement costs more
+#: than running it.
+_LIVE = select(sessions.c.user_id, sessions.c.expires).where(sessions.c.id_hash == bindparam("id_hash"),
+                                                            sessions.c.expires > bindparam("now"))
 
 def session_key(session_id: str) -> str:
     """What the database (and a server's cache) knows a session by: the SHA-256 of its id."""
@@ -60,19 +55,17 @@ class Session:
     expires: float
 
 
-class SessionStore(sqlite.Store):
-    """Sessions in the SQLite file of the users (see the module docstring)."""
-
-    SCHEMA = SCHEMA
+class SessionStore(Store):
+    """Sessions in the database of the users (see the module docstring)."""
 
     def start(self, user_id: int, lifetime_seconds: float) -> Session:
         """A new session of ``user_id`` for ``lifetime_seconds``; expired sessions of anyone are deleted."""
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
         now = time.time()
         with self._db(write=True) as db:
-            db.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
-            db.execute("INSERT INTO sessions (id_hash, user_id, created, expires) VALUES (?, ?, ?, ?)",
-                       (session_key(session_id), user_id, now, now + lifetime_seconds))
+            db.execute(delete(sessions).where(sessions.c.expires <= now))
+            db.execute(insert(sessions).values(id_hash=session_key(session_id), user_id=user_id, created=now,
+                                               expires=now + lifetime_seconds))
         return Session(session_id, user_id, now + lifetime_seconds)
 
     def live(self, session_id: str) -> tuple[int, float] | None:
@@ -80,19 +73,18 @@ class SessionStore(sqlite.Store):
         if not 0 < len(session_id) <= MAX_SESSION_ID_LENGTH:
             return None
         with self._db() as db:
-            row = db.execute("SELECT user_id, expires FROM sessions WHERE id_hash = ? AND expires > ?",
-                             (session_key(session_id), time.time())).fetchone()
-        return (int(row[0]), float(row[1])) if row else None
+            row = db.execute(_LIVE, {"id_hash": session_key(session_id), "now": time.time()}).first()
+        return (int(row.user_id), float(row.expires)) if row else None
 
     def end(self, session_id: str) -> bool:
         """End one session (logout); whether it was there."""
         with self._db(write=True) as db:
-            return db.execute("DELETE FROM sessions WHERE id_hash = ?", (session_key(session_id),)).rowcount > 0
+            return db.execute(delete(sessions).where(sessions.c.id_hash == session_key(session_id))).rowcount > 0
 
     def end_all(self, user_id: int) -> int:
         """End every session of ``user_id`` (deactivation); how many there were."""
         with self._db(write=True) as db:
-            return db.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,)).rowcount
+            return int(db.execute(delete(sessions).where(sessions.c.user_id == user_id)).rowcount)
 
 
 class CsrfTokens:

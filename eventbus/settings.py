@@ -108,6 +108,9 @@ class Settings:
     push_url: str | None = None
     #: A user's missed messages wait this long, then go out in one email.
     missed_email_window_seconds: float = 120.0
+    #: How long a worker's claim on an email or a push holds (``eventbus.claims``): the effect a crashed worker
+    #: left undone comes this late, and a worker that takes longer than this over one effect may see it repeated.
+    claim_lease_seconds: float = 60.0
     #: Stream addresses of the email mirror: <stream token>@<domain>.
     email_gateway_domain: str = "streams.eventbus.localhost"
     #: The bots that post mirrored emails (when the sender is no user) and system messages.
@@ -169,6 +172,7 @@ class Settings:
             session_lifetime_seconds=_number(env, "EVENTBUS_SESSION_LIFETIME_SECONDS", cls.session_lifetime_seconds),
             push_url=env.get("EVENTBUS_PUSH_URL") or None,
             missed_email_window_seconds=_number(env, "EVENTBUS_MISSED_EMAIL_WINDOW", cls.missed_email_window_seconds),
+            claim_lease_seconds=_number(env, "EVENTBUS_CLAIM_LEASE_SECONDS", cls.claim_lease_seconds),
             email_gateway_domain=env.get("EVENTBUS_EMAIL_GATEWAY_DOMAIN", cls.email_gateway_domain),
             mirror_bot_email=env.get("EVENTBUS_MIRROR_BOT_EMAIL", cls.mirror_bot_email),
             notification_bot_email=env.get("EVENTBUS_NOTIFICATION_BOT_EMAIL", cls.notification_bot_email),
@@ -219,6 +223,9 @@ class Settings:
         if not self.session_lifetime_seconds <= MAX_SESSION_LIFETIME_SECONDS:
             raise ConfigurationError("EVENTBUS_SESSION_LIFETIME_SECONDS must be at most a year "
                                      f"({MAX_SESSION_LIFETIME_SECONDS:.0f}), not {self.session_lifetime_seconds!r}")
+        if not 0 < self.claim_lease_seconds < math.inf:
+            raise ConfigurationError(f"EVENTBUS_CLAIM_LEASE_SECONDS must be a positive number of seconds, "
+                                     f"not {self.claim_lease_seconds!r}")
         if self.smtp_tls not in ("none", "starttls", "ssl"):
             raise ConfigurationError(f"EVENTBUS_SMTP_TLS must be none, starttls or ssl, not {self.smtp_tls!r}")
         if not 0 < self.port < 65536:

@@ -165,10 +165,17 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | 
 EVENT_SECRET = "test-shared-secret"
 
 
+def chosen_database(request: pytest.FixtureRequest) -> Path | str | None:
+    """The ``database`` fixture's value for a test that asks for it (the test then runs on SQLite, then on
+    PostgreSQL), else None: the default SQLite file under var/."""
+    return request.getfixturevalue("database") if "database" in request.fixturenames else None
+
+
 @pytest.fixture
-def event_settings(tmp_path: Path) -> Settings:
-    """Settings for an event server on the in-process broker."""
-    return Settings(broker="memory", var_dir=tmp_path / "var", shared_secret=EVENT_SECRET, heartbeat_seconds=30)
+def event_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings for an event server on the in-process broker (on the ``database`` of a test that asks for one)."""
+    return Settings(broker="memory", var_dir=tmp_path / "var", shared_secret=EVENT_SECRET, heartbeat_seconds=30,
+                    database_setting=chosen_database(request))
 
 
 @pytest.fixture

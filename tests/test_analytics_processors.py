@@ -1,4 +1,5 @@
-"""user_activity, user_activity_interval and user_presence, in-process on the memory broker with real SQLite."""
+"""user_activity, user_activity_interval and user_presence, in-process on the memory broker, on SQLite and on
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from eventbus.errors import BrokerUnreachable
+from eventbus.presence import PresenceStore, UserPresence
 from eventbus.processors.queues import analytics
 from eventbus.processors.queues.analytics import (
     ActivityCounts,
@@ -39,9 +41,10 @@ def start(event_broker: MemoryBroker, users: tuple[User, User]) -> Iterator[Star
 
 
 @pytest.fixture
-def event_settings(event_settings: Settings) -> Settings:
-    """Presence broadcasts coalesced over a short window, so that a deferred one comes within the test."""
-    return event_settings.replace(presence_coalesce_seconds=1.0)
+def event_settings(event_settings: Settings, database: Path | str) -> Settings:
+    """On SQLite, then on PostgreSQL; presence broadcasts coalesced over a short window, so that a deferred one
+    comes within the test."""
+    return event_settings.replace(presence_coalesce_seconds=1.0, database_setting=database)
 
 
 @pytest.fixture
@@ -258,3 +261,22 @@ def test_a_broadcast_that_failed_is_made_when_the_event_is_retried(
     [notice] = take_notices(broker)
     assert notice["users"] == [othello.id]
     assert broker.error_store.read("user_presence") == []
+
+
+# -- the presence of everyone (PresenceStore) ---------------------------------------------
+
+
+def test_the_presence_of_everyone_leaves_out_the_offline_and_the_deactivated(
+        event_settings: Settings, store: AnalyticsStore, users: tuple[User, User]) -> None:
+    iago, othello = users
+    everyone = PresenceStore(event_settings.database)
+    assert everyone.all() == []  # no presence was ever reported
+    user_store = UserStore(event_settings.database)
+    desdemona = user_store.create_user("desdemona@example.com", "Desdemona")
+    store.set_presence(iago.id, "active", "website", 1000.5)
+    store.set_presence(othello.id, "offline", "website", 1000.0)
+    store.set_presence(desdemona.id, "idle", "ZulipMobile", 990.0)
+    assert everyone.all() == [UserPresence(iago.id, iago.email, "active", 1000),
+                              UserPresence(desdemona.id, desdemona.email, "idle", 990)]
+    user_store.deactivate(desdemona.id)
+    assert [p.user_id for p in everyone.all()] == [iago.id]

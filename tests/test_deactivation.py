@@ -1,5 +1,6 @@
 """``eventbus deactivate_user`` against a real ``eventbus runtornado`` on RabbitMQ: the user's websocket is
-closed, their event queues dropped, their session ended and their API key refused, within seconds."""
+closed, their event queues dropped, their session ended and their API key refused, within seconds; and against
+the stores in SQLite and in PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from tornado.websocket import websocket_connect
 from eventbus import codec
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.queue.rabbitmq_node import free_port
+from eventbus.sessions import SessionStore
 from eventbus.settings import Settings
 from eventbus.users import User, UserStore
 from tests.conftest import wait_for
@@ -151,3 +154,21 @@ def test_deactivate_user_ends_every_connection_of_the_user(runtornado: RunTornad
 def test_deactivate_user_names_an_unknown_email(settings: Settings) -> None:
     result = run_cli(settings, "deactivate_user", "nobody@example.com")
     assert result.returncode == 2 and "no user with email 'nobody@example.com'" in result.stderr
+
+
+def test_deactivate_user_ends_access_in_either_database(tmp_path: Path, database: Path | str) -> None:
+    # Given a user with two sessions and a colleague, in SQLite or PostgreSQL,
+    settings = Settings(broker="memory", var_dir=tmp_path / "var", database_setting=database)
+    users, sessions = UserStore(database), SessionStore(database)
+    iago, othello = users.create_user("iago@example.com", "Iago"), users.create_user("othello@example.com")
+    started = [sessions.start(iago.id, 3600.0) for _ in range(2)]
+    kept = sessions.start(othello.id, 3600.0)
+    # when an operator deactivates him (in any case of his email),
+    result = run_cli(settings, "deactivate_user", "IAGO@example.com")
+    # then his key and his sessions are refused, and his colleague's access stays.
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"user_id": iago.id, "email": iago.email, "sessions_ended": 2}
+    assert users.authenticate(iago.email, iago.api_key) is None
+    assert [sessions.live(s.id) for s in started] == [None, None]
+    assert users.authenticate(othello.email, othello.api_key) == othello and sessions.live(kept.id) is not None
+    assert users.active_ids() == [othello.id]

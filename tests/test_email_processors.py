@@ -9,17 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from eventbus.claims import Claimed, Done
 from eventbus.contracts import Email, MissedMessage
 from eventbus.messages import MessageStore, StoredMessage
 from eventbus.processors.mailer import queue_email
 from eventbus.processors.message_send import check_request, send
+from eventbus.processors.queues.email import SentEmails
 from eventbus.processors.queues.missed_emails import PendingMissed
 from eventbus.processors.registry import get_worker_class
 from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import Broker, MemoryBroker
 from eventbus.settings import Settings
 from eventbus.users import User, UserStore
-from tests.conftest import eventbus_command, wait_for, worker_threads
+from tests.conftest import chosen_database, eventbus_command, wait_for, worker_threads
+from tests.racing import race
 from tests.smtp_server import REFUSED_DOMAIN, SmtpServer
 
 QUEUES = ("email_senders", "signups", "invites", "missedmessage_emails", "error_reports", "slow_queries")
@@ -33,9 +36,11 @@ QUICK = {"batch_wait": 0.05, "retry_delay": 0.05}
 
 
 @pytest.fixture
-def mail_settings(tmp_path: Path, smtp: SmtpServer) -> Settings:
+def mail_settings(tmp_path: Path, smtp: SmtpServer, request: pytest.FixtureRequest) -> Settings:
+    """On the ``database`` of a test that asks for one (SQLite, then PostgreSQL), else on a SQLite file; the claim
+    on an email a dead worker left lapses within a test."""
     return Settings(broker="memory", var_dir=tmp_path, smtp_port=smtp.port, missed_email_window_seconds=0.3,
-                    admin_emails=(ADMIN,))
+                    admin_emails=(ADMIN,), database_setting=chosen_database(request), claim_lease_seconds=1.0)
 
 
 @pytest.fixture
@@ -66,7 +71,7 @@ def join(broker: MemoryBroker, *queues: str) -> None:
 
 
 def test_a_batch_of_emails_goes_out_over_one_connection(memory: MemoryBroker, running: Running,
-                                                         smtp: SmtpServer) -> None:
+                                                         smtp: SmtpServer, database: Path | str) -> None:
     for n in range(20):
         queue_email(memory, [f"user{n}@example.com"], f"Note {n}", f"Body {n}\n",
                     html=f"<p>Body {n}</p>" if n == 0 else None)
@@ -98,7 +103,8 @@ def test_a_connection_the_server_dropped_is_replaced(memory: MemoryBroker, runni
     assert memory.error_store.read("email_senders") == []
 
 
-def test_a_redelivered_email_is_not_sent_again(memory: MemoryBroker, running: Running, smtp: SmtpServer) -> None:
+def test_a_redelivered_email_is_not_sent_again(memory: MemoryBroker, running: Running, smtp: SmtpServer,
+                                                database: Path | str) -> None:
     email = Email("welcome:iago", ("iago@example.com",), "Welcome", "Hello Iago\n")
     running("email_senders")
     memory.publish("email_senders", email.event())
@@ -112,8 +118,25 @@ def test_a_redelivered_email_is_not_sent_again(memory: MemoryBroker, running: Ru
     assert memory.error_store.read("email_senders") == []
 
 
+def test_an_email_a_dead_worker_claimed_goes_out_once_its_claim_lapses(
+        memory: MemoryBroker, running: Running, smtp: SmtpServer, database: Path | str) -> None:
+    email = Email("welcome:iago", ("iago@example.com",), "Welcome", "Hello Iago\n")
+    # Given a worker (on another machine, say) that claimed the email, then died before sending it,
+    claimed_at = time.monotonic()
+    assert SentEmails(database).claim(email.email_id, lease=1.0) == Claimed()
+    # when RabbitMQ redelivers the email to a worker here,
+    running("email_senders")
+    memory.publish("email_senders", email.event())
+    # then it waits for the claim to lapse, and goes out once.
+    wait_for(lambda: smtp.count() == 1, what="the email")
+    assert time.monotonic() - claimed_at >= 1.0
+    join(memory, "email_senders")
+    assert smtp.count() == 1 and memory.error_store.read("email_senders") == []
+    assert SentEmails(database).claim(email.email_id) == Done()
+
+
 def test_while_the_server_is_down_emails_are_retried_then_stored_and_replay_sends_them(
-        memory: MemoryBroker, running: Running, smtp: SmtpServer) -> None:
+        memory: MemoryBroker, running: Running, smtp: SmtpServer, database: Path | str) -> None:
     smtp.stop()
     running("email_senders")
     email_id = queue_email(memory, ["iago@example.com"], "Important", "Do not lose me\n")
@@ -152,7 +175,8 @@ def test_refused_and_malformed_emails_go_to_the_error_store_and_the_rest_are_sen
 # -- signups and invites ------------------------------------------------------------------
 
 
-def test_a_signup_gets_one_welcome_email(memory: MemoryBroker, running: Running, smtp: SmtpServer) -> None:
+def test_a_signup_gets_one_welcome_email(memory: MemoryBroker, running: Running, smtp: SmtpServer,
+                                         database: Path | str) -> None:
     running("signups", "email_senders")
     signup = {"email": "desdemona@example.com", "full_name": "Desdemona"}
     memory.publish("signups", signup)
@@ -190,7 +214,7 @@ def test_inviting_500_returns_at_once_and_the_invitations_follow(memory: MemoryB
 
 
 def test_an_invitation_with_bad_addresses_invites_the_others_and_names_the_bad_ones(
-        memory: MemoryBroker, running: Running, smtp: SmtpServer) -> None:
+        memory: MemoryBroker, running: Running, smtp: SmtpServer, database: Path | str) -> None:
     inviter = UserStore(memory.settings.database).create_user("iago@example.com", "Iago")
     running("invites", "email_senders")
     memory.publish("invites", {"inviter_id": inviter.id, "emails": ["cassio@example.com", "not an address", 7]})
@@ -275,6 +299,34 @@ def test_missed_messages_a_crash_left_pending_are_sent_on_start(memory: MemoryBr
     wait_for(lambda: len(smtp.to(othello.email)) == 2, what="both emails")
     join(memory, "missedmessage_emails", "email_senders")
     assert sorted(("first" in r.text, "second" in r.text) for r in smtp.received) == [(False, True), (True, False)]
+    assert pending.users() == []
+
+
+def flush(database: Path | str, user_id: int) -> Callable[[], dict[str, list[int]]]:
+    """A flush of ``user_id``'s missed messages (in a process of its own): the claims it found, by email id."""
+    pending = PendingMissed(database)
+
+    def go() -> dict[str, list[int]]:
+        return {email_id: [m.message_id for m in missed] for email_id, missed in pending.claim(user_id).items()}
+
+    return go
+
+
+def test_flushes_racing_for_a_user_claim_each_missed_message_under_one_email_id(database: Path | str) -> None:
+    # Given messages a user missed, stored twice (as by two workers given the same events),
+    pending = PendingMissed(database)
+    missed = [MissedMessage(7, message_id, "private_message") for message_id in (10, 11, 12)]
+    pending.add(missed)
+    pending.add(missed)
+    # when flushes race for the user in several processes (as on several machines),
+    found = race(flush, database, 7)
+    # then one claim holds every message, once, and every flush finds that same claim: they queue one email id,
+    # which email_senders sends once (test_claims).
+    [email_id] = {email_id for claims in found for email_id in claims}
+    assert all(claims == {email_id: [10, 11, 12]} for claims in found)
+    pending.mark_sent(email_id)
+    assert pending.users() == [] and pending.claim(7) == {}
+    pending.add(missed)  # redelivered after the email went out: not stored again
     assert pending.users() == []
 
 

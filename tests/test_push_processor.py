@@ -12,15 +12,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
-from eventbus import sqlite
+from eventbus.claims import Claimed
 from eventbus.messages import MessageStore, StoredMessage
 from eventbus.processors.message_send import check_request, send
 from eventbus.processors.queues.push import PushNotificationWorker, SentNotifications
 from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import MemoryBroker
+from eventbus.schema import push_notifications_sent
 from eventbus.settings import Settings
 from eventbus.users import User
+from tests.conftest import eventbus_command
 
 QUEUE = "missedmessage_mobile_notifications"
 API_KEY = "push-k3y"
@@ -93,7 +96,9 @@ def gateway() -> Iterator[Gateway]:
 
 @pytest.fixture
 def event_settings(event_settings: Settings, gateway: Gateway) -> Settings:
-    return event_settings.replace(push_url=gateway.url, push_api_key=API_KEY, site_url="https://chat.example.com")
+    """The gateway's; the claim on a push a dead worker left lapses within a test."""
+    return event_settings.replace(push_url=gateway.url, push_api_key=API_KEY, site_url="https://chat.example.com",
+                                  claim_lease_seconds=1.0)
 
 
 @pytest.fixture
@@ -189,6 +194,35 @@ def test_a_4xx_answer_goes_to_the_error_store_at_once(
     assert entry["tries"] == 1
 
 
+def test_a_push_the_gateway_refused_is_pushed_when_replayed(
+        pusher: MemoryBroker, gateway: Gateway, users: tuple[User, User], mention: StoredMessage) -> None:
+    # Given a push the gateway refused (a wrong API key, say), which went to the error store,
+    gateway.answer(401)
+    pusher.publish(QUEUE, notice(users[1], mention))
+    pusher.join(QUEUE, timeout=10)
+    assert len(pusher.error_store.read(QUEUE)) == 1 and gateway.accepted == []
+    # when the operator replays it once the key is fixed,
+    assert eventbus_command(pusher, "replay_errors", QUEUE) == 0
+    pusher.join(QUEUE, timeout=10)
+    # then it is pushed: the refused try did not count as sent.
+    assert [r["json"]["message_id"] for r in gateway.accepted] == [mention.id]
+
+
+def test_a_push_a_dead_worker_claimed_is_made_once_its_claim_lapses(
+        pusher: MemoryBroker, gateway: Gateway, users: tuple[User, User], mention: StoredMessage) -> None:
+    othello = users[1]
+    # Given a worker (on another machine, say) that claimed the push, then died before making it,
+    claimed_at = time.monotonic()
+    assert SentNotifications(pusher.settings.database).claim(othello.id, mention.id, lease=1.0) == Claimed()
+    # when RabbitMQ redelivers the event to a worker here,
+    pusher.publish(QUEUE, notice(othello, mention))
+    # then the push waits for the claim to lapse, and is made once.
+    pusher.join(QUEUE, timeout=10)
+    assert time.monotonic() - claimed_at >= 1.0
+    assert [r["json"]["user_id"] for r in gateway.accepted] == [othello.id]
+    assert pusher.error_store.read(QUEUE) == []
+
+
 def test_an_unreachable_gateway_sends_the_event_to_the_error_store_after_the_last_try(
         pusher: MemoryBroker, gateway: Gateway, users: tuple[User, User], mention: StoredMessage) -> None:
     gateway.close()
@@ -238,9 +272,11 @@ def test_without_a_push_url_events_are_logged_and_acked(
 def test_pushes_sent_long_ago_are_forgotten_when_the_worker_starts(event_settings: Settings,
                                                                    event_broker: MemoryBroker) -> None:
     sent = SentNotifications(event_settings.database)
-    sent.record(1, 10)
-    sent.record(1, 11)
-    with sqlite.connect(sent.path) as db:
-        db.execute("UPDATE push_notifications_sent SET sent_at = ? WHERE message_id = 10", (time.time() - 40 * 86400,))
+    for message_id in (10, 11):
+        sent.claim(1, message_id)
+        sent.finish(1, message_id)
+    with sent.database.transaction(write=True) as db:
+        db.execute(update(push_notifications_sent).where(push_notifications_sent.c.message_id == 10)
+                   .values(sent_at=time.time() - 40 * 86400))
     PushNotificationWorker(event_broker).before_start()
-    assert (sent.was_sent(1, 10), sent.was_sent(1, 11)) == (False, True)
+    assert (sent.is_done(1, 10), sent.is_done(1, 11)) == (False, True)

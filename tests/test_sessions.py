@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sqlite3
 import time
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from eventbus import codec
 from eventbus.app import extra_handlers
+from eventbus.database import open_database
 from eventbus.errors import ConfigurationError
 from eventbus.queue import MemoryBroker
+from eventbus.schema import sessions
+from eventbus.sessions import SessionStore, session_key
 from eventbus.settings import Settings
 from eventbus.users import User
 from tests.eventserver import ServerThread, StartServer, run
@@ -85,11 +89,29 @@ def test_the_database_holds_a_hash_of_the_session_id(start_server: StartServer, 
     async def scenario() -> None:
         cookie, _ = await login(server, users[0])
         session_id = SimpleCookie(cookie)["eventbus_session"].value
-        with sqlite3.connect(event_settings.database) as db:
-            stored = [row[0] for row in db.execute("SELECT id_hash FROM sessions")]
+        with open_database(event_settings.database).transaction() as db:
+            stored = list(db.scalars(select(sessions.c.id_hash)))
         assert stored == [hashlib.sha256(session_id.encode()).hexdigest()]
 
     run(scenario)
+
+
+def test_the_session_store_ends_one_session_all_of_a_user_and_expired_ones(database: Path | str) -> None:
+    store = SessionStore(database)
+    first, second, other = store.start(1, 60.0), store.start(1, 60.0), store.start(2, 60.0)
+    assert store.live(first.id) == (1, first.expires) and store.live(other.id) == (2, other.expires)
+    assert store.live(first.id + "x") is None and store.live("") is None and store.live("x" * 65) is None
+    # Logout ends one session; deactivation every session of the user.
+    assert store.end(first.id) and not store.end(first.id)
+    assert store.live(first.id) is None and store.live(second.id) is not None
+    assert store.end_all(1) == 1 and store.live(second.id) is None
+    assert store.end_all(1) == 0 and store.live(other.id) is not None
+    # A session past its lifetime is not live, and the next login deletes it.
+    expired = store.start(3, -1.0)
+    assert store.live(expired.id) is None
+    store.start(3, 60.0)
+    with store.database.transaction() as db:
+        assert session_key(expired.id) not in set(db.scalars(select(sessions.c.id_hash)))
 
 
 def test_a_session_expires(start_server: StartServer, users: tuple[User, User]) -> None:

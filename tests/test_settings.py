@@ -105,6 +105,10 @@ def test_several_amqp_urls_are_the_nodes_of_a_cluster(tmp_path: Path) -> None:
          "dbname), not 'postgresql://eventbus:***@db'"),
         ("EVENTBUS_DATABASE", "sqlite:///var/x.db",
          "EVENTBUS_DATABASE must be the path of a SQLite file or a postgresql:// URL, not 'sqlite:///var/x.db'"),
+        ("EVENTBUS_CLAIM_LEASE_SECONDS", "0", "EVENTBUS_CLAIM_LEASE_SECONDS must be a positive number of seconds, "
+                                              "not 0.0"),
+        ("EVENTBUS_CLAIM_LEASE_SECONDS", "inf", "EVENTBUS_CLAIM_LEASE_SECONDS must be a positive number of seconds, "
+                                                "not inf"),
     ],
 )
 def test_configuration_mistakes_name_the_setting(variable: str, value: str, message: str) -> None:

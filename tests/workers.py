@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment a CLI process needs to see the test's broker, var folder and test processors."""
+    """The environment a CLI process needs to see the test's broker, var folder, database and test processors."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTBUS_")}
     env.update(
         EVENTBUS_BROKER=settings.broker,
@@ -24,6 +24,8 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         EVENTBUS_PUBLISH_TIMEOUT="5",
         PYTHONPATH=str(ROOT),
     )
+    if settings.database_setting is not None:
+        env["EVENTBUS_DATABASE"] = str(settings.database_setting)
     env.update(extra)
     return env
 

@@ -1,6 +1,6 @@
 """Analytics and presence: ``user_activity``, ``user_activity_interval`` and ``user_presence``.
 
-All three keep their tables in the shared SQLite file (``EVENTBUS_DATABASE``),
+All three keep their tables in the shared database (``EVENTBUS_DATABASE``),
 through ``AnalyticsStore``:
 
 - ``user_activity`` (batched): ``UserActivity`` (``{"user_id", "query",
@@ -33,13 +33,12 @@ through ``AnalyticsStore``:
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from eventbus import sqlite
+from sqlalchemy import Row, case, delete, insert, select, update
+
 from eventbus.contracts import (
     USER_ACTIVITY,
     USER_ACTIVITY_INTERVAL,
@@ -48,54 +47,13 @@ from eventbus.contracts import (
     PresenceUpdate,
     UserActivity,
 )
+from eventbus.database import Store
 from eventbus.errors import PermanentError
 from eventbus.processors.registry import assign_queue
 from eventbus.processors.worker import Event, LoopQueueProcessingWorker, QueueProcessingWorker
+from eventbus.schema import user_activity, user_activity_intervals, user_presence
 from eventbus.tornado_events import send_event
 from eventbus.users import UserStore
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS user_activity (
-    user_id INTEGER NOT NULL,
-    client TEXT NOT NULL,
-    query TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    last_visit REAL NOT NULL,
-    PRIMARY KEY (user_id, client, query)
-);
-CREATE TABLE IF NOT EXISTS user_activity_intervals (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user_id INTEGER NOT NULL,
-    start REAL NOT NULL,
-    end REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS user_activity_intervals_by_user ON user_activity_intervals(user_id, start);
-CREATE TABLE IF NOT EXISTS user_presence (
-    user_id INTEGER PRIMARY KEY,
-    status TEXT NOT NULL,
-    client TEXT NOT NULL,
-    time REAL NOT NULL,
-    announced_status TEXT NOT NULL DEFAULT 'offline',
-    announced_at REAL NOT NULL DEFAULT 0,
-    recheck_due REAL NOT NULL DEFAULT 0
-);
-"""
-#: Columns added to user_presence since it was first made: a table of an older database gets them.
-PRESENCE_COLUMNS_ADDED = {"announced_at": "REAL NOT NULL DEFAULT 0", "recheck_due": "REAL NOT NULL DEFAULT 0"}
-
-#: count += n, last_visit = the later of the two.
-UPSERT_ACTIVITY = """
-INSERT INTO user_activity (user_id, client, query, count, last_visit) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (user_id, client, query) DO UPDATE SET
-    count = count + excluded.count, last_visit = max(last_visit, excluded.last_visit)
-"""
-
-#: Only a newer presence replaces the stored one.
-UPSERT_PRESENCE = """
-INSERT INTO user_presence (user_id, status, client, time) VALUES (?, ?, ?, ?)
-ON CONFLICT (user_id) DO UPDATE SET status = excluded.status, client = excluded.client, time = excluded.time
-WHERE excluded.time >= user_presence.time
-"""
 
 #: (user id, client, query) -> (count, last visit).
 ActivityCounts = dict[tuple[int, str, str], tuple[int, float]]
@@ -122,78 +80,85 @@ class Presence:
                 "presence": {self.client: entry}}
 
 
-class AnalyticsStore(sqlite.Store):
+class AnalyticsStore(Store):
     """Activity counts, activity intervals and presence; safe from any thread and process."""
 
-    SCHEMA = SCHEMA
-
-    def __init__(self, path: Path | str) -> None:
-        super().__init__(path)
-        with self._db() as db:
-            present = {row["name"] for row in db.execute("PRAGMA table_info(user_presence)")}
-        missing = {name: kind for name, kind in PRESENCE_COLUMNS_ADDED.items() if name not in present}
-        if missing:
-            with self._db(write=True) as db:
-                present = {row["name"] for row in db.execute("PRAGMA table_info(user_presence)")}
-                for name in missing.keys() - present:  # another process may have added it meanwhile
-                    db.execute(f"ALTER TABLE user_presence ADD COLUMN {name} {missing[name]}")
-
     def add_activity(self, counts: ActivityCounts) -> None:
-        """Add the counts and last visits, in one transaction."""
-        rows = [(*key, count, last_visit) for key, (count, last_visit) in counts.items()]
-        with self._db() as db:
-            db.executemany(UPSERT_ACTIVITY, rows)
+        """Add the counts and last visits, in one transaction: count += n, last_visit = the later of the two."""
+        upsert = self.database.insert(user_activity)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[user_activity.c.user_id, user_activity.c.client, user_activity.c.query],
+            set_={"count": user_activity.c.count + upsert.excluded.count,
+                  "last_visit": _later(user_activity.c.last_visit, upsert.excluded.last_visit)})
+        rows = [{"user_id": user_id, "client": client, "query": query, "count": count, "last_visit": last_visit}
+                for (user_id, client, query), (count, last_visit) in counts.items()]
+        with self._db(write=True) as db:
+            db.execute(upsert, rows)
 
     def activity(self, user_id: int) -> dict[tuple[str, str], tuple[int, float]]:
         """(client, query) -> (count, last visit) of a user."""
         with self._db() as db:
-            rows = db.execute("SELECT * FROM user_activity WHERE user_id = ?", (user_id,))
-            return {(r["client"], r["query"]): (r["count"], r["last_visit"]) for r in rows}
+            rows = db.execute(select(user_activity).where(user_activity.c.user_id == user_id))
+            return {(r.client, r.query): (r.count, r.last_visit) for r in rows}
 
     def add_interval(self, user_id: int, start: float, end: float) -> tuple[float, float]:
         """Store [start, end] merged with the user's intervals it overlaps or touches; the merged interval."""
+        intervals = user_activity_intervals
         with self._db(write=True) as db:
-            touching = db.execute("SELECT id, start, end FROM user_activity_intervals "
-                                  "WHERE user_id = ? AND start <= ? AND end >= ?", (user_id, end, start)).fetchall()
-            start = min([start, *(r["start"] for r in touching)])
-            end = max([end, *(r["end"] for r in touching)])
-            db.executemany("DELETE FROM user_activity_intervals WHERE id = ?", [(r["id"],) for r in touching])
-            db.execute("INSERT INTO user_activity_intervals (user_id, start, end) VALUES (?, ?, ?)",
-                       (user_id, start, end))
+            touching = db.execute(select(intervals).where(
+                intervals.c.user_id == user_id, intervals.c.start <= end, intervals.c.end >= start)).all()
+            start = min([start, *(r.start for r in touching)])
+            end = max([end, *(r.end for r in touching)])
+            if touching:
+                db.execute(delete(intervals).where(intervals.c.id.in_([r.id for r in touching])))
+            db.execute(insert(intervals).values(user_id=user_id, start=start, end=end))
         return start, end
 
     def intervals(self, user_id: int) -> list[tuple[float, float]]:
+        intervals = user_activity_intervals
         with self._db() as db:
-            rows = db.execute("SELECT start, end FROM user_activity_intervals WHERE user_id = ? ORDER BY start",
-                              (user_id,))
-            return [(r["start"], r["end"]) for r in rows]
+            rows = db.execute(select(intervals.c.start, intervals.c.end)
+                              .where(intervals.c.user_id == user_id).order_by(intervals.c.start))
+            return [(r.start, r.end) for r in rows]
 
     def set_presence(self, user_id: int, status: str, client: str, when: float) -> Presence:
         """Store the presence unless a newer one is stored; the user's latest presence."""
+        upsert = self.database.insert(user_presence).values(user_id=user_id, status=status, client=client, time=when)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[user_presence.c.user_id],
+            set_={"status": upsert.excluded.status, "client": upsert.excluded.client, "time": upsert.excluded.time},
+            where=upsert.excluded.time >= user_presence.c.time)  # only a newer presence replaces the stored one
         with self._db(write=True) as db:
-            db.execute(UPSERT_PRESENCE, (user_id, status, client, when))
-            return _presence(db.execute("SELECT * FROM user_presence WHERE user_id = ?", (user_id,)).fetchone())
+            db.execute(upsert)
+            return _presence(db.execute(select(user_presence).where(user_presence.c.user_id == user_id)).one())
 
     def presence(self, user_id: int) -> Presence | None:
         with self._db() as db:
-            row = db.execute("SELECT * FROM user_presence WHERE user_id = ?", (user_id,)).fetchone()
+            row = db.execute(select(user_presence).where(user_presence.c.user_id == user_id)).first()
         return _presence(row) if row else None
 
     def mark_announced(self, user_id: int, status: str, when: float) -> None:
         """The user's peers have heard of ``status`` at ``when``."""
-        with self._db() as db:
-            db.execute("UPDATE user_presence SET announced_status = ?, announced_at = ? WHERE user_id = ?",
-                       (status, when, user_id))
+        self._update_presence(user_id, announced_status=status, announced_at=when)
 
     def mark_recheck(self, user_id: int, due: float) -> None:
         """The user's latest presence was published again, to come back at ``due``."""
-        with self._db() as db:
-            db.execute("UPDATE user_presence SET recheck_due = ? WHERE user_id = ?", (due, user_id))
+        self._update_presence(user_id, recheck_due=due)
+
+    def _update_presence(self, user_id: int, **values: object) -> None:
+        with self._db(write=True) as db:
+            db.execute(update(user_presence).where(user_presence.c.user_id == user_id).values(**values))
 
 
-def _presence(row: sqlite3.Row) -> Presence:
-    return Presence(row["user_id"], row["status"], row["client"], row["time"], row["announced_status"],
-                    row["announced_at"], row["recheck_due"])
+def _later(stored: Any, given: Any) -> Any:
+    """The later of two times, said alike on both engines (SQLite's two-argument ``max`` is ``greatest`` on
+    PostgreSQL)."""
+    return case((stored > given, stored), else_=given)
+
+
+def _presence(row: Row[Any]) -> Presence:
+    return Presence(row.user_id, row.status, row.client, row.time, row.announced_status, row.announced_at,
+                    row.recheck_due)
 
 
 @assign_queue(USER_ACTIVITY, batch_size=500, batch_wait=2.0)

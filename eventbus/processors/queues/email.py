@@ -9,13 +9,18 @@ from __future__ import annotations
 import logging
 import smtplib
 import time
-from collections.abc import Iterable
+from email.message import EmailMessage
+from typing import ClassVar
 
-from eventbus import sqlite
+from sqlalchemy import Table
+
+from eventbus.claims import Claims
 from eventbus.contracts import EMAIL_SENDERS, INVITES, SIGNUPS, Email, Invite, Signup
 from eventbus.processors.mailer import Mailer, stable_id
+from eventbus.processors.once import have_once
 from eventbus.processors.registry import assign_queue
 from eventbus.processors.worker import Event, LoopQueueProcessingWorker, PermanentError, QueueProcessingWorker
+from eventbus.schema import sent_emails
 from eventbus.users import EMAIL, UserStore
 
 logger = logging.getLogger(__name__)
@@ -23,66 +28,45 @@ logger = logging.getLogger(__name__)
 #: Sent ids older than this are forgotten: far longer than any redelivery or retry takes.
 KEEP_SENT_SECONDS = 30 * 24 * 3600.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sent_emails (
-    email_id TEXT PRIMARY KEY,
-    sent_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sent_emails_by_time ON sent_emails(sent_at);
-"""
 
+class SentEmails(Claims):
+    """The emails sent or being sent, by email id (``eventbus.claims``): what makes a redelivered email a no-op,
+    whichever worker on whichever machine gets it."""
 
-class SentEmails(sqlite.Store):
-    """The ids of the emails sent, in SQLite (the users' database): what makes a redelivered email a no-op."""
-
-    SCHEMA = SCHEMA
-
-    def among(self, email_ids: Iterable[str]) -> set[str]:
-        """Those of ``email_ids`` that were sent already."""
-        ids = list(email_ids)
-        with self._db() as db:
-            marks = ",".join("?" * len(ids))
-            return {row[0] for row in db.execute(f"SELECT email_id FROM sent_emails WHERE email_id IN ({marks})", ids)}
-
-    def add(self, email_id: str) -> None:
-        with self._db() as db:
-            db.execute("INSERT OR IGNORE INTO sent_emails (email_id, sent_at) VALUES (?, ?)", (email_id, time.time()))
-
-    def forget_before(self, when: float) -> int:
-        """Forget the ids sent before ``when``; how many there were."""
-        with self._db() as db:
-            return db.execute("DELETE FROM sent_emails WHERE sent_at < ?", (when,)).rowcount
+    TABLE: ClassVar[Table] = sent_emails
 
 
 @assign_queue(EMAIL_SENDERS, tries=5, retry_delay=5.0, batch_size=100, batch_wait=0.1)
 class EmailSenderWorker(LoopQueueProcessingWorker):
     """Sends emails (``{"email_id", "to", "subject", "body", "html"?}``, see ``queue_email``) over one SMTP connection.
 
-    Each email id is sent once: it is recorded right after the server took
-    the email, and a redelivered id is skipped. A crash between the two
-    sends that one email again on redelivery; recording first would lose it
-    instead. A server that is down or drops the connection fails the rest of
-    the batch, which the framework retries with growing delays; an email
-    whose recipients are all refused, or that is malformed, goes straight to
-    the error store. Recipients refused among accepted ones are logged.
+    Each email id is sent once, by one worker of any number on any machine:
+    the worker claims the id in the database before sending (``SentEmails``,
+    see ``eventbus.claims``) and marks it sent once the server took the
+    email. A redelivered id that was sent is skipped; one that another worker
+    is sending comes back when that claim lapses. A worker that dies after
+    claiming delays its email by the claim's lease, never loses it. A server
+    that is down or drops the connection fails the rest of the batch, which
+    the framework retries with growing delays; an email whose recipients are
+    all refused, or that is malformed, goes straight to the error store.
+    Recipients refused among accepted ones are logged.
     """
 
     def before_start(self) -> None:
         self.mailer = Mailer(self.broker.settings)
-        self.sent = SentEmails(self.broker.settings.database)
+        self.sent = SentEmails(self.broker.settings.database, self.broker.settings.claim_lease_seconds)
         self.sent.forget_before(time.time() - KEEP_SENT_SECONDS)
 
     def after_stop(self) -> None:
         self.mailer.close()
 
     def consume_batch(self, events: list[Event]) -> None:
-        already = self.sent.among(str(e.get("email_id")) for e in events)
         self.mailer.check()
         # fail() is the framework's retry-or-error-store, here for the events that failed only: the
         # emails sent before them are done, and a retry of the whole batch would store them as failed too.
         for index, event in enumerate(events):
             try:
-                self._send_once(event, already)
+                self._send_once(event)
             except PermanentError as error:
                 self.fail([event], error)
             except (smtplib.SMTPException, OSError) as error:
@@ -90,27 +74,27 @@ class EmailSenderWorker(LoopQueueProcessingWorker):
                 self.fail(events[index:], error)
                 return
 
-    def _send_once(self, event: Event, already: set[str]) -> None:
+    def _send_once(self, event: Event) -> None:
         email = Email.from_event(event)
         try:
             message = email.message(self.broker.settings.email_from)
         except ValueError as e:  # a header the email package cannot write
             raise PermanentError(str(e)) from None
-        if email.email_id in already:
-            logger.info("email %s was sent before; not sending it again", email.email_id)
-            return
+        refused = have_once(self.broker, self.queue_name, event, self.sent, (email.email_id,),
+                            f"email {email.email_id}", lambda: self._send(message))
+        if refused:
+            logger.warning("email %s: sent, but the server refused %s", email.email_id, _refusals(refused))
+
+    def _send(self, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
+        """Send ``message``; the recipients the server refused (PermanentError when it refused them all)."""
         try:
-            refused = self.mailer.send(message)
+            return self.mailer.send(message)
         except smtplib.SMTPRecipientsRefused as e:
             raise PermanentError(f"the server refused every recipient: {_refusals(e.recipients)}") from None
         except smtplib.SMTPDataError as e:
             if e.smtp_code >= 500:
                 raise PermanentError(f"the server refused the email: {e.smtp_code} {e.smtp_error!r}") from None
             raise
-        self.sent.add(email.email_id)
-        already.add(email.email_id)  # the same id twice in one batch
-        if refused:
-            logger.warning("email %s: sent, but the server refused %s", email.email_id, _refusals(refused))
 
 
 def _refusals(refused: dict[str, tuple[int, bytes]]) -> str:

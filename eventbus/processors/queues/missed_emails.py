@@ -2,7 +2,7 @@
 
 Tornado publishes a ``MissedMessage`` (``{"user_id", "message_id", "trigger"}``)
 for each mention or private message that no open client of the user will show. The messages wait
-``missed_email_window_seconds`` in SQLite, then go out as one email.
+``missed_email_window_seconds`` in the database, then go out as one email.
 
 How it survives crashes and redeliveries (every step may run twice):
 
@@ -33,12 +33,15 @@ import time
 import uuid
 from collections.abc import Iterable
 
-from eventbus import sqlite
+from sqlalchemy import delete, select, update
+
 from eventbus.contracts import MISSEDMESSAGE_EMAILS, MissedMessage, MissedMessageFlush
+from eventbus.database import Store
 from eventbus.messages import MessageStore, StoredMessage
 from eventbus.processors.mailer import queue_email
 from eventbus.processors.registry import assign_queue
 from eventbus.processors.worker import Event, LoopQueueProcessingWorker, PermanentError
+from eventbus.schema import missed_message_emails as missed_table
 from eventbus.users import User
 
 logger = logging.getLogger(__name__)
@@ -48,49 +51,41 @@ SUBJECT_SENDERS = 3
 #: How long an emailed message is remembered: far longer than any redelivery or retry takes.
 KEEP_SENT_SECONDS = 7 * 24 * 3600.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS missed_message_emails (
-    user_id INTEGER NOT NULL,
-    message_id INTEGER NOT NULL,
-    trigger TEXT NOT NULL,
-    missed_at REAL NOT NULL,
-    email_id TEXT,  -- set when a flush claims the row
-    sent INTEGER NOT NULL DEFAULT 0,  -- set once its email is queued
-    PRIMARY KEY (user_id, message_id)
-);
-CREATE INDEX IF NOT EXISTS missed_message_emails_by_email ON missed_message_emails(email_id);
-"""
 
-
-class PendingMissed(sqlite.Store):
-    """The missed messages waiting for their email, in SQLite (the users' database)."""
-
-    SCHEMA = SCHEMA
+class PendingMissed(Store):
+    """The missed messages waiting for their email, in the database; safe from any thread and process (the
+    unique (user, message) key and the write lock make every step below hold across workers)."""
 
     def without_unclaimed(self, user_ids: Iterable[int]) -> list[int]:
         """Those of the users with no unclaimed row: no flush is on its way for them."""
         ids = sorted(set(user_ids))
         with self._db() as db:
-            waiting = {row[0] for row in db.execute(
-                f"SELECT DISTINCT user_id FROM missed_message_emails WHERE email_id IS NULL "
-                f"AND user_id IN ({','.join('?' * len(ids))})", ids)}
+            waiting = set(db.scalars(select(missed_table.c.user_id).distinct().where(
+                missed_table.c.email_id.is_(None), missed_table.c.user_id.in_(ids))))
         return [uid for uid in ids if uid not in waiting]
 
     def add(self, missed: Iterable[MissedMessage]) -> None:
         """Store missed messages; one stored for the user before (pending or sent) is not stored again."""
         now = time.time()
-        with self._db() as db:
-            db.executemany("INSERT OR IGNORE INTO missed_message_emails (user_id, message_id, trigger, missed_at) "
-                           "VALUES (?, ?, ?, ?)", [(m.user_id, m.message_id, m.trigger, now) for m in missed])
+        rows = [{"user_id": m.user_id, "message_id": m.message_id, "trigger": m.trigger, "missed_at": now}
+                for m in missed]
+        if rows:
+            with self._db(write=True) as db:
+                db.execute(self.database.insert(missed_table).on_conflict_do_nothing(), rows)
 
     def claim(self, user_id: int) -> dict[str, list[MissedMessage]]:
-        """Claim the user's unclaimed rows under a new email id; every claim of the user, by email id."""
-        with self._db() as db:
-            db.execute("UPDATE missed_message_emails SET email_id = ? WHERE user_id = ? AND email_id IS NULL",
-                       (f"missed:{uuid.uuid4().hex}", user_id))
-            rows = db.execute("SELECT email_id, message_id, trigger FROM missed_message_emails "
-                              "WHERE user_id = ? AND email_id IS NOT NULL AND NOT sent ORDER BY message_id",
-                              (user_id,))
+        """Claim the user's unclaimed rows under a new email id; every claim of the user, by email id.
+
+        Of flushes racing for the same user, one claims the rows, and each finds every claim: they queue the
+        same email ids, which ``email_senders`` sends once.
+        """
+        with self._db(write=True) as db:
+            db.execute(update(missed_table).where(missed_table.c.user_id == user_id, missed_table.c.email_id.is_(None))
+                       .values(email_id=f"missed:{uuid.uuid4().hex}"))
+            rows = db.execute(select(missed_table.c.email_id, missed_table.c.message_id, missed_table.c.trigger)
+                              .where(missed_table.c.user_id == user_id, missed_table.c.email_id.is_not(None),
+                                     ~missed_table.c.sent)
+                              .order_by(missed_table.c.message_id))
             claims: dict[str, list[MissedMessage]] = {}
             for email_id, message_id, trigger in rows:
                 claims.setdefault(email_id, []).append(MissedMessage(user_id, message_id, trigger))
@@ -98,16 +93,16 @@ class PendingMissed(sqlite.Store):
 
     def mark_sent(self, email_id: str) -> None:
         """The email of this claim is queued; sent rows older than KEEP_SENT_SECONDS are deleted."""
-        with self._db() as db:
-            db.execute("UPDATE missed_message_emails SET sent = 1 WHERE email_id = ?", (email_id,))
-            db.execute("DELETE FROM missed_message_emails WHERE sent AND missed_at < ?",
-                       (time.time() - KEEP_SENT_SECONDS,))
+        with self._db(write=True) as db:
+            db.execute(update(missed_table).where(missed_table.c.email_id == email_id).values(sent=True))
+            db.execute(delete(missed_table).where(missed_table.c.sent,
+                                                  missed_table.c.missed_at < time.time() - KEEP_SENT_SECONDS))
 
     def users(self) -> list[int]:
         """Every user with rows not sent yet, claimed or not."""
         with self._db() as db:
-            return [row[0] for row in db.execute(
-                "SELECT DISTINCT user_id FROM missed_message_emails WHERE NOT sent ORDER BY 1")]
+            return list(db.scalars(select(missed_table.c.user_id).distinct().where(~missed_table.c.sent)
+                                   .order_by(missed_table.c.user_id)))
 
 
 @assign_queue(MISSEDMESSAGE_EMAILS, tries=5, retry_delay=2.0, batch_size=100, batch_wait=1.0)

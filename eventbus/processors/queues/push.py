@@ -19,13 +19,16 @@ Outcomes:
 - no ``EVENTBUS_PUSH_URL``: pushes are switched off by configuration; the
   event is logged at INFO and acked.
 
-At most one notification per message per user: the pair is looked up in the
-``push_notifications_sent`` table (in the shared SQLite file) before the POST
-and written right after the gateway accepted it. The one window left is a
-crash between the gateway's 2xx and that write; each POST carries an
-``Idempotency-Key`` header (``<user_id>:<message_id>``) so a gateway can close
-that one too. The queue runs one worker (its default); two workers could both
-pass the check for the same pair delivered twice at the same moment.
+At most one notification per message per user, whichever worker on whichever
+machine gets the event, and however often: the worker claims the pair in the
+``push_notifications_sent`` table before the POST and marks it sent once the
+gateway accepted it (``SentNotifications``, see ``eventbus.claims``). A pair
+sent already is skipped; one that another worker is pushing comes back when
+that claim lapses; a worker that dies after claiming delays the push by the
+claim's lease, never loses it. Each POST carries an ``Idempotency-Key``
+header (``<user_id>:<message_id>``), so a gateway can tell a repeated POST
+too (after a worker slower than the lease, or a crash between the gateway's
+2xx and the mark).
 """
 
 from __future__ import annotations
@@ -36,14 +39,19 @@ import re
 import time
 import urllib.parse
 from contextlib import closing
-from typing import Any
+from typing import Any, ClassVar
 
-from eventbus import codec, sqlite
+from sqlalchemy import Table
+
+from eventbus import codec
+from eventbus.claims import Claims
 from eventbus.contracts import MISSEDMESSAGE_MOBILE_NOTIFICATIONS, MissedMessage
 from eventbus.errors import ConfigurationError
 from eventbus.messages import MessageStore, StoredMessage
+from eventbus.processors.once import have_once
 from eventbus.processors.registry import assign_queue
 from eventbus.processors.worker import Event, PermanentError, QueueProcessingWorker
+from eventbus.schema import push_notifications_sent
 from eventbus.users import User
 
 logger = logging.getLogger(__name__)
@@ -57,15 +65,6 @@ ERROR_BODY = 500
 #: Statuses that say "later", not "never".
 RETRY_STATUSES = frozenset({408, 429})
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS push_notifications_sent (
-    user_id INTEGER NOT NULL,
-    message_id INTEGER NOT NULL,
-    sent_at REAL NOT NULL,
-    PRIMARY KEY (user_id, message_id)
-);
-CREATE INDEX IF NOT EXISTS push_notifications_sent_by_time ON push_notifications_sent(sent_at);
-"""
 #: How long a push is remembered as sent: far longer than a notification can be redelivered.
 KEEP_SENT_SECONDS = 30 * 24 * 3600.0
 
@@ -74,26 +73,10 @@ class GatewayUnavailable(Exception):
     """The gateway could not be reached or answered "try later" (5xx, 408, 429): the event is retried."""
 
 
-class SentNotifications(sqlite.Store):
-    """The (user, message) pairs already pushed; safe from any thread and process."""
+class SentNotifications(Claims):
+    """The (user, message) pairs pushed or being pushed (``eventbus.claims``); safe from any thread and process."""
 
-    SCHEMA = SCHEMA
-
-    def was_sent(self, user_id: int, message_id: int) -> bool:
-        with self._db() as db:
-            row = db.execute("SELECT 1 FROM push_notifications_sent WHERE user_id = ? AND message_id = ?",
-                             (user_id, message_id)).fetchone()
-        return row is not None
-
-    def record(self, user_id: int, message_id: int) -> None:
-        with self._db() as db:
-            db.execute("INSERT OR IGNORE INTO push_notifications_sent (user_id, message_id, sent_at) VALUES (?, ?, ?)",
-                       (user_id, message_id, time.time()))
-
-    def forget_before(self, when: float) -> int:
-        """Forget the pushes sent before ``when``; how many there were."""
-        with self._db() as db:
-            return db.execute("DELETE FROM push_notifications_sent WHERE sent_at < ?", (when,)).rowcount
+    TABLE: ClassVar[Table] = push_notifications_sent
 
 
 class PushGateway:
@@ -161,7 +144,7 @@ class PushNotificationWorker(QueueProcessingWorker):
     def before_start(self) -> None:
         settings = self.broker.settings
         self.store = MessageStore(settings.database)
-        self.sent = SentNotifications(settings.database)
+        self.sent = SentNotifications(settings.database, settings.claim_lease_seconds)
         self.sent.forget_before(time.time() - KEEP_SENT_SECONDS)  # the table would grow with every push otherwise
         self.gateway = PushGateway(settings.push_url, settings.push_api_key) if settings.push_url else None
         if self.gateway is None:
@@ -169,14 +152,17 @@ class PushNotificationWorker(QueueProcessingWorker):
 
     def consume(self, event: Event) -> None:
         missed = MissedMessage.from_event(event)
-        user_id, message_id, trigger = missed.user_id, missed.message_id, missed.trigger
+        user_id, message_id = missed.user_id, missed.message_id
         if self.gateway is None:
             logger.info("push notifications are switched off (no EVENTBUS_PUSH_URL): not pushing message %d "
                         "to user %d", message_id, user_id)
             return
-        if self.sent.was_sent(user_id, message_id):
-            logger.info("message %d was pushed to user %d already; skipping the redelivery", message_id, user_id)
-            return
+        have_once(self.broker, self.queue_name, event, self.sent, (user_id, message_id),
+                  f"push of message {message_id} to user {user_id}", lambda: self._push(missed))
+
+    def _push(self, missed: MissedMessage) -> None:
+        assert self.gateway is not None
+        user_id, message_id = missed.user_id, missed.message_id
         user, message = self.store.users.get(user_id), self.store.get(message_id)
         if user is None:
             raise PermanentError(f"no user {user_id}")
@@ -184,7 +170,5 @@ class PushNotificationWorker(QueueProcessingWorker):
             raise PermanentError(f"no message {message_id}")
         if user_id not in message.flags:
             raise PermanentError(f"user {user_id} is not a recipient of message {message_id}")
-        payload = push_payload(user, message, trigger, self.broker.settings.site_url)
+        payload = push_payload(user, message, missed.trigger, self.broker.settings.site_url)
         self.gateway.post(payload, idempotency_key=f"{user_id}:{message_id}")
-        self.sent.record(user_id, message_id)
-
