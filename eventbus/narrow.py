@@ -107,6 +107,12 @@ def fts_query(words: Iterable[str]) -> str:
     return " ".join(f'"{word}"' for word in words)
 
 
+def tsquery(words: Iterable[str]) -> str:
+    """A PostgreSQL ``to_tsquery`` query matching messages holding every word, as ``fts_query`` does on SQLite:
+    each word quoted as a lexeme, ANDed; PostgreSQL stems each (and drops stop words) as it did the text."""
+    return " & ".join(f"'{word}'" for word in words)
+
+
 #: What highlighting leaves alone in rendered HTML: tags and character references.
 _MARKUP = re.compile(r"(<[^>]*>|&#?\w+;)")
 

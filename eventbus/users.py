@@ -1,4 +1,4 @@
-"""The user store: who may connect, and with which API key. SQLite, one file under var/.
+"""The user store: who may connect, and with which API key. In the database of every store (``EVENTBUS_DATABASE``).
 
 Shared by the Tornado server (authentication) and the processors (senders,
 recipients, mentions). Every method opens its own short connection, so the
@@ -13,12 +13,14 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from eventbus import sqlite
+from sqlalchemy import ColumnElement, Row, exc, select, update
+
+from eventbus.database import Store, ci_equal
+from eventbus.schema import users
 
 #: A plain check: something@something.something, no spaces. Real validation is sending mail.
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -26,18 +28,6 @@ EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 MEMBER_ROLE = 400
 #: Nobody uploads an avatar here: every avatar is the first version of a Gravatar.
 AVATAR_VERSION = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    email TEXT NOT NULL UNIQUE COLLATE NOCASE,
-    full_name TEXT NOT NULL,
-    api_key TEXT NOT NULL,
-    is_active INTEGER NOT NULL DEFAULT 1,
-    date_joined REAL NOT NULL
-);
-"""
-
 
 class UserError(ValueError):
     """A user cannot be created as asked (bad email, taken email)."""
@@ -75,10 +65,8 @@ def gravatar_url(email: str) -> str:
     return f"https://secure.gravatar.com/avatar/{digest}?d=identicon&version={AVATAR_VERSION}"
 
 
-class UserStore(sqlite.Store):
-    """Users in a SQLite file."""
-
-    SCHEMA = SCHEMA
+class UserStore(Store):
+    """Users in the database (SQLite or PostgreSQL)."""
 
     def create_user(self, email: str, full_name: str | None = None) -> User:
         """Create a user with a new random API key; UserError for a bad or taken email."""
@@ -89,38 +77,37 @@ class UserStore(sqlite.Store):
         api_key = secrets.token_urlsafe(24)
         joined = time.time()
         try:
-            with self._db() as db:
-                cursor = db.execute(
-                    "INSERT INTO users (email, full_name, api_key, date_joined) VALUES (?, ?, ?, ?)",
-                    (email, name, api_key, joined),
-                )
-        except sqlite3.IntegrityError:
+            with self._db(write=True) as db:
+                user_id = db.execute(users.insert().values(email=email, full_name=name, api_key=api_key,
+                                                           date_joined=joined).returning(users.c.id)).scalar_one()
+        except exc.IntegrityError:
             raise UserError(f"a user with email {email!r} exists already") from None
-        assert cursor.lastrowid is not None
-        return User(cursor.lastrowid, email, name, api_key, date_joined=joined)
+        return User(user_id, email, name, api_key, date_joined=joined)
 
     def ensure_user(self, email: str, full_name: str | None = None) -> User:
         """The user with ``email``, created if there is none (idempotent)."""
         return self.get_by_email(email) or self.create_user(email, full_name)
 
     def get_by_email(self, email: str) -> User | None:
-        return self._one("SELECT * FROM users WHERE email = ?", (email.strip(),))
+        return self._one(ci_equal(users.c.email, email.strip()))
 
     def get(self, user_id: int) -> User | None:
-        return self._one("SELECT * FROM users WHERE id = ?", (user_id,))
+        return self._one(users.c.id == user_id)
 
     def get_by_full_name(self, full_name: str) -> User | None:
-        return self._one("SELECT * FROM users WHERE full_name = ? COLLATE NOCASE AND is_active", (full_name,))
+        return self._one(ci_equal(users.c.full_name, full_name) & users.c.is_active)
 
     def all(self) -> list[User]:
         with self._db() as db:
-            return [_user(row) for row in db.execute("SELECT * FROM users ORDER BY id")]
+            return [_user(row) for row in db.execute(select(users).order_by(users.c.id))]
 
     def active_ids(self, *, besides: int | None = None) -> list[int]:
         """The ids of the active users (but ``besides``), ascending."""
+        query = select(users.c.id).where(users.c.is_active).order_by(users.c.id)
+        if besides is not None:
+            query = query.where(users.c.id != besides)
         with self._db() as db:
-            return [row[0] for row in db.execute("SELECT id FROM users WHERE is_active AND id IS NOT ? ORDER BY id",
-                                                 (besides,))]
+            return list(db.scalars(query))
 
     def authenticate(self, email: str, api_key: str) -> User | None:
         """The active user whose email and API key these are, else None (the key compared in constant time)."""
@@ -138,13 +125,13 @@ class UserStore(sqlite.Store):
         Ending their sessions and connections is ``accounts.deactivate_user``'s: call that, not this alone.
         """
         with self._db(write=True) as db:
-            return db.execute("UPDATE users SET is_active = 0 WHERE id = ?", (user_id,)).rowcount > 0
+            return db.execute(update(users).where(users.c.id == user_id).values(is_active=False)).rowcount > 0
 
-    def _one(self, sql: str, args: tuple[object, ...]) -> User | None:
+    def _one(self, condition: ColumnElement[bool]) -> User | None:
         with self._db() as db:
-            row = db.execute(sql, args).fetchone()
+            row = db.execute(select(users).where(condition)).first()
         return _user(row) if row else None
 
 
-def _user(row: sqlite3.Row) -> User:
-    return User(row["id"], row["email"], row["full_name"], row["api_key"], bool(row["is_active"]), row["date_joined"])
+def _user(row: Row[Any]) -> User:
+    return User(row.id, row.email, row.full_name, row.api_key, bool(row.is_active), row.date_joined)
