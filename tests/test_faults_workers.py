@@ -18,8 +18,10 @@ from typing import Any
 
 import pika
 import pytest
+from sqlalchemy import func, select
 
-from eventbus import codec, sqlite
+from eventbus import codec, schema
+from eventbus.database import open_database
 from eventbus.devtools import dev_dir, push_gateway
 from eventbus.messages import MessageStore
 from eventbus.processors.mailer import queue_email
@@ -186,14 +188,15 @@ BATCH_KILLS = 3
 
 def undelivered_after(settings: Settings, message_id: int) -> int:
     """How many messages above ``message_id`` are stored without their events marked as sent."""
-    with sqlite.connect(settings.database) as db:
-        return int(db.execute("SELECT count(*) FROM messages WHERE id > ? AND delivered = 0",
-                              (message_id,)).fetchone()[0])
+    messages = schema.messages
+    with open_database(settings.database).transaction() as db:
+        return int(db.execute(select(func.count()).select_from(messages)
+                              .where(messages.c.id > message_id, ~messages.c.delivered)).scalar_one())
 
 
 def newest_id(settings: Settings) -> int:
-    with sqlite.connect(settings.database) as db:
-        return int(db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])
+    with open_database(settings.database).transaction() as db:
+        return int(db.execute(select(func.coalesce(func.max(schema.messages.c.id), 0))).scalar_one())
 
 
 def test_message_sender_killed_inside_batches_shows_every_message_once_in_id_order(
