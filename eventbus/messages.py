@@ -249,8 +249,12 @@ _m_search_words: ColumnElement[Any] = literal_column(f"{_m.name}.search_words")
 
 #: The statements every message stored and every history read run, built once: SQLAlchemy takes longer to build
 #: and key a statement than SQLite takes to run it. Their values are bound at each run.
-_MESSAGE_OF_REQUEST = select(schema.messages.c.id).where(schema.messages.c.request_id == bindparam("request_id"))
-_NEW_MESSAGE = schema.messages.insert().returning(schema.messages.c.id)
+_MESSAGES_OF_REQUESTS = select(schema.messages.c.request_id, schema.messages.c.id).where(
+    schema.messages.c.request_id.in_(bindparam("ids", expanding=True)))
+_SENDERS = select(schema.users.c.id, schema.users.c.email, schema.users.c.full_name).where(
+    schema.users.c.id.in_(bindparam("ids", expanding=True)))
+#: Many messages in one INSERT (SQLAlchemy's "insertmanyvalues"), their new ids returned in their order.
+_NEW_MESSAGES = schema.messages.insert().returning(schema.messages.c.id, sort_by_parameter_order=True)
 _NEW_USER_MESSAGE = user_messages.insert()
 _RECIPIENT = select(recipients.c.id).where(recipients.c.key == bindparam("key"))
 _NEW_RECIPIENT = recipients.insert().returning(recipients.c.id)
@@ -389,29 +393,19 @@ class MessageStore(Store):
         request id: a request stored before gives the message stored then (``delivered`` says whether its
         event went out), also when another process stores it at the same moment (the transaction holds the
         write lock from its start). One commit for the lot: a batch pays one fsync."""
+        # Keyed by request id, or by position for a message without one; the first of a request in the batch is
+        # inserted, and its later ones get it.
+        keys = [m.request_id if m.request_id is not None else n for n, m in enumerate(messages)]
+        request_ids = [m.request_id for m in messages if m.request_id is not None]
         with self._db(write=True) as db:
-            return [self._stored(db, self._insert(db, message)) for message in messages]
-
-    def _insert(self, db: Connection, message: NewMessage) -> int:
-        """The id of the message of ``message.request_id`` if there is one, else of ``message`` inserted."""
-        if message.request_id is not None:
-            found = db.scalar(_MESSAGE_OF_REQUEST, {"request_id": message.request_id})
-            if found is not None:
-                return int(found)
-        stream = message.stream
-        key = (f"stream:{stream.id}" if stream is not None
-               else "private:" + ",".join(str(uid) for uid in sorted(u["id"] for u in message.display_recipient)))
-        message_id = int(db.execute(_NEW_MESSAGE, {
-            "request_id": message.request_id, "sender_id": message.sender_id, "type": message.type,
-            "stream_id": stream.id if stream else None,
-            "display_recipient": codec.encode(message.display_recipient).decode(), "subject": message.subject,
-            "content": message.content, "rendered_content": message.rendered_content, "timestamp": time.time(),
-            "recipient_id": _new_recipient_id(db, key), "client": message.client,
-        }).scalar_one())
-        if message.flags:
-            db.execute(_NEW_USER_MESSAGE, [{"user_id": uid, "message_id": message_id, "flags": codec.encode(f)
-                                            .decode()} for uid, f in message.flags.items()])
-        return message_id
+            before = ({row.request_id: row.id for row in db.execute(_MESSAGES_OF_REQUESTS, {"ids": request_ids})}
+                      if request_ids else {})
+            fresh: dict[str | int, NewMessage] = {}
+            for key, message in zip(keys, messages, strict=True):
+                if key not in before:
+                    fresh.setdefault(key, message)
+            inserted = dict(zip(fresh, _insert(db, list(fresh.values())), strict=True))
+            return [inserted[key] if key in inserted else self._stored(db, before[key]) for key in keys]
 
     def mark_delivered(self, *message_ids: int) -> None:
         """Record that the events of these messages went out (a redelivered request does not send them again)."""
@@ -611,6 +605,37 @@ class MessageStore(Store):
             return None
         flags = {r.user_id: codec.decode(r.flags) for r in db.execute(_RECIPIENTS_FLAGS, {"id": message_id})}
         return _message(row, flags, _reactions(db, [message_id]))
+
+
+def _insert(db: Connection, messages: Sequence[NewMessage]) -> list[StoredMessage]:
+    """``messages`` inserted, in their order, as stored: two statements for the lot, and nothing read back (their
+    senders and recipients looked up once each). ValueError if a sender does not exist."""
+    if not messages:
+        return []
+    senders = {row["id"]: row for row in db.execute(_SENDERS, {"ids": list({m.sender_id for m in messages})})
+               .mappings()}
+    if missing := {m.sender_id for m in messages} - senders.keys():
+        raise ValueError(f"no user {min(missing)} to send a message")
+    keys = [f"stream:{m.stream.id}" if m.stream is not None else "private:" + ",".join(
+        str(uid) for uid in sorted(u["id"] for u in m.display_recipient)) for m in messages]
+    recipient_ids = {key: _new_recipient_id(db, key) for key in dict.fromkeys(keys)}
+    now = time.time()
+    ids = db.execute(_NEW_MESSAGES, [{
+        "request_id": m.request_id, "sender_id": m.sender_id, "type": m.type,
+        "stream_id": m.stream.id if m.stream else None, "display_recipient": codec.encode(m.display_recipient).decode(),
+        "subject": m.subject, "content": m.content, "rendered_content": m.rendered_content, "timestamp": now,
+        "recipient_id": recipient_ids[key], "client": m.client} for m, key in zip(messages, keys, strict=True)],
+    ).scalars().all()
+    flags = [{"user_id": uid, "message_id": message_id, "flags": codec.encode(f).decode()}
+             for m, message_id in zip(messages, ids, strict=True) for uid, f in m.flags.items()]
+    if flags:
+        db.execute(_NEW_USER_MESSAGE, flags)
+    return [StoredMessage(
+        id=message_id, request_id=m.request_id, sender_id=m.sender_id, sender_email=senders[m.sender_id]["email"],
+        sender_full_name=senders[m.sender_id]["full_name"], type=m.type, display_recipient=m.display_recipient,
+        subject=m.subject, content=m.content, rendered_content=m.rendered_content, timestamp=now, delivered=False,
+        flags=m.flags, recipient_id=recipient_ids[key], stream_id=m.stream.id if m.stream else None, client=m.client,
+    ) for m, key, message_id in zip(messages, keys, ids, strict=True)]
 
 
 class _Narrow:
