@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, exc, select, update
+from sqlalchemy import RowMapping, Select, Text, bindparam, exc, select, update
 
 from eventbus.database import Store, ci_equal
 from eventbus.schema import users
@@ -89,17 +89,17 @@ class UserStore(Store):
         return self.get_by_email(email) or self.create_user(email, full_name)
 
     def get_by_email(self, email: str) -> User | None:
-        return self._one(ci_equal(users.c.email, email.strip()))
+        return self._one(_BY_EMAIL, email.strip())
 
     def get(self, user_id: int) -> User | None:
-        return self._one(users.c.id == user_id)
+        return self._one(_BY_ID, user_id)
 
     def get_by_full_name(self, full_name: str) -> User | None:
-        return self._one(ci_equal(users.c.full_name, full_name) & users.c.is_active)
+        return self._one(_BY_FULL_NAME, full_name)
 
     def all(self) -> list[User]:
         with self._db() as db:
-            return [_user(row) for row in db.execute(select(users).order_by(users.c.id))]
+            return [_user(row) for row in db.execute(select(users).order_by(users.c.id)).mappings()]
 
     def active_ids(self, *, besides: int | None = None) -> list[int]:
         """The ids of the active users (but ``besides``), ascending."""
@@ -127,11 +127,18 @@ class UserStore(Store):
         with self._db(write=True) as db:
             return db.execute(update(users).where(users.c.id == user_id).values(is_active=False)).rowcount > 0
 
-    def _one(self, condition: ColumnElement[bool]) -> User | None:
+    def _one(self, query: Select[Any], value: object) -> User | None:
         with self._db() as db:
-            row = db.execute(select(users).where(condition)).first()
+            row = db.execute(query, {"value": value}).mappings().first()
         return _user(row) if row else None
 
 
-def _user(row: Row[Any]) -> User:
-    return User(row.id, row.email, row.full_name, row.api_key, bool(row.is_active), row.date_joined)
+#: The lookups of one user (authentication runs one a request), built once: SQLAlchemy takes longer to build and
+#: key a statement than the database takes to run it.
+_BY_EMAIL = select(users).where(ci_equal(users.c.email, bindparam("value", type_=Text)))
+_BY_ID = select(users).where(users.c.id == bindparam("value"))
+_BY_FULL_NAME = select(users).where(ci_equal(users.c.full_name, bindparam("value", type_=Text)), users.c.is_active)
+
+
+def _user(row: RowMapping) -> User:
+    return User(row["id"], row["email"], row["full_name"], row["api_key"], bool(row["is_active"]), row["date_joined"])
