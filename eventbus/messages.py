@@ -99,9 +99,9 @@ def is_me_message(content: str) -> bool:
 def check_stream_name(name: str) -> str:
     """A stream's name as given, stripped; ValueError saying why it cannot be one."""
     name = name.strip()
-    if not name or len(name) > MAX_STREAM_NAME_CHARS or any(c in name for c in "*`\n"):
+    if not name or len(name) > MAX_STREAM_NAME_CHARS or any(c in name for c in "*`\n\x00"):
         raise ValueError(f"invalid stream name {excerpt(name)!r}: 1 to {MAX_STREAM_NAME_CHARS} characters, "
-                         "no '*', '`' or newline")
+                         "no '*', '`', newline or NUL")
     return name
 
 
@@ -359,6 +359,8 @@ class MessageStore(Store):
                               tuple(codec.decode(row.flags))) for row in rows]
 
     def get_stream(self, name: str) -> Stream | None:
+        if "\x00" in name:  # no stream's name holds one (check_stream_name), and PostgreSQL refuses to compare it
+            return None
         return self._stream_where(ci_equal(streams.c.name, name.strip()))
 
     def get_stream_by_id(self, stream_id: int) -> Stream | None:

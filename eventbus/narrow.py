@@ -83,6 +83,8 @@ def _operand(operand: Any) -> str | int | tuple[int, ...]:
     if isinstance(operand, str):
         if len(operand) > MAX_OPERAND_CHARS:
             raise ValueError(f"an operand has at most {MAX_OPERAND_CHARS} characters")
+        if "\x00" in operand:  # no name, topic or text holds one (PostgreSQL cannot even compare it)
+            raise ValueError("an operand must not hold a NUL character")
         return operand
     if isinstance(operand, int) and not isinstance(operand, bool):
         return operand

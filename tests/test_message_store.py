@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import func, select, text
@@ -16,6 +17,8 @@ from eventbus import codec, schema
 from eventbus.messages import ActionError, HistoryQuery, MessageStore, NewMessage, Stream
 from eventbus.narrow import NarrowError, parse_narrow
 from eventbus.users import User
+
+T = TypeVar("T")
 
 
 class World:
@@ -103,6 +106,17 @@ def test_narrows_and_search_select_the_same_messages_on_either_database(world: W
             world.ids(iago, narrow)
 
 
+def test_a_nul_in_a_name_or_narrow_is_refused_before_the_database_sees_it(world: World) -> None:
+    """PostgreSQL cannot store or even compare a string holding NUL: such input is a clear error (or no such
+    stream) on both databases, never a database error."""
+    for narrow in ([["topic", "a\x00b"]], [["stream", "a\x00b"]], [["sender", "a\x00b@example.com"]]):
+        with pytest.raises(ValueError, match="NUL"):
+            parse_narrow(narrow)
+    with pytest.raises(ValueError, match="NUL"):
+        world.store.create_stream("Den\x00mark")
+    assert world.store.get_stream("Denmark\x00") is None and world.store.get_stream("Denmark") == world.denmark
+
+
 def test_flags_edits_deletes_and_reactions_are_made_once_per_request(world: World) -> None:
     iago, othello = world.iago, world.othello
     first = world.send(othello, world.denmark, "first", "castle", flags={iago.id: ["mentioned"], othello.id: []})
@@ -151,19 +165,16 @@ def test_flags_edits_deletes_and_reactions_are_made_once_per_request(world: Worl
     assert world.ids(iago, [["stream", "Denmark"]]) == [] and world.ids(iago, [["search", "quokka"]]) == []
 
 
-def test_two_writers_storing_the_same_requests_at_once_make_one_message_each(world: World) -> None:
-    """Two message_sender workers given the same redelivered batch at the same moment (on two machines, with
-    PostgreSQL): both get the same messages, neither gets an error, and each request is stored once."""
-    batch = [world.new(world.iago, world.denmark, f"message {n}", request_id=f"request-{n}") for n in range(20)]
-    writers = 4
+def at_once(writers: int, call: Callable[[int], T]) -> list[T]:
+    """``call(n)`` in ``writers`` threads let go together, each with a store of its own; what each returned.
+    Fails with what any raised."""
     start = threading.Barrier(writers)
-    results: list[dict[str | None, int] | BaseException] = [{} for _ in range(writers)]
+    results: list[T | BaseException | None] = [None] * writers
 
     def write(n: int) -> None:
-        store = MessageStore(world.store.database)
         start.wait(10)
-        try:  # each in its own order, as batches of redelivered events may come
-            results[n] = {m.request_id: m.id for m in store.store_many(random.Random(n).sample(batch, len(batch)))}
+        try:
+            results[n] = call(n)
         except BaseException as e:  # reported below, with the others' results
             results[n] = e
 
@@ -172,10 +183,32 @@ def test_two_writers_storing_the_same_requests_at_once_make_one_message_each(wor
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert not any(isinstance(r, BaseException) for r in results), results
-    assert all(ids == results[0] for ids in results) and len(results[0]) == len(batch), results  # type: ignore
+    assert not any(isinstance(r, BaseException) or r is None for r in results), results
+    return results  # type: ignore[return-value]
+
+
+def test_two_writers_storing_the_same_requests_at_once_make_one_message_each(world: World) -> None:
+    """Message_sender workers given the same redelivered batch at the same moment (on several machines, with
+    PostgreSQL): all get the same messages, none gets an error, and each request is stored once."""
+    batch = [world.new(world.iago, world.denmark, f"message {n}", request_id=f"request-{n}") for n in range(20)]
+
+    def store(n: int) -> dict[str | None, int]:  # each in its own order, as batches of redelivered events come
+        stored = MessageStore(world.store.database).store_many(random.Random(n).sample(batch, len(batch)))
+        return {m.request_id: m.id for m in stored}
+
+    results = at_once(4, store)
+    assert all(ids == results[0] for ids in results) and len(results[0]) == len(batch), results
     with world.store.database.transaction() as db:
         assert db.scalar(select(func.count()).select_from(schema.messages)) == len(batch)
+
+
+def test_two_workers_making_the_same_change_at_once_make_it_once(world: World) -> None:
+    message = world.send(world.othello, world.denmark, "react to me")
+    thumbs = {"emoji_name": "+1", "emoji_code": "1f44d", "reaction_type": "unicode_emoji"}
+    outcomes = at_once(4, lambda n: MessageStore(world.store.database).react("react-1", message, world.iago.id,
+                                                                             thumbs, True))
+    assert all(outcome == outcomes[0] for outcome in outcomes), outcomes
+    assert world.store.get(message).reactions == ({**thumbs, "user_id": world.iago.id},)  # type: ignore[union-attr]
 
 
 def _fill(world: World, count: int, topics: int) -> None:
