@@ -200,6 +200,8 @@ def test_two_writers_storing_the_same_requests_at_once_make_one_message_each(wor
     assert all(ids == results[0] for ids in results) and len(results[0]) == len(batch), results
     with world.store.database.transaction() as db:
         assert db.scalar(select(func.count()).select_from(schema.messages)) == len(batch)
+    more = world.store.store_many([world.new(world.othello, world.verona, f"more {n}") for n in range(5)])
+    assert [m.id for m in more] == sorted(m.id for m in more)  # ids increase in a batch's order
 
 
 def test_two_workers_making_the_same_change_at_once_make_it_once(world: World) -> None:
