@@ -177,7 +177,7 @@ def prepare_var(var: Path) -> dict[str, str]:
     return {"EVENTBUS_VAR_DIR": str(var), "EVENTBUS_SECRETS_FILE": str(secrets_file)}
 
 
-def create_dev_data(database: Path) -> None:
+def create_dev_data(database: Path | str) -> None:
     """Development users and streams, created once (running again changes nothing)."""
     from eventbus.messages import MessageStore
 
