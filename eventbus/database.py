@@ -221,8 +221,8 @@ class ci_equal(FunctionElement[bool]):
     type = Boolean()
     name = "ci_equal"
     inherit_cache = True
-    #: A comparison: SQLAlchemy must not add ``= 1`` to it in a WHERE on SQLite (which has no boolean type), where
-    #: ``(email = ? COLLATE NOCASE) = 1`` would read the whole table instead of searching the column's index.
+    #: A comparison, as ``=`` is: without this SQLAlchemy writes ``... = 1`` after it on SQLite (no boolean type
+    #: there), and SQLite then reads the whole table instead of the NOCASE index.
     _is_implicitly_boolean = True
 
 
