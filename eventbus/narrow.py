@@ -83,6 +83,8 @@ def _operand(operand: Any) -> str | int | tuple[int, ...]:
     if isinstance(operand, str):
         if len(operand) > MAX_OPERAND_CHARS:
             raise ValueError(f"an operand has at most {MAX_OPERAND_CHARS} characters")
+        if "\x00" in operand:  # no name, topic or text holds one (PostgreSQL cannot even compare it)
+            raise ValueError("an operand must not hold a NUL character")
         return operand
     if isinstance(operand, int) and not isinstance(operand, bool):
         return operand
@@ -105,6 +107,12 @@ def fts_query(words: Iterable[str]) -> str:
     """An FTS5 query matching messages holding every word: each quoted, so that nothing a user types is read
     as FTS5 syntax (``\\w`` words hold no quote to escape)."""
     return " ".join(f'"{word}"' for word in words)
+
+
+def tsquery(words: Iterable[str]) -> str:
+    """A PostgreSQL ``to_tsquery`` query matching messages holding every word, as ``fts_query`` does on SQLite:
+    each word quoted as a lexeme, ANDed; PostgreSQL stems each (and drops stop words) as it did the text."""
+    return " & ".join(f"'{word}'" for word in words)
 
 
 #: What highlighting leaves alone in rendered HTML: tags and character references.

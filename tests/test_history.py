@@ -383,7 +383,8 @@ def test_every_narrow_is_read_through_an_index(event_settings: Settings, world: 
         assert not scans and not any("TEMP B-TREE" in step for step in plan), (narrow, plan)
 
 
-#: The tables as the first release made them: no recipients, no client, no full-text index.
+#: The tables as releases before the shared schema made them: no recipients, no client, no edit time, reactions
+#: without the time they were made, no full-text index.
 FIRST_RELEASE_SCHEMA = """
 CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT NOT NULL UNIQUE COLLATE NOCASE,
     full_name TEXT NOT NULL, api_key TEXT NOT NULL, is_active INTEGER NOT NULL DEFAULT 1, date_joined REAL NOT NULL);
@@ -396,6 +397,8 @@ CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT UNI
     delivered INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE user_messages (user_id INTEGER NOT NULL, message_id INTEGER NOT NULL,
     flags TEXT NOT NULL DEFAULT '[]', PRIMARY KEY (user_id, message_id));
+CREATE TABLE reactions (message_id INTEGER NOT NULL, user_id INTEGER NOT NULL, reaction_type TEXT NOT NULL,
+    emoji_code TEXT NOT NULL, emoji_name TEXT NOT NULL, PRIMARY KEY (message_id, user_id, reaction_type, emoji_code));
 INSERT INTO users VALUES (1, 'iago@example.com', 'Iago', 'k1', 1, 0), (2, 'othello@example.com', 'Othello', 'k2', 1, 0);
 INSERT INTO streams VALUES (1, 'Denmark', 'token', 0);
 INSERT INTO messages VALUES
@@ -404,10 +407,11 @@ INSERT INTO messages VALUES
      '[{"id": 2, "email": "othello@example.com", "full_name": "Othello"},
        {"id": 1, "email": "iago@example.com", "full_name": "Iago"}]', '', 'old secret', '<p>old secret</p>', 2.5, 1);
 INSERT INTO user_messages VALUES (1, 1, '["read"]'), (2, 1, '[]'), (1, 2, '[]'), (2, 2, '["read"]');
+INSERT INTO reactions VALUES (1, 2, 'unicode_emoji', '1f44d', '+1');
 """
 
 
-def test_a_database_of_the_first_release_is_upgraded_when_opened(tmp_path: Path) -> None:
+def test_a_database_of_an_earlier_release_is_migrated_when_opened(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as db:
         db.executescript(FIRST_RELEASE_SCHEMA)
@@ -422,5 +426,10 @@ def test_a_database_of_the_first_release_is_upgraded_when_opened(tmp_path: Path)
     assert found(1, [["dm", "othello@example.com"]]) == found(2, [["dm", "iago@example.com"]]) == [2]
     [message] = store.history(1, HistoryQuery(parse_narrow([["id", "2"]]), num_before=1))["messages"]
     assert message["timestamp"] == 2 and message["display_recipient"][0]["is_mirror_dummy"] is False
+    [message] = store.history(1, HistoryQuery(parse_narrow([["id", "1"]]), num_before=1))["messages"]
+    assert message["reactions"] == [{"emoji_name": "+1", "emoji_code": "1f44d", "reaction_type": "unicode_emoji",
+                                     "user_id": 2}]
+    store.react("r3", 1, 1, {"emoji_name": "tada", "emoji_code": "1f389", "reaction_type": "unicode_emoji"}, True)
+    assert [r["emoji_name"] for r in store.get(1).reactions] == ["+1", "tada"]  # type: ignore[union-attr]
     MessageStore(path)  # opening it again changes nothing
     assert found(1, [["search", "gate"]]) == [1]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from eventbus.contracts import MESSAGE_SENDER, MessageRequest, MessageResponse, answers_event
+from eventbus.database import REQUEST_DATA_ERRORS
 from eventbus.messages import MessageStore
 from eventbus.processors.message_send import INTERNAL_CLIENT, Draft, MessageError, check_request, send_batch
 from eventbus.processors.registry import assign_queue
@@ -16,10 +16,9 @@ from eventbus.validation import excerpt
 
 logger = logging.getLogger(__name__)
 
-#: Errors the database raises for what a request holds (a number out of SQLite's range, a value of a type it
-#: cannot store, a constraint the data breaks): trying again cannot help, so the sender is answered at once.
-#: Other database errors (a locked or full database) are retried like any failure.
-REQUEST_DATA_ERRORS = (OverflowError, sqlite3.DataError, sqlite3.InterfaceError, sqlite3.IntegrityError)
+# REQUEST_DATA_ERRORS (eventbus.database): the database refuses what a request holds; trying again cannot help,
+# so the sender is answered at once. Other database errors (a locked, full or unreachable one) are retried.
+
 #: The answer to a request whose data the database refused.
 CANNOT_STORE = {"result": "error", "msg": "The message cannot be stored: a value in it is out of range",
                 "code": "BAD_REQUEST"}
