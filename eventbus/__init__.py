@@ -10,7 +10,8 @@ Three layers; imports point down only (tests/test_layers.py checks it)::
                 tornado_events/  the event core: client queues, HTTP and websocket handlers,
                                  the notify consumer
     core        settings  codec  errors  validation  contracts (queue names, event shapes)
-                sqlite  users  sessions  accounts  messages
+                database (SQLite or PostgreSQL)  schema  migrations  claims
+                users  sessions  accounts  messages  presence
 
 The top wires the components together and faces users; the components never
 import it. tornado_events and processors use queue; queue imports neither, and
