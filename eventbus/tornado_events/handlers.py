@@ -488,9 +488,6 @@ class HeldAnswers:
     def __init__(self) -> None:
         self._due: list[EventsHandler] = []
 
-    def __len__(self) -> int:
-        return len(self._due)
-
     def add(self, handler: EventsHandler) -> None:
         """Answer ``handler`` with what its client's queue holds once the loop's current callbacks ran."""
         if not self._due:
@@ -525,7 +522,7 @@ class EventsHandler(CoreHandler):
 
     _held: ClientDescriptor | None = None
     _released: asyncio.Future[None] | None = None
-    #: Set once it is among the server's ``HeldAnswers``: it is answered then, with every event come meanwhile.
+    #: Set once it is among the server's ``HeldAnswers``: it is answered then, with every event that came meanwhile.
     _due = False
     #: The answer's write to the socket, once answered.
     written: Future[None] | None = None
