@@ -69,6 +69,10 @@ class Context:
             self._node.start()
         return self._node.url
 
+    def node_pid(self) -> int | None:
+        """The process id of the private node's Erlang VM, if one runs (None with ``--amqp-url``)."""
+        return self._node.pid() if self._node is not None else None
+
     def close(self) -> None:
         """Stop the private node, if one was started."""
         node, self._node = self._node, None

@@ -34,9 +34,14 @@ answer read.
 
 Figures: the p50 and p99 of each run's request latencies (POST and
 baseline GET), and the messages that did not reach all recipients, over
-every timed run. The broker is the run's private RabbitMQ node, or the one
-given with ``--amqp-url``; there, the event server consumes
-``notify_tornado`` and the worker ``message_sender``, so no other may.
+every timed run; and what a message costs in CPU time (user and system,
+from ``/proc``) in each process of the path: the event server, the
+worker, the RabbitMQ node (a private one only) and this process (the
+clients), against what a baseline GET costs. Unlike the rates, those hold
+on a machine busy with other work, and they say where the time goes.
+The broker is the run's private RabbitMQ node, or the one given with
+``--amqp-url``; there, the event server consumes ``notify_tornado`` and
+the worker ``message_sender``, so no other may.
 """
 
 from __future__ import annotations
@@ -125,6 +130,36 @@ class Run:
     missing: int = 0
     #: Messages a recipient's queue had after one of a larger id (each queue must have them in id order).
     out_of_order: int = 0
+    #: CPU time per request (per message) in ms, by process (``CpuMeter``), where measured.
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+
+
+class CpuMeter:
+    """The CPU time (user and system, every thread) that the path's processes have used, from ``/proc``."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def read(self) -> dict[str, float]:
+        """Seconds of CPU each process used so far, by name."""
+        return {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def metered(self, case: Callable[[], Run], count: int) -> Callable[[], Run]:
+        """``case``, its run's ``cpu_ms`` set: what each process spent during it, per request."""
+        def run() -> Run:
+            before = self.read()
+            result = case()
+            after = self.read()
+            result.cpu_ms = {name: (after[name] - before[name]) * 1000 / count for name in before}
+            return result
+
+        return run
+
+
+def _cpu_seconds(pid: int) -> float:
+    # /proc/PID/stat: utime and stime are the 14th and 15th fields, the 12th and 13th after the ")" of the name.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Poller:
@@ -426,6 +461,10 @@ SOCKET_CASE = f"websocket request frames to {RECIPIENTS} recipients, {SENDERS} s
 IN_PROCESS = "message_sender consume_batch in process, memory broker"
 #: Issue 15's target for both ways of sending: half the authenticated GET's rate.
 THROUGHPUT_TARGET = 0.5
+#: The processes whose CPU time the figures count, as they name them.
+SERVER_PROCESS, WORKER_PROCESS, BROKER_PROCESS, CLIENT_PROCESS = ("event server", "message_sender worker",
+                                                                  "RabbitMQ node", "clients (this process)")
+ALL_PROCESSES = "all processes"
 #: The benchmark measures the path, not the per-user rate limiter: ten users send thousands of messages a minute.
 UNLIMITED = "1000000/60"
 
@@ -456,10 +495,13 @@ def submission(context: Context) -> list[Outcome]:
         runner.run(load.open())
         local = stack.enter_context(in_process(settings.replace(var_dir=settings.var_dir / "in-process"), users,
                                                contents))
+        node = context.node_pid()
+        meter = CpuMeter({SERVER_PROCESS: server.pid, WORKER_PROCESS: worker.pid,
+                          **({BROKER_PROCESS: node} if node is not None else {}), CLIENT_PROCESS: os.getpid()})
         cases: list[Callable[[], Run]] = [
-            lambda: runner.run(load.floor(count)),
-            lambda: runner.run(load.messages(count)),
-            lambda: runner.run(load.messages(count, websocket=True)),
+            meter.metered(lambda: runner.run(load.floor(count)), count),
+            meter.metered(lambda: runner.run(load.messages(count)), count),
+            meter.metered(lambda: runner.run(load.messages(count, websocket=True)), count),
             lambda: local.run(count),
             *(functools.partial(_offer, runner, load, rate, offered_seconds) for rate in OFFERED_RATES),
         ]
@@ -474,6 +516,7 @@ def submission(context: Context) -> list[Outcome]:
         *_latencies("GET baseline", floors, baseline=True),
         *_latencies("POST messages", posts, baseline=False),
         *_latencies("websocket requests", frames, baseline=False),
+        *_cpu(floors, posts, frames),
         *(figure for rate, runs in zip(OFFERED_RATES, offered, strict=True) for figure in _delivery(rate, runs)),
         Figure("submission", f"messages missing from some of the {RECIPIENTS} queues, all runs",
                sum(len(r.latencies) for r in every), [float(sum(r.missing for r in every))], "messages",
@@ -495,6 +538,23 @@ def _delivery(rate: float, runs: list[Run]) -> list[Figure]:
                    [statistics.quantiles(r.latencies, n=100, method="inclusive")[percentile - 1] for r in runs], "ms",
                    versus=UNCOMPARED, limit=OFFERED_P99_LIMIT_MS if percentile == 99 else None)
             for name, percentile in (("p50", 50), ("p99", 99))]
+
+
+def _cpu(floors: list[Run], posts: list[Run], frames: list[Run]) -> list[Figure]:
+    """CPU time per request in all the processes, the GET's as baseline; the POST's by process too."""
+    def total(runs: list[Run]) -> list[float]:
+        return [sum(r.cpu_ms.values()) for r in runs]
+
+    every = f"CPU per request, {ALL_PROCESSES}"
+    figures = [Figure("submission", f"GET baseline, {every}", len(floors[0].latencies), total(floors), "ms",
+                      baseline=True),
+               Figure("submission", f"POST messages, {every}", len(posts[0].latencies), total(posts), "ms",
+                      versus=f"GET baseline, {every}"),
+               Figure("submission", f"websocket requests, {every}", len(frames[0].latencies), total(frames), "ms",
+                      versus=f"GET baseline, {every}")]
+    figures += [Figure("submission", f"POST messages, CPU per request, {name}", len(posts[0].latencies),
+                       [r.cpu_ms[name] for r in posts], "ms", versus=UNCOMPARED) for name in posts[0].cpu_ms]
+    return figures
 
 
 def _latencies(what: str, runs: list[Run], *, baseline: bool) -> list[Figure]:

@@ -32,3 +32,19 @@ def test_quick_shards_benchmark_prints_its_table(settings: Settings) -> None:
     for case in ("websocket, two shards behind nginx", "long-poll, nginx against direct",
                  "sustained, two shards behind nginx"):
         assert case in result.stdout
+
+
+def test_quick_submission_benchmark_prints_its_table_with_the_cpu_per_message(settings: Settings) -> None:
+    """Messages POSTed and sent over websockets reach every recipient, and each process's CPU time is counted
+    (the broker's only for a private node: with --amqp-url it is not this run's to measure)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--amqp-url", settings.amqp_url, "submission"],
+        cwd=ROOT, env=cli_env(settings), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    for case in ("POST /api/v1/messages to 10 recipients", "websocket request frames to 10 recipients",
+                 "POST messages, CPU per request, all processes", "POST messages, CPU per request, event server",
+                 "POST messages, CPU per request, message_sender worker"):
+        assert case in result.stdout
+    assert "RabbitMQ node" not in result.stdout
+    assert "<= 0 messages: MISSED" not in result.stdout

@@ -107,6 +107,22 @@ def test_held_request_is_answered_when_an_event_arrives(
     run(scenario)
 
 
+def test_events_that_come_together_are_answered_together(start_server: StartServer, users: tuple[User, User]) -> None:
+    """The notices of a message_sender batch come in one read from RabbitMQ: a held poll gets them all in one
+    answer, not the first alone (its client would poll again at once for the rest: twice the requests)."""
+    server = start_server()
+    iago = users[0]
+
+    async def scenario() -> None:
+        _api, _queue_id, held = await hold_a_poll(server, iago)
+        server.call(lambda: [server.server.notify({"event": message(), "users": [iago.id]}) for _ in range(3)])
+        status, body = await held
+        assert status == 200
+        assert [e["type"] for e in body["events"]] == ["message"] * 3
+
+    run(scenario)
+
+
 def test_an_answer_is_never_a_cached_304(start_server: StartServer, users: tuple[User, User]) -> None:
     # Two polls with nothing new have the same body; a client's If-None-Match must not turn the second into a 304.
     server = start_server()

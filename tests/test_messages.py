@@ -15,6 +15,7 @@ import pytest
 from eventbus.messages import MessageStore
 from eventbus.processors.markdown import render
 from eventbus.processors.message_send import Draft, check_request, send_batch
+from eventbus.processors.queues.messages import MessageSenderWorker
 from eventbus.processors.runner import WorkerThreads
 from eventbus.queue import MemoryBroker
 from eventbus.settings import Settings
@@ -256,6 +257,30 @@ def test_a_backlog_is_sent_in_batches_with_ids_in_request_order(start_server: St
         assert [e["message"]["content"] for e in events] == [f"message {n}" for n in range(count)]
 
     run(scenario)
+
+
+def test_senders_are_answered_before_their_messages_are_marked_delivered(world: Any,
+                                                                         event_broker: MemoryBroker) -> None:
+    """The mark only spares a redelivered request sending its event again (which the event server would drop):
+    the senders need not wait for its commit."""
+    store, iago, _othello, _ = world
+    worker = MessageSenderWorker(event_broker)
+    worker.before_start()
+    answered_when_marked: list[int] = []
+    mark = worker.store.mark_delivered
+
+    def spied_mark(*message_ids: int) -> None:
+        answered_when_marked.append(event_broker.queue_info("nowhere").depth)
+        mark(*message_ids)
+
+    worker.store.mark_delivered = spied_mark  # type: ignore[method-assign]
+    worker.consume_batch([{"request_id": f"req-{n}", "user_id": iago.id, "server_id": "tornado",
+                           "return_queue": "nowhere",
+                           "request": {"type": "stream", "to": "Denmark", "topic": "t", "content": f"message {n}"}}
+                          for n in range(3)])
+    assert answered_when_marked == [1]  # the batch's one answer message was out when the mark began
+    assert [a["response"]["result"] for m in take(event_broker, "nowhere") for a in m["answers"]] == ["success"] * 3
+    assert len(store.recent(iago.id)) == 3
 
 
 def test_topic_wildcard_mentions_whoever_sent_to_the_topic_earlier_in_the_same_batch(

@@ -209,6 +209,31 @@ def test_submission_round_trip_through_message_sender_and_tornado_return(
     assert request["server_id"] == "tornado" and request["return_queue"] == "tornado_return"
 
 
+#: Linux's shortest delayed ACK (TCP_DELACK_MIN), which a frame held back by Nagle's algorithm waits for.
+NAGLE_DELAY = 0.040
+
+
+def test_request_responses_are_not_held_back_by_nagles_algorithm(
+        start_server: StartServer, users: tuple[User, User], stand_in_processor: list[dict[str, Any]]) -> None:
+    """A response frame follows its request's ack frame: with Nagle's algorithm on, it waited for the client to
+    acknowledge the ack frame, which Linux delays by at least 40 ms (every request took 44 ms in the benchmark)."""
+    server = start_server()
+
+    async def scenario() -> list[float]:
+        cookie, _ = await login(server, users[0])
+        ws = await connect(server, cookie)
+        times = []
+        for i in range(15):
+            sent = time.perf_counter()
+            await send(ws, {"type": "request", "req_id": i, "request": {"type": "stream", "content": "hi"}})
+            await receive(ws, "response")
+            times.append(time.perf_counter() - sent)
+        return times
+
+    times = sorted(run(scenario))
+    assert times[len(times) // 2] < NAGLE_DELAY, f"round trips of {[round(t * 1000) for t in times]} ms"
+
+
 def test_slow_consumer_is_closed_and_its_queue_stays(
         start_server: StartServer, users: tuple[User, User], event_broker: MemoryBroker) -> None:
     # The queue may hold more than the kernel's socket buffers, so that the socket is what overflows first.

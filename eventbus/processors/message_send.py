@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,15 +172,17 @@ def send(broker: Broker, store: MessageStore, draft: Draft, request_id: str | No
     return send_batch(broker, store, [(draft, request_id)])[0]
 
 
-def send_batch(broker: Broker, store: MessageStore, drafts: Sequence[tuple[Draft, str | None]]
-               ) -> list[StoredMessage]:
+def send_batch(broker: Broker, store: MessageStore, drafts: Sequence[tuple[Draft, str | None]],
+               confirmed: Callable[[list[StoredMessage]], None] | None = None) -> list[StoredMessage]:
     """``send`` for many drafts (each with its request id) at the cost of about one: rendered, stored in one
     transaction, their events published with pipelined confirms, then marked delivered in one transaction.
 
-    Returns once every event is confirmed by the broker (the senders may then be answered). Ids follow the
-    order of ``drafts``, and the events go out in the order of the ids: each client queue gets them in id order
-    (a request stored before, whose event a killed worker may or may not have sent, comes in its place; the
-    event server drops a message event its queue already had).
+    Returns once every event is confirmed by the broker (the senders may then be answered). ``confirmed`` gets
+    the messages as soon as they are, before they are marked delivered: the senders are answered a commit sooner,
+    and a worker killed before the mark only makes a redelivered request send its event again, which the event
+    server drops. Ids follow the order of ``drafts``, and the events go out in the order of the ids: each client
+    queue gets them in id order (a request stored before, whose event a killed worker may or may not have sent,
+    comes in its place; the event server drops a message event its queue already had).
     """
     participants: dict[tuple[int, bytes], set[int]] = {}  # a topic's senders earlier in this batch
     new_messages = []
@@ -191,6 +193,8 @@ def send_batch(broker: Broker, store: MessageStore, drafts: Sequence[tuple[Draft
     messages = store.store_many(new_messages)
     undelivered = sorted((m.id, i) for i, m in enumerate(messages) if not m.delivered)
     send_events(broker, [_event(messages[i], drafts[i][0]) for _, i in undelivered])
+    if confirmed is not None:
+        confirmed(messages)
     if undelivered:
         store.mark_delivered(*(message_id for message_id, _ in undelivered))
     return messages

@@ -473,13 +473,45 @@ class RegisterHandler(CoreHandler):
         return frozenset(types)
 
 
+class HeldAnswers:
+    """The held GETs that have something to answer, answered together once the IOLoop's current callbacks ran.
+
+    Answering a held GET from inside the delivery that has something for it
+    would answer it with that one event: the notices of a message_sender batch
+    come in one read from RabbitMQ, and each client would then get the first
+    message alone, poll again at once and be answered the rest in a second
+    round trip. Answered here, after the read, every held GET gets all that came
+    for it in one answer, for one callback in all (not a future or a callback
+    per handler). Use from the IOLoop only.
+    """
+
+    def __init__(self) -> None:
+        self._due: list[EventsHandler] = []
+
+    def add(self, handler: EventsHandler) -> None:
+        """Answer ``handler`` with what its client's queue holds once the loop's current callbacks ran."""
+        if not self._due:
+            IOLoop.current().add_callback(self.answer_all)
+        self._due.append(handler)
+
+    def answer_all(self) -> None:
+        """Invoked by the IOLoop: answer every held GET added since the last call (one failing spares the rest)."""
+        due, self._due = self._due, []
+        for handler in due:
+            try:
+                handler.answer_held()
+            except Exception:
+                logger.exception("answering a held GET failed")
+
+
 class EventsHandler(CoreHandler):
     """GET /api/v1/events (long-poll) and DELETE /api/v1/events, and their /json twins.
 
     A GET with nothing to return is held: the handler becomes its client's
-    listener and is answered, once, from inside the call that has something
-    for it (events, a heartbeat from the server's sweep, a newer GET taking
-    over, or the queue going away), then it detaches. Thousands are held at
+    listener and is answered, once: when events come (a heartbeat from the
+    server's sweep too), once the loop's current callbacks ran, with every
+    event that came in them (``HeldAnswers``); when a newer GET takes over or
+    the queue goes away, at once. Then it detaches. Thousands are held at
     once, for most of a heartbeat interval each: a held GET keeps nothing it
     no longer needs (see ``_hold``).
     """
@@ -490,6 +522,8 @@ class EventsHandler(CoreHandler):
 
     _held: ClientDescriptor | None = None
     _released: asyncio.Future[None] | None = None
+    #: Set once it is among the server's ``HeldAnswers``: it is answered then, with every event that came meanwhile.
+    _due = False
     #: The answer's write to the socket, once answered.
     written: Future[None] | None = None
 
@@ -557,13 +591,22 @@ class EventsHandler(CoreHandler):
         """
         if self._held is not client:
             return None
-        client.add(HEARTBEAT)  # answered through deliver(), like any event
+        client.add(HEARTBEAT)  # queued like any event, and answered now: the server is about to close connections
+        self.answer_held()
         return self.written
 
     # -- Listener, while held -------------------------------------------------------
 
     def deliver(self, client: ClientDescriptor, events: list[QueuedEvent]) -> None:
-        if self._release(client):
+        # Still attached until answered: what else comes for the client meanwhile goes in the same answer.
+        if self._held is client and not self._due:
+            self._due = True
+            self.server.held_answers.add(self)
+
+    def answer_held(self) -> None:
+        """Answer with every event the held client's queue has now (nothing if it was answered otherwise)."""
+        client = self._held
+        if client is not None and self._release(client):
             self._answer(client, client.queue.events)
 
     def drop(self, client: ClientDescriptor, reason: str) -> None:

@@ -42,7 +42,7 @@ from eventbus.tornado_events.auth import Authenticator
 from eventbus.tornado_events.away import AwayNotifier
 from eventbus.tornado_events.clients import ClientRegistry
 from eventbus.tornado_events.event_queue import ClientDescriptor
-from eventbus.tornado_events.handlers import EventsHandler
+from eventbus.tornado_events.handlers import EventsHandler, HeldAnswers
 from eventbus.tornado_events.handover import Handover
 from eventbus.tornado_events.initial_state import InitialState
 from eventbus.tornado_events.notify import split_notice
@@ -85,6 +85,8 @@ class EventServer:
         self.start_state = InitialState(self.messages, self.presence)
         self.rate_limits = RateLimits.from_settings(settings)
         self.sockets = OpenSockets()
+        #: The held long-polls that have events, answered together after the loop's current callbacks.
+        self.held_answers = HeldAnswers()
         self.authenticator = Authenticator(settings, self.messages.users, self.sockets)
         if self.sharding.sharded and not settings.shared_secret:
             logger.error("shard %d of %d without a shared_secret in %s: CSRF tokens of another shard fail here, "

@@ -124,6 +124,9 @@ class EventSocket(tornado.websocket.WebSocketHandler):
         await super().get(*args, **kwargs)
 
     def open(self, *args: str, **kwargs: str) -> None:
+        # Tornado leaves Nagle's algorithm on once the handshake's answer is written: a request's response frame,
+        # written while its ack frame is not acknowledged yet, then waits for the client's delayed ACK (40 ms).
+        self.set_nodelay(True)
         self.sockets.add(self)
 
     def on_close(self) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from eventbus.contracts import MESSAGE_SENDER, MessageRequest, MessageResponse, answers_event
 from eventbus.database import REQUEST_DATA_ERRORS
-from eventbus.messages import MessageStore
+from eventbus.messages import MessageStore, StoredMessage
 from eventbus.processors.message_send import INTERNAL_CLIENT, Draft, MessageError, check_request, send_batch
 from eventbus.processors.registry import assign_queue
 from eventbus.processors.worker import Event, LoopQueueProcessingWorker
@@ -57,13 +58,13 @@ class MessageSenderWorker(LoopQueueProcessingWorker):
         requests = [self._request(submitted, event) for event, submitted in parsed]
         drafts = [r for r in requests if r.draft is not None]
         try:
-            self._send(drafts)
+            self._send(drafts, then=lambda: self._answer(requests))
         except REQUEST_DATA_ERRORS:
             # One request holds what the database refuses, and the batch's transaction rolled back: each
             # alone, so that only that one is answered with the error.
             for request in drafts:
                 self._send([request])
-        self._answer(requests)
+            self._answer(requests)
 
     def _request(self, submitted: MessageRequest, event: Event) -> Request:
         """The request of an event its contract took: its draft, or the answer it gets without one."""
@@ -78,21 +79,25 @@ class MessageSenderWorker(LoopQueueProcessingWorker):
             checked.response = e.response()
         return checked
 
-    def _send(self, requests: list[Request]) -> None:
-        """Send the drafts of ``requests`` as one batch and set their answers; a request whose data the database
+    def _send(self, requests: list[Request], then: Callable[[], None] | None = None) -> None:
+        """Send the drafts of ``requests`` as one batch and set their answers, then call ``then`` (once every
+        event is confirmed, before the messages are marked delivered); a request whose data the database
         refuses is answered so when it is alone (in a batch, the error goes to the caller)."""
+        def confirmed(messages: list[StoredMessage]) -> None:
+            for request, message in zip(requests, messages, strict=True):
+                request.response = {"result": "success", "msg": "", "id": message.id}
+            if then is not None:
+                then()
+
         try:
-            messages = send_batch(self.broker, self.store, [(r.draft, r.submitted.request_id) for r in requests
-                                                            if r.draft is not None])
+            send_batch(self.broker, self.store, [(r.draft, r.submitted.request_id) for r in requests
+                                                 if r.draft is not None], confirmed)
         except REQUEST_DATA_ERRORS as e:
             if len(requests) > 1:
                 raise
             logger.warning("request %s of user %d cannot be stored: %s: %s", requests[0].submitted.request_id,
                            requests[0].submitted.user_id, type(e).__name__, excerpt(str(e)))
             requests[0].response = dict(CANNOT_STORE)
-            return
-        for request, message in zip(requests, messages, strict=True):
-            request.response = {"result": "success", "msg": "", "id": message.id}
 
     def _answer(self, requests: list[Request]) -> None:
         """One publish per return queue, holding the answers of that queue's requests."""
