@@ -24,15 +24,18 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 
 from bench import register
 from bench.harness import BenchError, Context, Result, in_rounds
 from bench.markdown import corpus
-from bench.submission import RECIPIENTS, STREAM, in_process
+from bench.submission import RECIPIENTS, STREAM, InProcess, in_process
+from eventbus.contracts import NOTIFY_TORNADO, TORNADO_RETURN
 from eventbus.database import close_database
 from eventbus.devtools.postgresql import PostgreSQLError, PostgreSQLServer
 from eventbus.messages import MessageStore
+from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.settings import Settings
 from eventbus.users import User, UserStore
 
@@ -72,22 +75,38 @@ def _postgresql() -> Iterator[str]:
 @register("database", "message_sender messages/s with the stores on PostgreSQL against SQLite (issue 13)")
 def database(context: Context) -> list[Result]:
     count = context.size(MESSAGES, QUICK_MESSAGES)
+    case = f"message_sender consume_batch, {RECIPIENTS} recipients"
     with ExitStack() as stack:
         sides: dict[str, Path | str] = {
             "SQLite": context.work_dir / "database" / "eventbus.sqlite3",
             "PostgreSQL": stack.enter_context(_postgresql()),
         }
-        runs = []
+        admin = RabbitMQBroker(Settings(amqp_url=context.amqp_url, var_dir=context.work_dir / "database"))
+        stack.callback(admin.close)
+        for queue in (NOTIFY_TORNADO, TORNADO_RETURN):
+            admin.delete_queue(queue)  # a broker given with --amqp-url may hold old ones
+            stack.callback(admin.delete_queue, queue)
+        workers: dict[str, InProcess] = {}
         for name, target in sides.items():
             stack.callback(close_database, target)
-            settings = Settings(broker="memory", var_dir=context.work_dir / "database" / name,
-                                database_setting=target)
             users = _users(target)
             contents = corpus(count, [u.full_name for u in users], [STREAM])
-            runs.append(stack.enter_context(in_process(settings, users, contents)))
-        sqlite_runs, postgresql_runs = in_rounds([lambda r=r: r.run(count) for r in runs], repeats=context.repeats)
-    case = f"message_sender consume_batch, {RECIPIENTS} recipients, memory broker"
-    return [
-        Result("database", f"{case}, SQLite", count, [r.seconds for r in sqlite_runs], baseline=True),
-        Result("database", f"{case}, PostgreSQL", count, [r.seconds for r in postgresql_runs], target=TARGET),
-    ]
+            settings = Settings(amqp_url=context.amqp_url, var_dir=context.work_dir / "database" / name,
+                                database_setting=target, broker="memory")
+            workers[f"{case}, memory broker, {name}"] = stack.enter_context(in_process(settings, users, contents))
+            rabbitmq = RabbitMQBroker(settings.replace(broker="rabbitmq"))
+            stack.callback(rabbitmq.close)
+            workers[f"{case}, RabbitMQ, {name}"] = stack.enter_context(
+                in_process(settings, users, contents, broker=rabbitmq))
+        runs = dict(zip(workers, in_rounds([partial(w.run, count) for w in workers.values()],
+                                           repeats=context.repeats), strict=True))
+    results = []
+    for broker in ("RabbitMQ", "memory broker"):
+        baseline = f"{case}, {broker}, SQLite"
+        results += [
+            Result("database", baseline, count, [r.seconds for r in runs[baseline]], baseline=True),
+            Result("database", f"{case}, {broker}, PostgreSQL", count,
+                   [r.seconds for r in runs[f"{case}, {broker}, PostgreSQL"]], versus=baseline,
+                   target=TARGET if broker == "RabbitMQ" else None),
+        ]
+    return results

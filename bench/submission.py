@@ -78,7 +78,7 @@ from eventbus.contracts import (
 )
 from eventbus.messages import MessageStore
 from eventbus.processors.queues.messages import MessageSenderWorker
-from eventbus.queue import MemoryBroker
+from eventbus.queue import Broker, MemoryBroker
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.settings import Settings
 from eventbus.users import User
@@ -410,10 +410,11 @@ class Load:
 
 @dataclass(frozen=True)
 class InProcess:
-    """``MessageSenderWorker.consume`` in this process, on the in-process broker, on the server's database."""
+    """``MessageSenderWorker.consume`` in this process, on the in-process broker (or a RabbitMQ one), on the
+    server's database."""
 
     worker: MessageSenderWorker
-    broker: MemoryBroker
+    broker: Broker
     users: list[User]
     contents: list[str]
 
@@ -430,7 +431,10 @@ class InProcess:
             self.worker.consume_batch(events[first:first + size])
         seconds = time.perf_counter() - start
         delivered = self.broker.purge(NOTIFY_TORNADO)
-        answered = sum(len(m["answers"]) for m in _take(self.broker, TORNADO_RETURN))
+        if isinstance(self.broker, MemoryBroker):
+            answered = sum(len(m["answers"]) for m in _take(self.broker, TORNADO_RETURN))
+        else:  # RabbitMQ: one confirmed answer message a batch
+            answered = count if self.broker.purge(TORNADO_RETURN) == math.ceil(count / size) else 0
         if delivered != count or answered != count:
             raise BenchError(f"in process: {count} messages sent, {delivered} delivered, {answered} answered")
         return Run(seconds)
@@ -445,9 +449,11 @@ def _take(broker: MemoryBroker, queue: str) -> list[Any]:
 
 
 @contextmanager
-def in_process(settings: Settings, users: list[User], contents: list[str]) -> Iterator[InProcess]:
-    """The worker on a memory broker (``send_event`` publishes through the worker's broker)."""
-    broker = MemoryBroker(settings)
+def in_process(settings: Settings, users: list[User], contents: list[str],
+               broker: Broker | None = None) -> Iterator[InProcess]:
+    """The worker on ``broker``, by default a memory broker (``send_event`` publishes through the worker's
+    broker)."""
+    broker = broker or MemoryBroker(settings)
     worker = MessageSenderWorker(broker)
     worker.before_start()
     yield InProcess(worker, broker, users, contents)

@@ -253,9 +253,6 @@ _MESSAGES_OF_REQUESTS = select(schema.messages.c.request_id, schema.messages.c.i
     schema.messages.c.request_id.in_(bindparam("ids", expanding=True)))
 _SENDERS = select(schema.users.c.id, schema.users.c.email, schema.users.c.full_name).where(
     schema.users.c.id.in_(bindparam("ids", expanding=True)))
-#: Many messages in one INSERT (SQLAlchemy's "insertmanyvalues"), their new ids returned in their order.
-_NEW_MESSAGES = schema.messages.insert().returning(schema.messages.c.id, sort_by_parameter_order=True)
-_NEW_USER_MESSAGE = user_messages.insert()
 _RECIPIENT = select(recipients.c.id).where(recipients.c.key == bindparam("key"))
 _NEW_RECIPIENT = recipients.insert().returning(recipients.c.id)
 _MESSAGE = select(*_MESSAGE_COLUMNS).select_from(_m.join(_u, _u.c.id == _m.c.sender_id)).where(
@@ -361,17 +358,21 @@ class MessageStore(Store):
     def get_stream(self, name: str) -> Stream | None:
         if "\x00" in name:  # no stream's name holds one (check_stream_name), and PostgreSQL refuses to compare it
             return None
-        return self._stream_where(ci_equal(streams.c.name, name.strip()))
+        name = name.strip()
+        return self._remember(("stream_by_name", name), lambda: self._stream_where(ci_equal(streams.c.name, name)))
 
     def get_stream_by_id(self, stream_id: int) -> Stream | None:
-        return self._stream_where(streams.c.id == stream_id)
+        return self._remember(("stream", stream_id), lambda: self._stream_where(streams.c.id == stream_id))
 
     def stream_by_token(self, token: str) -> Stream | None:
         return self._stream_where(streams.c.email_token == token)
 
     def subscribers(self, stream_id: int) -> list[int]:
-        with self._db() as db:
-            return _subscribers(db, stream_id)
+        def read() -> tuple[int, ...]:
+            with self._db() as db:
+                return tuple(_subscribers(db, stream_id))
+
+        return list(self._remember(("subscribers", stream_id), read))
 
     def subscriptions(self, user_id: int) -> list[Stream]:
         with self._db() as db:
@@ -406,7 +407,7 @@ class MessageStore(Store):
             for key, message in zip(keys, messages, strict=True):
                 if key not in before:
                     fresh.setdefault(key, message)
-            inserted = dict(zip(fresh, _insert(db, list(fresh.values())), strict=True))
+            inserted = dict(zip(fresh, _insert(self.database, db, list(fresh.values())), strict=True))
             return [inserted[key] if key in inserted else self._stored(db, before[key]) for key in keys]
 
     def mark_delivered(self, *message_ids: int) -> None:
@@ -609,7 +610,7 @@ class MessageStore(Store):
         return _message(row, flags, _reactions(db, [message_id]))
 
 
-def _insert(db: Connection, messages: Sequence[NewMessage]) -> list[StoredMessage]:
+def _insert(database: Database, db: Connection, messages: Sequence[NewMessage]) -> list[StoredMessage]:
     """``messages`` inserted, in their order, as stored: two statements for the lot, and nothing read back (their
     senders and recipients looked up once each). ValueError if a sender does not exist."""
     if not messages:
@@ -622,16 +623,15 @@ def _insert(db: Connection, messages: Sequence[NewMessage]) -> list[StoredMessag
         str(uid) for uid in sorted(u["id"] for u in m.display_recipient)) for m in messages]
     recipient_ids = {key: _new_recipient_id(db, key) for key in dict.fromkeys(keys)}
     now = time.time()
-    ids = db.execute(_NEW_MESSAGES, [{
+    ids = database.insert_rows(db, schema.messages, [{
         "request_id": m.request_id, "sender_id": m.sender_id, "type": m.type,
         "stream_id": m.stream.id if m.stream else None, "display_recipient": codec.encode(m.display_recipient).decode(),
         "subject": m.subject, "content": m.content, "rendered_content": m.rendered_content, "timestamp": now,
         "recipient_id": recipient_ids[key], "client": m.client} for m, key in zip(messages, keys, strict=True)],
-    ).scalars().all()
+        returning="id")
     flags = [{"user_id": uid, "message_id": message_id, "flags": codec.encode(f).decode()}
              for m, message_id in zip(messages, ids, strict=True) for uid, f in m.flags.items()]
-    if flags:
-        db.execute(_NEW_USER_MESSAGE, flags)
+    database.insert_rows(db, user_messages, flags)
     return [StoredMessage(
         id=message_id, request_id=m.request_id, sender_id=m.sender_id, sender_email=senders[m.sender_id]["email"],
         sender_full_name=senders[m.sender_id]["full_name"], type=m.type, display_recipient=m.display_recipient,

@@ -95,13 +95,14 @@ class UserStore(Store):
         return self.get_by_email(email) or self.create_user(email, full_name)
 
     def get_by_email(self, email: str) -> User | None:
-        return self._one(_BY_EMAIL, email.strip())
+        email = email.strip()
+        return self._remember(("user_by_email", email), lambda: self._one(_BY_EMAIL, email))
 
     def get(self, user_id: int) -> User | None:
-        return self._one(_BY_ID, user_id)
+        return self._remember(("user", user_id), lambda: self._one(_BY_ID, user_id))
 
     def get_by_full_name(self, full_name: str) -> User | None:
-        return self._one(_ACTIVE_BY_FULL_NAME, full_name)
+        return self._remember(("user_by_full_name", full_name), lambda: self._one(_ACTIVE_BY_FULL_NAME, full_name))
 
     def all(self) -> list[User]:
         with self._db() as db:

@@ -56,9 +56,11 @@ def require_rabbitmq() -> None:
 
 
 @pytest.fixture
-def settings(rabbitmq_node: RabbitMQNode, tmp_path: Path) -> Settings:
-    """Settings pointing at the session's node, with a var folder of the test's own."""
-    return Settings(amqp_url=rabbitmq_node.url, var_dir=tmp_path / "var", publish_timeout=5.0)
+def settings(rabbitmq_node: RabbitMQNode, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings pointing at the session's node, with a var folder of the test's own (and the ``database`` of a
+    test that asks for one)."""
+    return Settings(amqp_url=rabbitmq_node.url, var_dir=tmp_path / "var", publish_timeout=5.0,
+                    database_setting=chosen_database(request))
 
 
 @pytest.fixture

@@ -48,3 +48,17 @@ def test_quick_submission_benchmark_prints_its_table_with_the_cpu_per_message(se
         assert case in result.stdout
     assert "RabbitMQ node" not in result.stdout
     assert "<= 0 messages: MISSED" not in result.stdout
+
+
+def test_quick_database_benchmark_runs_message_sender_on_sqlite_and_postgresql(
+        settings: Settings, postgresql_server: object) -> None:
+    """The database benchmark starts a PostgreSQL server of its own; every message is delivered and answered on
+    both databases (a run that loses one fails). ``postgresql_server`` only makes sure PostgreSQL is installed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--amqp-url", settings.amqp_url, "database"],
+        cwd=ROOT, env=cli_env(settings), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    for database in ("SQLite", "PostgreSQL"):
+        for broker in ("RabbitMQ", "memory broker"):
+            assert f"message_sender consume_batch, 10 recipients, {broker}, {database}" in result.stdout

@@ -3,7 +3,7 @@
 A websocket client sends Markdown mentioning a user who is away; everyone's long-polling and websocket clients
 get the rendered message with their flags; the away user gets one push and one email. A message_sender killed
 with SIGKILL mid-stream delivers each message exactly once. The zulip package's send_message and
-call_on_each_event work against the server.
+call_on_each_event work against the server. Each test runs with the stores on SQLite, then on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,8 +36,10 @@ QUEUES = ["message_sender", "missedmessage_mobile_notifications", "missedmessage
 
 
 @pytest.fixture
-def system(settings: Settings, broker: RabbitMQBroker) -> Iterator[dict[str, Any]]:
-    """Tornado + SMTP sink + push gateway stand-in + users and a stream; workers are started by each test."""
+def system(database: Path | str, settings: Settings, broker: RabbitMQBroker) -> Iterator[dict[str, Any]]:
+    """Tornado + SMTP sink + push gateway stand-in + users and a stream; workers are started by each test. Every
+    test runs on SQLite, then on PostgreSQL (``database``: the settings, and so every process, use it)."""
+    assert settings.database == database
     for queue in QUEUES:
         if broker.queue_info(queue).exists:
             broker.purge(queue)

@@ -54,6 +54,10 @@ class MessageSenderWorker(LoopQueueProcessingWorker):
         self.store = MessageStore(self.broker.settings.database)
 
     def consume_batch(self, events: list[Event]) -> None:
+        with self.store.remembering():  # a batch's requests come from a few senders to a few streams
+            self._consume(events)
+
+    def _consume(self, events: list[Event]) -> None:
         parsed = self.parse(events, MessageRequest.from_event)
         requests = [self._request(submitted, event) for event, submitted in parsed]
         drafts = [r for r in requests if r.draft is not None]
