@@ -248,6 +248,20 @@ def cmd_migrate_queues(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_copy_database(args: argparse.Namespace) -> int:
+    from eventbus.database import DatabaseError, open_database, redact
+    from eventbus.migrations import copy_database
+    from eventbus.settings import get_settings
+
+    source = get_settings().database
+    try:
+        copied = copy_database(open_database(source), open_database(args.target))
+    except DatabaseError as e:
+        raise UsageError(str(e)) from None
+    print(json.dumps({"from": redact(str(source)), "to": redact(args.target), "rows": copied}))
+    return 0
+
+
 def known_queues(queue_type: str) -> list[str]:
     """Every queue eventbus declares that can be named in advance: the processors' queues, their retry delay
     queues and dead-letter queues, and the Tornado server's."""
@@ -341,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = command("migrate_queues", "declare queues again with EVENTBUS_QUEUE_TYPE, moving their events over")
     migrate.add_argument("queues", nargs="*", metavar="NAME",
                          help="queues to migrate (default: every queue eventbus declares; name other delay queues)")
+
+    copy = command("copy_database", "copy every store from EVENTBUS_DATABASE into a new, empty database (from a "
+                   "SQLite file to PostgreSQL, say), ids kept; stop every eventbus process first")
+    copy.add_argument("target", metavar="DATABASE", help="a postgresql:// URL or a SQLite file's path")
 
     rabbitmq = command("rabbitmq", "start, stop or check a private RabbitMQ node, or a local cluster")
     rabbitmq.add_argument("action", choices=["start", "stop", "status"])
