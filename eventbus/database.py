@@ -290,6 +290,17 @@ class Store:
         finally:
             _remembered.reads = None
 
+    @property
+    def _remembering(self) -> bool:
+        """Whether a ``remembering`` block runs in this thread."""
+        return getattr(_remembered, "reads", None) is not None
+
+    def _keep(self, key: tuple[Any, ...], value: Any) -> None:
+        """Inside a ``remembering`` block, what a lookup of ``key`` gives there from now on (read ahead for it)."""
+        reads: dict[tuple[Any, ...], Any] | None = getattr(_remembered, "reads", None)
+        if reads is not None:
+            reads[(self.database.url, *key)] = value
+
     def _remember(self, key: tuple[Any, ...], read: Callable[[], T]) -> T:
         """``read()``, or inside a ``remembering`` block what it gave there before for ``key``."""
         reads: dict[tuple[Any, ...], Any] | None = getattr(_remembered, "reads", None)

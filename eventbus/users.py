@@ -14,13 +14,15 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, exc, insert, select, update
+from sqlalchemy import Row, Select, bindparam, exc, func, insert, select, update
 
 from eventbus.database import Store, ci_equal
 from eventbus.schema import users
+from eventbus.validation import is_id
 
 #: A plain check: something@something.something, no spaces. Real validation is sending mail.
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -33,6 +35,9 @@ AVATAR_VERSION = 1
 _BY_ID = select(users).where(users.c.id == bindparam("value"))
 _BY_EMAIL = select(users).where(ci_equal(users.c.email, bindparam("value")))
 _ACTIVE_BY_FULL_NAME = select(users).where(ci_equal(users.c.full_name, bindparam("value")), users.c.is_active)
+_BY_IDS = select(users).where(users.c.id.in_(bindparam("ids", expanding=True)))
+_ACTIVE_BY_FULL_NAMES = select(users).where(func.lower(users.c.full_name).in_(bindparam("names", expanding=True)),
+                                            users.c.is_active)
 
 
 class UserError(ValueError):
@@ -103,6 +108,23 @@ class UserStore(Store):
 
     def get_by_full_name(self, full_name: str) -> User | None:
         return self._remember(("user_by_full_name", full_name), lambda: self._one(_ACTIVE_BY_FULL_NAME, full_name))
+
+    def read_ahead(self, ids: Iterable[int] = (), full_names: Iterable[str] = ()) -> None:
+        """Inside a ``remembering`` block, read these users in one query for the ids and one for the names, so that
+        ``get`` and ``get_by_full_name`` then find them without a read each (a batch's senders, and the users its
+        messages mention). A name that matches no active user, or several, is left to its own lookup."""
+        ids, names = sorted({i for i in ids if is_id(i)}), sorted({n for n in full_names if "\x00" not in n})
+        if not self._remembering or not (ids or names):
+            return
+        with self._db() as db:
+            found = {row.id: _user(row) for row in db.execute(_BY_IDS, {"ids": ids})} if ids else {}
+            named = list(db.execute(_ACTIVE_BY_FULL_NAMES, {"names": [n.lower() for n in names]})) if names else []
+        for user_id in ids:
+            self._keep(("user", user_id), found.get(user_id))
+        for name in names:
+            matches = [row for row in named if row.full_name.lower() == name.lower()]
+            if len(matches) == 1:
+                self._keep(("user_by_full_name", name), _user(matches[0]))
 
     def all(self) -> list[User]:
         with self._db() as db:

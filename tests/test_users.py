@@ -72,3 +72,25 @@ def test_a_user_is_found_by_email_through_the_index(tmp_path: Path) -> None:
         compiled = query.compile(db, compile_kwargs={"literal_binds": True})
         plan = " ".join(row[-1] for row in db.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
     assert plan.startswith("SEARCH users USING") and "INDEX" in plan, plan  # not SCAN: every row
+
+
+def test_users_read_ahead_for_a_batch_are_the_users_each_lookup_finds(database: Path | str) -> None:
+    """A worker reads a batch's senders and mentioned users ahead, in two queries: within the batch, every lookup
+    answers as it would alone (names in any case, a deactivated user, two users of one name, no such user)."""
+    store = UserStore(database)
+    iago = store.create_user("iago@example.com", "Iago")
+    first, second = store.create_user("twin1@example.com", "Twin"), store.create_user("twin2@example.com", "Twin")
+    gone = store.create_user("gone@example.com", "Gone")
+    store.deactivate(gone.id)
+    names = ["Iago", "IAGO", "iago", "Twin", "Gone", "Nobody", "Éloïse"]
+    ids = [iago.id, first.id, gone.id, 999, 2**70]
+    alone = ([store.get_by_full_name(name) for name in names], [store.get(i) if i < 2**63 else None for i in ids])
+    with store.remembering():
+        store.read_ahead(ids=ids, full_names=names)
+        store.deactivate(iago.id)  # read ahead: within the batch, lookups answer as at its start
+        ahead = ([store.get_by_full_name(name) for name in names], [store.get(i) if i < 2**63 else None for i in ids])
+    assert ahead == alone
+    assert alone[0][:3] == [iago] * 3 and alone[0][4:6] == [None, None]
+    assert alone[0][3] in (first, second)
+    after = store.get(iago.id)  # after the batch, read again
+    assert after is not None and after.is_active is False

@@ -38,11 +38,13 @@ from eventbus.processors.markdown_inline import (
     unmark_silent,
 )
 
-__all__ = ["MENTION", "OPTIONS", "Lookup", "Rendered", "render", "resolve_mentions"]
+__all__ = ["MENTION", "OPTIONS", "Lookup", "Rendered", "mentioned_names", "render", "resolve_mentions"]
 
 #: A ```` ```quote ```` or ```` ```spoiler title ```` block as cmark-gfm renders any fenced code.
 FENCED = re.compile(r'<pre lang="(?P<kind>quote|spoiler)"(?: data-meta="(?P<title>[^"]*)")?><code>(?P<body>.*?)'
                     r"</code></pre>", re.DOTALL)
+#: A user mention as typed, ``@**Name**``, ``@_**Name**`` or ``@**Name|id**``: what ``mentioned_names`` looks for.
+TYPED_MENTION = re.compile(r"@_?\*\*(?P<name>[^*\n|]+)(?:\|\d+)?\*\*")
 #: A code block's opening as cmark-gfm renders it, language and the rest of its info string included.
 CODE_BLOCK = re.compile(r'<pre(?: lang="(?P<lang>[^"]*)"(?: data-meta="[^"]*")?)?><code>')
 
@@ -81,6 +83,12 @@ def render(content: str, find_user: Lookup = _no_one, find_stream: Lookup = _no_
     output = output.strip()
     return Rendered(output, mentions.user_ids, mentions.stream_wildcard, mentions.topic_wildcard,
                     is_me_message(content) and output.startswith("<p>/me ") and output.endswith("</p>"))
+
+
+def mentioned_names(content: str) -> set[str]:
+    """The names ``content`` seems to mention, read from its Markdown without rendering it: for reading those
+    users ahead (``render`` resolves the mentions themselves, and may find fewer, in code, or others)."""
+    return {match["name"] for match in TYPED_MENTION.finditer(content)} if "**" in content else set()
 
 
 def _blocks(source: str) -> str:
