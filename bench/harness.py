@@ -69,6 +69,11 @@ class Context:
             self._node.start()
         return self._node.url
 
+    def broker_pid(self) -> int | None:
+        """The private node's Erlang VM, for a benchmark that reports the CPU each process took (None: a given
+        broker, or none started)."""
+        return self._node.pid() if self._node is not None else None
+
     def close(self) -> None:
         """Stop the private node, if one was started."""
         node, self._node = self._node, None

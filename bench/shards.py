@@ -17,13 +17,18 @@ shard (``POST /api/internal/notify_tornado``), which routes the other
 shard's part through its notify queue, as ``send_event`` would.
 
 Sustained delivery: the websocket clients of the one-shard and nginx
-set-ups, and a producer (``bench._sender``, ``send_event`` routing by the
-same sharding) sending events each to one user at the rates of ``RATES``
-for ``SECONDS`` each; a set-up's figure is the highest rate at which every
-event arrived with a p99 under ``P99_LIMIT_MS`` (as ``bench.latency``
-measures it). The producer's own limit (``bench._sender.THREADS`` threads
-of confirmed publishes) caps what can be shown: a rate it falls behind at
-ends the ladder with a warning.
+set-ups, and a producer (``bench._sender``, ``send_events`` routing by the
+same sharding, what is due handed over in pipelined batches) sending
+events each to one user for ``SECONDS`` at each rate of a ladder: from
+``FIRST_RATE`` doubling until a rate fails (or ``MAX_RATE``), then
+``REFINEMENTS`` halvings of the step between the last rate that held and
+the first that failed. A rate holds if every event arrived with a p99 under
+``P99_LIMIT_MS`` (as ``bench.latency`` measures it); a set-up's figure is
+the highest that held. A rate at which the producer itself fell behind by
+as much fails with a warning: the figure is then the producer's, not the
+shards'. Each step logs the CPU each process took (shards, nginx's
+workers, the clients, RabbitMQ, the producer), so that a figure can be told
+from the machine's ceiling.
 
 Targets: two shards deliver at least ``TWO_SHARDS_TARGET`` times what one
 delivers; nginx adds at most 15% to the fan-out time of the shards reached
@@ -34,18 +39,21 @@ from __future__ import annotations
 
 import itertools
 import logging
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from bench import register
 from bench._processes import STOP_TIMEOUT, EventServers, LoadClient, Server
 from bench.harness import BenchError, Context, Outcome, Result, Trial, in_rounds, measure
+from bench.latency import Latencies
 from bench.latency import measure as latencies
 from eventbus.nginx import standalone_conf
 from eventbus.queue.rabbitmq_node import free_port
@@ -57,9 +65,14 @@ logger = logging.getLogger(__name__)
 
 CLIENTS = 2_000
 QUICK_CLIENTS = 100
-#: The rates tried for sustained delivery, events/s, lowest first.
-RATES = (250.0, 500.0, 750.0, 1_000.0, 1_500.0, 2_000.0)
-QUICK_RATES = (100.0,)
+#: Sustained delivery, events/s: the ladder's first rate, doubled until one fails...
+FIRST_RATE = 500.0
+#: ... or until this, beyond what the broker of a small machine takes.
+MAX_RATE = 32_000.0
+#: Then the step between the last rate that held and the first that failed is halved this often: a figure to
+#: within an eighth of the failing rate.
+REFINEMENTS = 2
+QUICK_RATE = 100.0
 SECONDS = 5.0
 QUICK_SECONDS = 1.0
 #: Issue 12: delivery counts at a p99 under 50 ms.
@@ -92,20 +105,26 @@ def shards(context: Context) -> list[Outcome]:
         clients = {(ONE, kind): stack.enter_context(servers.clients(kind, "eventbus", one, own, f"shards-one-{kind}"))
                    for (kind, _), own in zip(KINDS, _split(users, count)[:len(KINDS)], strict=True)}
         one_fanouts = _fanouts(context, clients, [ONE])
-        one_rates = _sustained(context, servers, clients[ONE, "websocket"], ONE)
+        sockets = clients[ONE, "websocket"]
+        one_rates = _sustained(context, servers, sockets, ONE, lambda: {"shard": one.pid, "clients": sockets.pid})
     with ExitStack() as stack:
         pair = _start_shards(stack, servers, context, "shards-pair")
-        nginx_port = stack.enter_context(_nginx(nginx, context.work_dir / "nginx", pair))
+        proxy = stack.enter_context(_nginx(nginx, context.work_dir / "nginx", pair))
         shares = iter(_split(users, count))
         clients = {}
         for kind, _ in KINDS:
-            for setup, options, port in ((NGINX, [], nginx_port), (DIRECT, ["--direct"], None)):
+            for setup, options, port in ((NGINX, [], proxy.port), (DIRECT, ["--direct"], None)):
                 clients[setup, kind] = stack.enter_context(servers.clients(
                     kind, "eventbus", pair[0], next(shares), f"shards-{kind}-{'direct' if port is None else 'nginx'}",
                     [*_options(pair), *options, "--held", str(2 * count)], port=port))
         pair_fanouts = _fanouts(context, clients, [NGINX, DIRECT])
-        pair_rates = _sustained(context, servers, clients[NGINX, "websocket"], NGINX,
-                                EVENTBUS_TORNADO_SHARDS=_sharding(pair))
+        sockets = clients[NGINX, "websocket"]
+
+        def processes() -> dict[str, int]:
+            workers = {f"nginx worker {n}": pid for n, pid in enumerate(_children(proxy.pid))}
+            return {"shard 0": pair[0].pid, "shard 1": pair[1].pid, **workers, "clients": sockets.pid}
+
+        pair_rates = _sustained(context, servers, sockets, NGINX, processes, EVENTBUS_TORNADO_SHARDS=_sharding(pair))
     return _fanout_results(one_fanouts | pair_fanouts, count) + _sustained_results(one_rates, pair_rates)
 
 
@@ -134,8 +153,15 @@ def _options(pair: list[Server]) -> list[str]:
     return ["--shards", ",".join(str(server.port) for server in pair)]
 
 
+class Proxy(NamedTuple):
+    """A running nginx: where it listens, and its master process."""
+
+    port: int
+    pid: int
+
+
 @contextmanager
-def _nginx(binary: str, prefix: Path, pair: list[Server]) -> Iterator[int]:
+def _nginx(binary: str, prefix: Path, pair: list[Server]) -> Iterator[Proxy]:
     """nginx in front of ``pair``, its files under ``prefix``, on a free port; stopped by its pid (SIGQUIT)."""
     port = free_port()
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
@@ -147,7 +173,7 @@ def _nginx(binary: str, prefix: Path, pair: list[Server]) -> Iterator[int]:
                                    stdin=subprocess.DEVNULL)
     try:
         _wait_listening(port, process, prefix)
-        yield port
+        yield Proxy(port, process.pid)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGQUIT)  # nginx's graceful stop
@@ -199,29 +225,94 @@ def _fanout(clients: LoadClient) -> Callable[[], float]:
 
 
 def _sustained(context: Context, servers: EventServers, clients: LoadClient, setup: str,
-               **settings: str) -> list[float]:
-    """The highest rate of the ladder with a p99 under the limit, once per round."""
-    rates, seconds = (QUICK_RATES, QUICK_SECONDS) if context.quick else (RATES, SECONDS)
+               processes: Callable[[], dict[str, int]], **settings: str) -> list[float]:
+    """The highest rate of the ladder with a p99 under the limit, once per round; ``processes`` are the
+    set-up's, by name, whose CPU each step logs."""
+    first, ceiling, refinements = (QUICK_RATE, QUICK_RATE, 0) if context.quick else (FIRST_RATE, MAX_RATE, REFINEMENTS)
+    seconds = QUICK_SECONDS if context.quick else SECONDS
     limit = QUICK_P99_LIMIT_MS if context.quick else P99_LIMIT_MS
-    first_ids = itertools.count(2_000_000 if setup == ONE else 3_000_000, 100_000)
+    first_ids = itertools.count(10_000_000 if setup == ONE else 200_000_000, 1_000_000)  # a step sends fewer
+
+    def holds(rate: float) -> bool:
+        watch = CpuWatch({**processes(), "RabbitMQ": context.broker_pid()})
+        try:
+            found = latencies(servers, clients, "eventbus", rate, seconds, next(first_ids), context.amqp_url,
+                              to_all=None, **settings)
+        except BenchError as e:
+            logger.warning("  %s at %.0f/s: %s", setup, rate, str(e).splitlines()[0])
+            return False
+        logger.info("  %s at %.0f/s: %s; CPU: %s", setup, rate, _describe(found), watch.shares())
+        if found.producer_late >= limit:
+            logger.warning("  %s at %.0f/s: the producer fell %.0f ms behind: it, not the shards, is the limit "
+                           "here", setup, rate, found.producer_late)
+            return False
+        return found.p99 < limit
 
     def ladder() -> float:
-        best = 0.0
-        for rate in rates:
-            try:
-                found = latencies(servers, clients, "eventbus", rate, seconds, next(first_ids), context.amqp_url,
-                                  to_all=None, **settings)
-            except BenchError as e:
-                logger.warning("  %s at %.0f/s: %s", setup, rate, str(e).splitlines()[0])
+        best, failed, rate = 0.0, 0.0, first
+        while rate <= ceiling:
+            if not holds(rate):
+                failed = rate
                 break
-            if found.p99 >= limit:
-                break
-            best = rate
+            best, rate = rate, rate * 2
+        for _ in range(refinements if best and failed else 0):
+            middle = (best + failed) / 2
+            if holds(middle):
+                best = middle
+            else:
+                failed = middle
         if not best:
-            raise BenchError(f"shards, {setup}: no rate of {rates} kept the p99 under {limit:.0f} ms")
+            raise BenchError(f"shards, {setup}: no rate from {first:.0f}/s kept the p99 under {limit:.0f} ms")
+        if not failed:
+            logger.warning("  %s held at every rate up to %.0f/s: the figure is the ladder's top", setup, ceiling)
         return best
 
     return in_rounds([ladder], repeats=context.repeats)[0]
+
+
+def _describe(found: Latencies) -> str:
+    return f"p50 {found.p50:.1f} ms, p99 {found.p99:.1f} ms, producer at most {found.producer_late:.1f} ms late"
+
+
+class CpuWatch:
+    """The CPU processes take from now on, as shares of one core: named processes by their pid, and the
+    children this process reaps meanwhile (the producer, which exits at the end of a step)."""
+
+    def __init__(self, processes: Mapping[str, int | None]) -> None:
+        self.processes = {name: pid for name, pid in processes.items() if pid is not None}
+        self.start = time.perf_counter()
+        self.used = {name: _cpu_seconds(pid) for name, pid in self.processes.items()}
+        self.children = _children_cpu_seconds()
+
+    def shares(self) -> str:
+        elapsed = time.perf_counter() - self.start
+        used = {name: _cpu_seconds(pid) - self.used[name] for name, pid in self.processes.items()}
+        used["producer"] = _children_cpu_seconds() - self.children
+        return ", ".join(f"{name} {100 * seconds / elapsed:.0f}%" for name, seconds in used.items())
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid`` so far (0 once it is gone)."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            total += int((task / "schedstat").read_text().split()[0])
+    except (OSError, ValueError):
+        pass
+    return total / 1e9
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (nginx's workers)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def _sustained_results(one: list[float], two: list[float]) -> list[Outcome]:
