@@ -24,9 +24,10 @@ events each to one user for ``SECONDS`` at each rate of a ladder: from
 ``REFINEMENTS`` halvings of the step between the last rate that held and
 the first that failed. A rate holds if every event arrived with a p99 under
 ``P99_LIMIT_MS`` (as ``bench.latency`` measures it); a set-up's figure is
-the highest that held. A rate at which the producer itself fell behind by
-as much fails with a warning: the figure is then the producer's, not the
-shards'. Each step logs the CPU each process took (shards, nginx's
+the highest that held. A rate the producer cannot keep up fails
+(``bench.latency``); one at which it handed events over late (waiting for
+confirms, or for a core), in bursts, is logged with a warning: a figure may
+then be the producer's rather than the shards'. Each step logs the CPU each process took (shards, nginx's
 workers, the clients, RabbitMQ, the producer), so that a figure can be told
 from the machine's ceiling.
 
@@ -52,7 +53,7 @@ from typing import NamedTuple
 
 from bench import register
 from bench._processes import STOP_TIMEOUT, EventServers, LoadClient, Server
-from bench.harness import BenchError, Context, Outcome, Result, Trial, in_rounds, measure
+from bench.harness import BenchError, Context, Outcome, Result, in_rounds
 from bench.latency import Latencies
 from bench.latency import measure as latencies
 from eventbus.nginx import standalone_conf
@@ -66,11 +67,11 @@ logger = logging.getLogger(__name__)
 CLIENTS = 2_000
 QUICK_CLIENTS = 100
 #: Sustained delivery, events/s: the ladder's first rate, doubled until one fails...
-FIRST_RATE = 500.0
+FIRST_RATE = 250.0
 #: ... or until this, beyond what the broker of a small machine takes.
 MAX_RATE = 32_000.0
 #: Then the step between the last rate that held and the first that failed is halved this often: a figure to
-#: within an eighth of the failing rate.
+#: within an eighth of the first failing rate.
 REFINEMENTS = 2
 QUICK_RATE = 100.0
 SECONDS = 5.0
@@ -199,10 +200,20 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], prefix: Path) -
 
 def _fanouts(context: Context, clients: dict[tuple[str, str], LoadClient],
              setups: list[str]) -> dict[tuple[str, str], list[float]]:
-    """The fan-out times of ``setups``, both kinds, in rounds."""
+    """The fan-out times of ``setups``, both kinds, in rounds.
+
+    Every other round runs the cases in the reverse order: what one case leaves behind (the re-armed polls'
+    requests finishing, a server's websocket pings, every 25 s) would otherwise fall on the same next case.
+    """
     cases = [(setup, kind) for kind, _ in KINDS for setup in setups]
-    samples = measure([Trial(_fanout(clients[case])) for case in cases], repeats=context.repeats)
-    return dict(zip(cases, samples, strict=True))
+    rounds = itertools.count()
+
+    def round_() -> dict[tuple[str, str], float]:
+        order = cases if next(rounds) % 2 == 0 else cases[::-1]
+        return {case: float(clients[case].ask("fanout")["seconds"]) for case in order}
+
+    samples = in_rounds([round_], repeats=context.repeats)[0]
+    return {case: [sample[case] for sample in samples] for case in cases}
 
 
 def _fanout_results(samples: dict[tuple[str, str], list[float]], count: int) -> list[Outcome]:
@@ -218,10 +229,6 @@ def _fanout_results(samples: dict[tuple[str, str], list[float]], count: int) -> 
                    samples[NGINX, kind], versus=name(DIRECT), target=NGINX_TARGET),
         ]
     return results
-
-
-def _fanout(clients: LoadClient) -> Callable[[], float]:
-    return lambda: float(clients.ask("fanout")["seconds"])
 
 
 def _sustained(context: Context, servers: EventServers, clients: LoadClient, setup: str,
@@ -243,9 +250,9 @@ def _sustained(context: Context, servers: EventServers, clients: LoadClient, set
             return False
         logger.info("  %s at %.0f/s: %s; CPU: %s", setup, rate, _describe(found), watch.shares())
         if found.producer_late >= limit:
-            logger.warning("  %s at %.0f/s: the producer fell %.0f ms behind: it, not the shards, is the limit "
-                           "here", setup, rate, found.producer_late)
-            return False
+            # Latencies count from the hand-over, so a late producer hides nothing: it only sends in bursts.
+            logger.warning("  %s at %.0f/s: the producer handed events over up to %.0f ms late, in bursts: where "
+                           "this rate fails, the producer may be the limit", setup, rate, found.producer_late)
         return found.p99 < limit
 
     def ladder() -> float:
