@@ -1,35 +1,38 @@
 """Shards (issue 12): fan-out and sustained delivery with one Tornado shard, and with two behind nginx.
 
-Three set-ups run side by side, each of eventbus event servers
-(``bench._eventbus_server``) on the run's RabbitMQ node:
+Two set-ups of eventbus event servers (``bench._eventbus_server``) run side
+by side on the run's RabbitMQ node, each in a vhost of its own (every shard
+also consumes the plain ``notify_tornado``, so they could not share one;
+on a broker given with ``--amqp-url`` they run in turn):
 
 - one shard: one server, as without sharding (the baseline);
-- two shards behind nginx: two servers of ``EVENTBUS_TORNADO_SHARDS``, and
-  Debian's nginx with the configuration ``eventbus nginx_conf`` writes
-  (``eventbus.nginx.standalone_conf``), which the clients talk to;
-- the same two shards reached directly: two more servers, each client
-  talking to its user's shard.
+- two shards: two servers of ``EVENTBUS_TORNADO_SHARDS`` with Debian's nginx
+  in front, running the configuration ``eventbus nginx_conf`` writes
+  (``eventbus.nginx.standalone_conf``). Some clients talk to nginx, others
+  (other users, as many on each shard) to their user's shard directly.
 
 Fan-out: as ``bench.fanout``, one event to ``CLIENTS`` clients, websocket
-and long-poll (each kind its own users, so a fan-out reaches only its own
+and long-poll (each case its own users, so a fan-out reaches only its own
 clients), timed from the client process. The trigger goes to the first
 shard (``POST /api/internal/notify_tornado``), which routes the other
-shard's part through its notify queue, as ``send_event`` would.
+shard's part through its notify queue, as ``send_event`` would. Every case
+of both set-ups runs once a round, in the reverse order every other round.
 
-Sustained delivery: the websocket clients of the one-shard and nginx
-set-ups, and a producer (``bench._sender``, ``send_events`` routing by the
-same sharding, what is due handed over in pipelined batches) sending
+Sustained delivery: the websocket clients of the one-shard set-up and those
+through nginx, and a producer (``bench._sender``, ``send_events`` routing by
+the same sharding, what is due handed over in pipelined batches) sending
 events each to one user for ``SECONDS`` at each rate of a ladder: from
 ``FIRST_RATE`` doubling until a rate fails (or ``MAX_RATE``), then
 ``REFINEMENTS`` halvings of the step between the last rate that held and
 the first that failed. A rate holds if every event arrived with a p99 under
-``P99_LIMIT_MS`` (as ``bench.latency`` measures it); a set-up's figure is
-the highest that held. A rate the producer cannot keep up fails
+``P99_LIMIT_MS`` (as ``bench.latency`` measures it), at the first try or
+the second; a set-up's figure is the highest that held, both ladders run
+in the same rounds. A rate the producer cannot keep up fails
 (``bench.latency``); one at which it handed events over late (waiting for
-confirms, or for a core), in bursts, is logged with a warning: a figure may
-then be the producer's rather than the shards'. Each step logs the CPU each process took (shards, nginx's
-workers, the clients, RabbitMQ, the producer), so that a figure can be told
-from the machine's ceiling.
+confirms, or for a core), in bursts, is logged with a warning. Each step
+logs the CPU each process took (shards, nginx's workers, the clients,
+RabbitMQ, the producer), so that a figure can be told from the machine's
+ceiling, and the shards' CPU per event at the top rate is reported.
 
 Targets: two shards deliver at least ``TWO_SHARDS_TARGET`` times what one
 delivers; nginx adds at most 15% to the fan-out time of the shards reached
