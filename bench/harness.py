@@ -53,6 +53,7 @@ class Context:
     #: A broker to use instead of a private node.
     given_url: str | None = None
     _node: RabbitMQNode | None = field(default=None, init=False, repr=False)
+    _vhosts: set[str] = field(default_factory=set, init=False, repr=False)
 
     def size(self, normal: int, quick: int) -> int:
         """How many events a case handles: ``quick`` in a smoke test, else ``normal``."""
@@ -68,6 +69,19 @@ class Context:
             logger.info("starting a private RabbitMQ node in %s", self._node.base_dir)
             self._node.start()
         return self._node.url
+
+    def vhost_url(self, name: str) -> str | None:
+        """The URL of the private node's virtual host ``name``, made on first use, where set-ups whose queue
+        names are the same run beside each other; None on a given broker (a benchmark then runs them in turn)."""
+        if self.given_url:
+            return None
+        url = self.amqp_url  # the node, started if need be
+        assert self._node is not None
+        if name not in self._vhosts:
+            self._node.ctl("add_vhost", name)
+            self._node.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+            self._vhosts.add(name)
+        return f"{url.rsplit('/', 1)[0]}/{name}"
 
     def node_pid(self) -> int | None:
         """The process id of the private node's Erlang VM, if one runs (None with ``--amqp-url``)."""

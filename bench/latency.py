@@ -56,11 +56,13 @@ SENDER_MARGIN = 60.0
 
 @dataclass(frozen=True)
 class Latencies:
-    """One run: the percentiles of its events' latencies, and the longest, in ms."""
+    """One run: the percentiles of its events' latencies, the longest, and the producer's own lag, in ms."""
 
     p50: float
     p99: float
     max: float
+    #: How far behind its due time the producer handed its latest event over (``bench._sender``).
+    producer_late: float = 0.0
 
 
 BARE = "bare Tornado + pika"
@@ -116,7 +118,7 @@ def measure(servers: EventServers, clients: LoadClient, flavor: str, rate: float
         raise BenchError(f"latency, {flavor}: the producer fell behind ({sent['sent']} events in "
                          f"{sent['seconds']:.1f} s, not {seconds:.0f} s): the rate was not the one asked for")
     percentiles = statistics.quantiles(latencies, n=100, method="inclusive")
-    return Latencies(percentiles[49], percentiles[98], max(latencies))
+    return Latencies(percentiles[49], percentiles[98], max(latencies), sent["late_ms"])
 
 
 def _delete_queue(context: Context, url: str) -> None:

@@ -12,6 +12,10 @@ What nginx routes, and by what (``eventbus.sharding`` names the shards):
 
 Long-polls may be held a heartbeat interval and more, websockets for hours,
 so their read timeouts are set to match; events are never buffered; the
+connections to the shards are kept alive, as many as a worker may hold, so
+that answering a held poll never closes its connection (the shard would
+spend more on the closes and the new connections of the next polls than on
+the answers, benchmarked in docs/benchmarks.md); the
 websocket upgrade headers are passed on; ``X-Forwarded-For`` and
 ``X-Real-IP`` are set to the client's address, replacing what the client
 sent, and the shards believe them only from nginx's address
@@ -22,20 +26,27 @@ through nginx.
 from __future__ import annotations
 
 import math
+import resource
 from pathlib import Path
 
 from eventbus import codec
 from eventbus.settings import Settings
 from eventbus.sharding import Sharding
 
-#: Idle connections to each shard nginx keeps open, so that polls do not each open one.
-KEEPALIVE_CONNECTIONS = 64
 #: Beyond a long-poll's longest hold (heartbeat interval + 10%): a held poll is never cut by nginx.
 LONG_POLL_MARGIN_SECONDS = 30
 #: A websocket with no frame either way for this long is cut (the server pings every 25 s).
 WEBSOCKET_READ_TIMEOUT_SECONDS = 3600
-#: Connections one nginx worker holds, two per proxied client (the client's and the shard's).
+#: Connections one nginx worker holds, two per proxied client (the client's and the shard's): with a worker per
+#: core (``worker_processes auto``), two cores hold 32,768, 16,384 clients, each worker within an open files limit
+#: of 20,000.
 WORKER_CONNECTIONS = 16384
+#: Idle connections to each shard a worker keeps open: as many as it can have, since every connection to a shard
+#: may be a held poll's, and one not kept when its poll is answered costs the shard a close and the next poll a
+#: new connection (with 64, the shards spent half as much CPU again on a round of 2,000 long-polls: docs/benchmarks.md).
+KEEPALIVE_CONNECTIONS = WORKER_CONNECTIONS // 2
+#: Files a standalone worker asks for (its sockets, logs, listening socket), where the user's limit allows.
+WORKER_FILES = 2 * WORKER_CONNECTIONS
 #: The answer nginx gives itself when a shard does not answer (Zulip clients retry a 5xx).
 UNAVAILABLE = {"result": "error", "code": "SHARD_UNAVAILABLE", "msg": "The event server is not answering; retry"}
 #: The answer to the internal endpoints, which only shards and local producers use, directly.
@@ -130,9 +141,17 @@ def standalone_conf(settings: Settings, listen: str, prefix: Path) -> str:
     temp = "".join(f"    {kind}_temp_path {prefix / 'tmp' / kind};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     http = "".join(f"    {line}\n" if line else "\n" for line in http_conf(settings, listen).splitlines())
-    return (f"daemon off;\nworker_processes 1;\nworker_rlimit_nofile {4 * WORKER_CONNECTIONS};\n"
+    # A worker per core; the log written a block at a time rather than a write per request.
+    return (f"daemon off;\nworker_processes auto;\nworker_rlimit_nofile {worker_files()};\n"
             f"pid {prefix / 'nginx.pid'};\n"
             f"error_log {prefix / 'error.log'} warn;\n"
             f"events {{\n    worker_connections {WORKER_CONNECTIONS};\n}}\n"
             "http {\n"
-            f"    access_log {prefix / 'access.log'};\n{temp}{http}}}\n")
+            f"    access_log {prefix / 'access.log'} combined buffer=64k flush=1s;\n{temp}{http}}}\n")
+
+
+def worker_files() -> int:
+    """``WORKER_FILES``, or less where this user may not open as many: nginx run by a user (not root) cannot raise
+    its limit beyond the hard one, and says so in an alert at every start if asked to."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return WORKER_FILES if hard == resource.RLIM_INFINITY else min(WORKER_FILES, hard)

@@ -9,11 +9,14 @@ writes, and the workers a scenario needs. User ``n`` belongs to shard
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import urllib.parse
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -173,6 +176,66 @@ def test_the_zulip_client_gets_a_stream_message_on_both_shards_once(cluster: Sha
                                   dont_block=True)
         assert [event for event in again["events"] if event["type"] == "message"] == []
         assert client.deregister(queue["queue_id"])["result"] == "success"
+
+
+#: Held polls through nginx per shard: more than nginx would keep alive to a shard if it kept the 64 of old.
+HELD_PER_SHARD = 90
+
+
+def nginx_connections_to_shards(cluster: ShardCluster) -> set[int]:
+    """The sockets (by inode) nginx's workers have open to the shards, from /proc: what the shards are asked on."""
+    assert cluster.nginx is not None
+    master = cluster.nginx.pid
+    workers = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    owned = set()
+    for worker in workers:
+        for fd in Path(f"/proc/{worker}/fd").iterdir():
+            with contextlib.suppress(OSError):  # a socket closed meanwhile
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    owned.add(int(target[8:-1]))
+    shard_ports = {f"{port:04X}" for port in cluster.ports}
+    established = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2].split(":")[1] in shard_ports and fields[3] == "01":  # to a shard, ESTABLISHED
+            established.add(int(fields[9]))
+    return owned & established
+
+
+def test_answered_polls_keep_their_connections_to_the_shards(cluster: ShardCluster, people: list[User],
+                                                             producer: RabbitMQBroker) -> None:
+    """A shard holding thousands of polls must not see nginx close and reopen a connection per answered poll."""
+    cluster.start()
+
+    async def scenario() -> None:
+        apis = [Api(cluster, user) for user in people]
+        for api in apis:  # every poll at once, not the client's default of 10
+            api.http = AsyncHTTPClient(force_instance=True, max_clients=4 * HELD_PER_SHARD)
+        per_user = 2 * HELD_PER_SHARD // len(apis)
+        queues = [(api, await api.register(event_types=["custom"])) for api in apis for _ in range(per_user)]
+
+        async def hold_all(last_event_id: int) -> tuple[list[asyncio.Task[list[dict[str, Any]]]], set[int]]:
+            polls = [asyncio.ensure_future(poll(api, queue, last_event_id)) for api, queue in queues]
+            await until(lambda: len(nginx_connections_to_shards(cluster)) >= len(queues), 20,
+                        "every poll to be held through nginx")
+            return polls, nginx_connections_to_shards(cluster)
+
+        # Given a poll of each queue held through nginx,
+        polls, first = await hold_all(-1)
+        # when an event answers them all and each client polls again,
+        await asyncio.get_running_loop().run_in_executor(
+            None, send_event, producer, {"type": "custom", "n": 1}, [user.id for user in people])
+        answers = await asyncio.wait_for(asyncio.gather(*polls), 20)
+        assert all([event["n"] for event in events] == [1] for events in answers)
+        polls, second = await hold_all(answers[0][-1]["id"])
+        # then the second polls went over the connections the first ones were answered on: none was closed.
+        assert first <= second, f"nginx closed {len(first - second)} of its {len(first)} connections to the shards"
+        await asyncio.get_running_loop().run_in_executor(
+            None, send_event, producer, {"type": "custom", "n": 2}, [user.id for user in people])
+        await asyncio.wait_for(asyncio.gather(*polls), 20)
+
+    run(scenario)
 
 
 async def login(cluster: ShardCluster, user: User) -> str:
