@@ -28,6 +28,7 @@ first opening in a process brings its schema up to date (``migrations``).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sqlite3
 import threading
@@ -36,11 +37,13 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
+from select import POLLIN, poll
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     Connection,
     Engine,
+    ExceptionContext,
     Executable,
     Row,
     Table,
@@ -60,6 +63,8 @@ from sqlalchemy.sql.selectable import FromClause, Join
 from sqlalchemy.types import Boolean
 
 from eventbus.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -93,7 +98,9 @@ class Database:
         if self.dialect == "sqlite":
             self.engine = _sqlite_engine(url)
         else:
-            self.engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+            self.engine = _postgresql_engine(url)
+        event.listen(self.engine, "handle_error", _connect_failure_is_disconnect)
+        self.outage = Outage(redact(url))
         # PostgreSQL's reads run without BEGIN and COMMIT, a round trip each: at READ COMMITTED, its default, every
         # statement sees its own snapshot either way. SQLite's reads keep one snapshot for the block.
         self.reader = (self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.dialect == "postgresql"
@@ -107,13 +114,23 @@ class Database:
     def transaction(self, write: bool = False) -> Iterator[Connection]:
         """A connection in one transaction, committed when the block ends (rolled back if it raises);
         ``write`` takes the write lock first. A block that writes must ask for ``write``: on PostgreSQL, the
-        others run each statement on its own. Blocks must not nest."""
-        with (self.engine if write else self.reader).connect() as connection:
-            connection.info["write"] = write  # read by the SQLite "begin" hook
-            with connection.begin():
-                if write and self.is_postgresql:
-                    connection.execute(select(func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
-                yield connection
+        others run each statement on its own. Blocks must not nest.
+
+        While the database cannot be reached, it raises what ``is_unavailable`` recognises; the outage is logged
+        once, when the first block meets it, and its end when a block succeeds again (``Outage``)."""
+        try:
+            with (self.engine if write else self.reader).connect() as connection:
+                connection.info["write"] = write  # read by the SQLite "begin" hook
+                with connection.begin():
+                    if write and self.is_postgresql:
+                        connection.execute(select(func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
+                    yield connection
+        except (exc.DBAPIError, exc.TimeoutError) as error:
+            if is_unavailable(error):
+                self.outage.began(error)
+            raise
+        if self.outage.since is not None:
+            self.outage.ended()
 
     def insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
         """An INSERT into ``table`` in this database's dialect: both offer ``on_conflict_do_nothing`` and
@@ -159,6 +176,66 @@ def _unnest_insert(table: Table, columns: tuple[str, ...], returning: str | None
     sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {names} FROM unnest({arrays})"
            f" WITH ORDINALITY AS rows({names}, position) ORDER BY position")
     return text(sql + (f" RETURNING {table.c[returning].name}" if returning is not None else ""))
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database cannot be reached now: its server down or restarting, a connection it
+    closed, no connection to be had. A passing condition, never a request's fault: the work is to be done again
+    once it answers (a worker waits for it; the event server answers 503, ``DATABASE_UNAVAILABLE``)."""
+    if isinstance(error, exc.TimeoutError):  # every pooled connection busy for the pool's timeout
+        return True
+    return isinstance(error, exc.DBAPIError) and error.connection_invalidated
+
+
+def _connect_failure_is_disconnect(context: ExceptionContext) -> None:
+    """Invoked by SQLAlchemy for every database error: one raised while connecting (no ``connection`` yet, a
+    refused connection) is marked a disconnect, as a connection lost is, so that ``is_unavailable`` knows both."""
+    if context.connection is None and isinstance(context.sqlalchemy_exception, exc.OperationalError):
+        context.is_disconnect = True
+
+
+class Outage:
+    """Whether a database is unreachable, since when; each outage is logged once, when the first failure meets it
+    (not once a request or a batch), and once more when it ends. Safe from any thread."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        #: ``time.monotonic()`` when the outage began; None while the database answers.
+        self.since: float | None = None
+        self._lock = threading.Lock()
+
+    def began(self, error: BaseException) -> None:
+        with self._lock:
+            if self.since is not None:
+                return
+            self.since = time.monotonic()
+        cause = getattr(error, "orig", None) or error
+        logger.error("database %s is unavailable: %s: %s", self.name, type(cause).__name__,
+                     str(cause).strip().splitlines()[0] if str(cause).strip() else "")
+
+    def ended(self) -> None:
+        with self._lock:
+            since, self.since = self.since, None
+        if since is not None:
+            logger.warning("database %s is back after %.1f s", self.name, time.monotonic() - since)
+
+
+def _postgresql_engine(url: str) -> Engine:
+    engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+
+    @event.listens_for(engine.pool, "checkout")
+    def _checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # No pre-ping (a round trip per checkout): an idle connection is sent nothing by the server, unless it
+        # closed it (a restart sends each a FATAL message, then closes). Readable, it is replaced with a new one
+        # (SQLAlchemy does, for DisconnectionError): the first block after a restart does not fail on it. A
+        # server that vanished without a word is noticed by the first statement instead, and its whole pool
+        # replaced (SQLAlchemy invalidates the pool on a disconnect).
+        readable = poll()
+        readable.register(dbapi_connection.pgconn.socket, POLLIN)
+        if readable.poll(0):
+            raise exc.DisconnectionError("the server closed this pooled connection")
+
+    return engine
 
 
 def _sqlite_engine(url: str) -> Engine:

@@ -15,7 +15,12 @@ Both give each event the same guarantees:
   goes to the error store with the error and traceback;
 - an event that is not a JSON object, or whose processing raises
   ``PermanentError`` (a ``ContractError`` among them: the event breaks its
-  queue's contract), goes to the error store at once.
+  queue's contract), goes to the error store at once;
+- while the database cannot be reached (``database.is_unavailable``: its
+  server stopped or restarting), the batch waits for it and is processed
+  again, in place and in order, for up to ``DATABASE_WAIT_SECONDS``: an
+  outage is no fault of the events and uses none of their tries. Only an
+  outage longer than that fails the batch as any error does.
 
 ``failed_tries`` is therefore a reserved key of events (as in Zulip). A batch
 processor that finished part of a batch calls ``fail(events, error)`` for the
@@ -34,6 +39,7 @@ from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 from eventbus.contracts import FAILED_TRIES
+from eventbus.database import is_unavailable
 from eventbus.errors import ContractError, PermanentError
 from eventbus.processors.registry import QueueOptions
 from eventbus.processors.stats import QueueStats, stats_path
@@ -46,6 +52,12 @@ logger = logging.getLogger(__name__)
 Event = dict[str, Any]
 #: What a queue's contract reads from an event.
 C = TypeVar("C")
+#: How long a batch waits for an unavailable database before it fails (and is retried, up to its queue's tries):
+#: longer than a restart or a failover of the server takes, short enough that an outage is not hidden for long.
+DATABASE_WAIT_SECONDS = 60.0
+#: The first wait between tries of a batch while the database is unavailable; each further one doubles, up to
+#: the last (the database is tried again soon after it is back, without a storm of connection attempts).
+DATABASE_RETRY_FIRST, DATABASE_RETRY_LAST = 0.1, 2.0
 
 
 class Worker(ABC):
@@ -132,21 +144,50 @@ class Worker(ABC):
 
     def _attempt(self, events: list[Event], work: Callable[[], Any]) -> None:
         """Run ``work`` for ``events`` under the time limit; a failure retries or stores them."""
-        limit = None if self.options.timeout is None else self.options.timeout * len(events)
         started = time.monotonic()
         failed = False
         self._failed.clear()
         try:
-            if self._is_async():
-                run_coroutine(self._event_loop(), work(), limit)
-            else:
-                with deadline(limit):
-                    work()
+            self._run_waiting_for_database(events, work)
         except (Exception, ProcessingTimeout) as error:
             failed = True
             # Events the processor already failed on its own are retried or stored once, not again here.
             self.fail([event for event in events if id(event) not in self._failed], error)
         self.stats.record(len(events), time.monotonic() - started, failed)
+
+    def _run_waiting_for_database(self, events: list[Event], work: Callable[[], Any]) -> None:
+        """``work()`` under the time limit; while it fails because the database is unavailable, again after a
+        growing wait, for up to ``DATABASE_WAIT_SECONDS`` (or until ``stop()``), with the events not failed yet."""
+        give_up = time.monotonic() + DATABASE_WAIT_SECONDS
+        wait = DATABASE_RETRY_FIRST
+        while True:
+            limit = None if self.options.timeout is None else self.options.timeout * len(events)
+            try:
+                if self._is_async():
+                    run_coroutine(self._event_loop(), work(), limit)
+                else:
+                    with deadline(limit):
+                        work()
+                return
+            except Exception as error:
+                if not is_unavailable(error) or time.monotonic() + wait > give_up or not self._sleep(wait):
+                    raise
+            # Events the processor failed on its own (a broken contract) were retried or stored already: not
+            # again. ``work`` holds this very list.
+            events[:] = [event for event in events if id(event) not in self._failed]
+            if not events:
+                return
+            if wait == DATABASE_RETRY_FIRST:
+                logger.warning("queue %s: the database is unavailable; %d event(s) wait for it", self.queue_name,
+                               len(events))
+            wait = min(2 * wait, DATABASE_RETRY_LAST)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep, in slices so that ``stop()`` (from a signal handler) is heard; False if it came."""
+        end = time.monotonic() + seconds
+        while not self._stop_requested and time.monotonic() < end:
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+        return not self._stop_requested
 
     @abstractmethod
     def _is_async(self) -> bool:

@@ -3,7 +3,9 @@
 Every answer is JSON, errors included: ``{"result": "error", "msg": ...,
 "code": ...}`` with status 400 (``BAD_REQUEST``, ``BAD_EVENT_QUEUE_ID``), 401
 (``UNAUTHORIZED``), 404 or 429 (``RATE_LIMIT_HIT``, with ``retry-after``
-seconds and a ``Retry-After`` header), never an HTML page.
+seconds and a ``Retry-After`` header), 503 (``DATABASE_UNAVAILABLE``, with
+``retry-after`` too, while the database cannot be reached: a client tries
+again), never an HTML page.
 
 Handlers get what they use through ``initialize``, as Tornado's own do, and
 ``eventbus.app.make_app`` wires them: every handler the ``Authenticator``
@@ -34,6 +36,7 @@ from tornado.ioloop import IOLoop
 
 from eventbus import codec
 from eventbus.contracts import ERROR_REPORTS, USER_PRESENCE, ErrorReport, PresenceUpdate
+from eventbus.database import is_unavailable
 from eventbus.errors import EventEncodingError
 from eventbus.messages import (
     ANCHORS,
@@ -76,6 +79,8 @@ WEB_CLIENT = "website"
 REGISTER_FIELDS = ("event_types", "narrow", "apply_markdown", "queue_lifespan_secs")
 #: How many ignored parameters an answer names: a request of thousands gets no answer of thousands.
 MAX_IGNORED_NAMED = 20
+#: Seconds a client is told to wait before trying again while the database is unavailable (a restart's length).
+DATABASE_RETRY_AFTER = 1.0
 
 
 class ApiError(tornado.web.HTTPError):
@@ -126,6 +131,12 @@ def api_error_body(handler: tornado.web.RequestHandler, error: ApiError) -> dict
     if "retry-after" in error.extra:  # the header takes whole seconds: rounded up, never too early
         handler.set_header("Retry-After", str(math.ceil(error.extra["retry-after"])))
     return {"result": "error", "msg": error.msg, "code": error.code, **error.extra}
+
+
+def database_unavailable() -> ApiError:
+    """The answer to a request that needs the database while it cannot be reached: a 503 to try again on."""
+    return ApiError(503, "DATABASE_UNAVAILABLE", "The database is not answering; try again shortly",
+                    **{"retry-after": DATABASE_RETRY_AFTER})
 
 
 def check_rate_limit(rate_limits: RateLimits, category: str, user: User, **extra: Any) -> None:
@@ -199,6 +210,9 @@ class JsonErrors(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc_info = kwargs.get("exc_info")
         error = exc_info[1] if exc_info else None
+        if error is not None and is_unavailable(error):
+            error = database_unavailable()
+            self.set_status(error.status_code)
         if isinstance(error, ApiError):
             body = api_error_body(self, error)
         elif status_code == 404:
@@ -213,6 +227,12 @@ class JsonErrors(tornado.web.RequestHandler):
             self.report_error(exc_info)
         self.set_header("Content-Type", "application/json")
         self.finish(codec.encode(body))
+
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        """Invoked by Tornado for an error a request raised: not for the database being unavailable, which its
+        ``Outage`` logs once (a traceback per request would bury the one line that says what happened)."""
+        if value is None or not is_unavailable(value):
+            super().log_exception(typ, value, tb)
 
     def report_error(self, exc_info: Any) -> None:
         """Invoked for a server error (Tornado has logged it already); a handler may report it further."""
@@ -455,7 +475,11 @@ class RegisterHandler(CoreHandler):
             return
         client = self.register()
         request = StateRequest(client.event_types if fetch is ... else fetch, slim, subscribers)
-        state = await IOLoop.current().run_in_executor(None, self.server.start_state.fetch, self.user, request)
+        try:
+            state = await IOLoop.current().run_in_executor(None, self.server.start_state.fetch, self.user, request)
+        except BaseException:  # the database unavailable: the client never learns of this queue, nor polls it
+            self.server.registry.remove(client, "its registration failed")
+            raise
         self.success(queue_id=client.queue_id, last_event_id=-1, **self.server.initial_state(self.user), **state,
                      **ignored_parameters(self, (*REGISTER_FIELDS, *self.STATE_FIELDS)))
 

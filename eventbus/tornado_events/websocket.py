@@ -52,6 +52,7 @@ from tornado.iostream import StreamClosedError
 
 from eventbus import codec
 from eventbus.contracts import is_req_id
+from eventbus.database import is_unavailable
 from eventbus.errors import EventEncodingError
 from eventbus.sessions import session_key
 from eventbus.tornado_events import rate_limit
@@ -65,6 +66,7 @@ from eventbus.tornado_events.handlers import (
     bad_request,
     check_last_event_id,
     check_rate_limit,
+    database_unavailable,
     register_client,
     wrong_shard,
 )
@@ -109,8 +111,8 @@ class EventSocket(tornado.websocket.WebSocketHandler):
         return urllib.parse.urlsplit(origin).netloc == self.request.host
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        user = await self.authenticator.session_user(self)
         try:
+            user = await self._session_user()
             if user is None:
                 raise ApiError(401, "UNAUTHORIZED", "Not logged in")
             check_rate_limit(self.rate_limits, rate_limit.API, user)  # opening a socket is a request as any other
@@ -122,6 +124,15 @@ class EventSocket(tornado.websocket.WebSocketHandler):
         self.user = user
         self.session_key = session_key(self.get_cookie(SESSION_COOKIE, ""))
         await super().get(*args, **kwargs)
+
+    async def _session_user(self) -> User | None:
+        """The user of the request's session; DATABASE_UNAVAILABLE while the database cannot say."""
+        try:
+            return await self.authenticator.session_user(self)
+        except Exception as error:
+            if is_unavailable(error):  # logged once by the database's Outage
+                raise database_unavailable() from None
+            raise
 
     def open(self, *args: str, **kwargs: str) -> None:
         # Tornado leaves Nagle's algorithm on once the handshake's answer is written: a request's response frame,
