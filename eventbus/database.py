@@ -47,13 +47,11 @@ from sqlalchemy import (
     Executable,
     Row,
     Table,
-    TextClause,
     create_engine,
     event,
     exc,
     func,
     select,
-    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
@@ -132,6 +130,13 @@ class Database:
         if self.outage.since is not None:
             self.outage.ended()
 
+    def change(self, statement: Executable) -> int:
+        """Run one writing statement that needs nothing read before it (marking rows delivered), atomic by
+        itself; the rows it changed. On PostgreSQL without BEGIN, COMMIT and the write lock: three round trips
+        fewer than a ``write`` transaction."""
+        with self.transaction(write=not self.is_postgresql) as connection:
+            return int(connection.execute(statement).rowcount)
+
     def insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
         """An INSERT into ``table`` in this database's dialect: both offer ``on_conflict_do_nothing`` and
         ``on_conflict_do_update`` alike."""
@@ -157,25 +162,27 @@ class Database:
             statement = table.insert().returning(table.c[returning], sort_by_parameter_order=True)
             return list(connection.execute(statement, list(rows)).scalars())
         columns = tuple(rows[0])
-        values = {f"c{n}": [row[name] for row in rows] for n, name in enumerate(columns)}
-        result = connection.execute(_unnest_insert(table, columns, returning), values)
-        return sorted(result.scalars()) if returning is not None else []
+        # Straight to psycopg (SQLAlchemy still wraps its errors), for its binary format: %b sends each array as
+        # binary, a third cheaper than as text for a thousand rows.
+        result = connection.exec_driver_sql(_unnest_insert(table, columns, returning),
+                                            tuple([row[name] for row in rows] for name in columns))
+        return sorted(row[0] for row in result) if returning is not None else []
 
     def __repr__(self) -> str:
         return f"Database({redact(self.url)!r})"
 
 
 @functools.lru_cache(maxsize=64)
-def _unnest_insert(table: Table, columns: tuple[str, ...], returning: str | None) -> TextClause:
-    """``INSERT INTO table (columns) SELECT ... FROM unnest(:c0, :c1, ...) WITH ORDINALITY ... ORDER BY`` the
-    arrays' order, each array cast to its column's type, and ``RETURNING`` the column asked for."""
+def _unnest_insert(table: Table, columns: tuple[str, ...], returning: str | None) -> str:
+    """``INSERT INTO table (columns) SELECT ... FROM unnest(%b, %b, ...) WITH ORDINALITY ... ORDER BY`` the
+    arrays' order, each array (psycopg's binary placeholder) cast to its column's type, and ``RETURNING`` the
+    column asked for."""
     dialect = postgresql.dialect()
-    arrays = ", ".join(f"CAST(:c{n} AS {table.c[name].type.compile(dialect=dialect)}[])"
-                       for n, name in enumerate(columns))
+    arrays = ", ".join(f"CAST(%b AS {table.c[name].type.compile(dialect=dialect)}[])" for name in columns)
     names = ", ".join(f"c{n}" for n in range(len(columns)))
     sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {names} FROM unnest({arrays})"
            f" WITH ORDINALITY AS rows({names}, position) ORDER BY position")
-    return text(sql + (f" RETURNING {table.c[returning].name}" if returning is not None else ""))
+    return sql + (f" RETURNING {table.c[returning].name}" if returning is not None else "")
 
 
 def is_unavailable(error: BaseException) -> bool:

@@ -413,8 +413,7 @@ class MessageStore(Store):
     def mark_delivered(self, *message_ids: int) -> None:
         """Record that the events of these messages went out (a redelivered request does not send them again)."""
         messages = schema.messages
-        with self._db(write=True) as db:
-            db.execute(update(messages).where(messages.c.id.in_(message_ids)).values(delivered=True))
+        self.database.change(update(messages).where(messages.c.id.in_(message_ids)).values(delivered=True))
 
     def topic_participants(self, stream_id: int, topic: str) -> set[int]:
         """Who has sent to this topic (Zulip's topic participants, whom ``@**topic**`` mentions)."""
@@ -533,9 +532,8 @@ class MessageStore(Store):
         return self._once(request_id, change)
 
     def mark_action_delivered(self, request_id: str) -> None:
-        with self._db(write=True) as db:
-            db.execute(update(message_actions).where(message_actions.c.request_id == request_id)
-                       .values(delivered=True))
+        self.database.change(update(message_actions).where(message_actions.c.request_id == request_id)
+                             .values(delivered=True))
 
     def _once(self, request_id: str, change: Callable[[Connection], dict[str, Any]]) -> Outcome:
         """``change`` made in one transaction with its outcome recorded, unless ``request_id`` was processed

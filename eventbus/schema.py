@@ -108,10 +108,14 @@ messages = Table(
     sqlite_autoincrement=True,
 )
 
+#: A message's row for each of its recipients: ten or a thousand rows a message, the busiest table. No foreign
+#: keys on purpose: PostgreSQL checks each one row by row, a third of the time of storing a batch of messages
+#: (measured: 18.5 ms against 12.5 ms for 100 messages to 10 users). Its rows are written only with their
+#: message, in the same transaction (``MessageStore.store_many``), and deleted with it; users are never deleted.
 user_messages = Table(
     "user_messages", metadata,
-    Column("user_id", ID, ForeignKey("users.id"), nullable=False),
-    Column("message_id", ID, ForeignKey("messages.id"), nullable=False),
+    Column("user_id", ID, nullable=False),
+    Column("message_id", ID, nullable=False),
     #: The user's flags on the message: a JSON list of names (``'[]'``, ``'["read", "starred"]'``).
     Column("flags", Text, nullable=False, server_default="[]"),
     PrimaryKeyConstraint("user_id", "message_id"),
