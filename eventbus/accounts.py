@@ -65,3 +65,21 @@ def deactivate_user(users: UserStore, sessions: SessionStore, email: str, send_e
     send_event(user_deactivated_event(user.id), [user.id, *users.active_ids(besides=user.id)])
     logger.info("deactivated user %d (%s): %d session(s) ended", user.id, user.email, ended)
     return Deactivation(user, ended)
+
+
+#: The type of the notice a logout sends every other Tornado process: internal, it never reaches a client.
+SESSION_ENDED = "eventbus_session_ended"
+
+
+def session_ended_event(key: str) -> dict[str, Any]:
+    """The notice event of a logout: the ended session's key (the hash the database keeps, never the cookie's id),
+    for every Tornado process that may hold the session in its credential cache to forget it."""
+    return {"type": SESSION_ENDED, "session_key": key}
+
+
+def ended_session(event: dict[str, Any]) -> str | None:
+    """The session key a logout notice is about, or None for any other event."""
+    if event.get("type") != SESSION_ENDED:
+        return None
+    key = event.get("session_key")
+    return key if isinstance(key, str) and 0 < len(key) <= 128 else None

@@ -116,7 +116,7 @@ def make_app(server: EventServer, extra_handlers: list[Any] | None = None) -> to
         (r"/api/v1/server_settings", ServerSettingsHandler, args(Auth.NONE, server=server)),
         *zulip_api(server),
         (r"/accounts/login", LoginHandler, args(Auth.NONE)),
-        (r"/accounts/logout", LogoutHandler, args(Auth.SESSION)),
+        (r"/accounts/logout", LogoutHandler, args(Auth.SESSION, server=server)),
         *(extra_handlers or []),
     ]
     return tornado.web.Application(

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 import urllib.parse
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 import zulip
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from eventbus import codec
@@ -306,6 +307,37 @@ def test_websocket_delivery_resume_and_submission_on_the_users_shard(cluster: Sh
         await frame(ws, "attached")
         assert [e["n"] for e in (await frame(ws, "events"))["events"]] == [2]
         ws.close()
+
+    run(scenario)
+
+
+def test_a_logout_on_one_shard_ends_the_session_on_the_other_at_once(cluster: ShardCluster,
+                                                                     people: list[User]) -> None:
+    """Both shards trust a session (each cached it for a minute); a logout on one reaches the other through its
+    notify queue: the copied cookie is refused there within seconds, not when the cache lets it go."""
+    cluster.start()
+    iago = people[0]
+
+    async def as_browser(shard: int, path: str, cookie: str, csrf: str) -> HTTPResponse:
+        origin = f"http://127.0.0.1:{cluster.ports[shard]}"
+        return await AsyncHTTPClient().fetch(cluster.shard_url(shard, path), method="POST", body="", headers={
+            "Cookie": cookie, "X-CSRFToken": csrf, "Origin": origin}, raise_error=False)
+
+    async def scenario() -> None:
+        response = await AsyncHTTPClient().fetch(cluster.shard_url(0, "/accounts/login"), method="POST",
+                                                 body=f"email={iago.email}&api_key={iago.api_key}")
+        jar = SimpleCookie()
+        for header in response.headers.get_list("Set-Cookie"):
+            jar.load(header)
+        cookie = "; ".join(f"{name}={morsel.value}" for name, morsel in jar.items())
+        csrf = codec.decode(response.body)["csrf_token"]
+        for shard in (0, 1):  # each shard checks the session once, and caches it
+            assert (await as_browser(shard, "/json/register", cookie, csrf)).code == 200
+        assert (await as_browser(0, "/accounts/logout", cookie, csrf)).code == 200
+        deadline = time.monotonic() + 10
+        while (await as_browser(1, "/json/register", cookie, csrf)).code != 401:
+            assert time.monotonic() < deadline, "shard 1 still takes the session 10 s after the logout"
+            await asyncio.sleep(0.1)
 
     run(scenario)
 

@@ -201,15 +201,23 @@ class Authenticator:
 
     # -- trust withdrawn --------------------------------------------------------------
 
-    async def end_session(self, handler: tornado.web.RequestHandler) -> None:
-        """Log out: the session is deleted, forgotten by this process, its websockets closed, its cookies cleared."""
+    async def end_session(self, handler: tornado.web.RequestHandler) -> str | None:
+        """Log out: the session is deleted, forgotten by this process, its websockets closed, its cookies cleared;
+        the session's key, for the other processes to forget it too (None without a session cookie)."""
         session_id = handler.get_cookie(SESSION_COOKIE)
+        key = None
         if session_id:
             await IOLoop.current().run_in_executor(None, self.sessions.end, session_id)
             key = session_key(session_id)
-            self._withdraw_trust(lambda cached_key, _user: cached_key == key, "logged out")
+            self.forget_session(key)
         handler.clear_cookie(SESSION_COOKIE)
         handler.clear_cookie(CSRF_COOKIE)
+        return key
+
+    def forget_session(self, key: str) -> int:
+        """A session ended (here, or on another process: ``accounts.ended_session``): forgotten, its websockets
+        closed; how many."""
+        return self._withdraw_trust(lambda cached_key, _user: cached_key == key, "logged out")
 
     def forget_user(self, user_id: int) -> int:
         """A deactivated user: their sessions and API keys forgotten, their websockets closed; how many."""

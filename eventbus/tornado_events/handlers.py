@@ -834,10 +834,13 @@ class ServerSettingsHandler(CoreHandler):
         self.success(**self.server.server_settings())
 
 
-class LogoutHandler(BaseHandler):
-    """POST /accounts/logout (a session and its CSRF token, from this site's pages): the session ends everywhere."""
+class LogoutHandler(CoreHandler):
+    """POST /accounts/logout (a session and its CSRF token, from this site's pages): the session ends everywhere,
+    on every shard at once."""
 
     async def post(self) -> None:
         self.check_same_origin("Logout")
-        await self.authenticator.end_session(self)
+        key = await self.authenticator.end_session(self)
+        if key is not None:
+            await self.server.session_ended(key)
         self.success()

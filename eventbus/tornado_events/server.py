@@ -27,7 +27,7 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 
 from eventbus import __version__
-from eventbus.accounts import deactivated_user
+from eventbus.accounts import deactivated_user, ended_session, session_ended_event
 from eventbus.contracts import (
     MESSAGE_SENDER,
     NOTIFY_TORNADO,
@@ -216,12 +216,25 @@ class EventServer:
     def deliver(self, notice: Notice) -> int:
         """``notify`` for a notice checked already (a routed part is not checked again)."""
         event, users = notice.client_event, notice.users
+        ended = ended_session(event)
+        if ended is not None:  # a logout on another process: nothing for clients
+            self.authenticator.forget_session(ended)
+            return 0
         deactivated = deactivated_user(event)
         if deactivated is not None:
             self.forget_user(deactivated)
         delivered = self.registry.deliver(event, users)
         self.away.on_message(event, users)
         return delivered
+
+    async def session_ended(self, key: str) -> None:
+        """A session ended here: every other shard forgets it now, not when its credential cache lets it go
+        (a notice to each one's notify queue, confirmed)."""
+        if not self.sharding.sharded:
+            return
+        notice = Notice.of(session_ended_event(key), []).event()
+        await asyncio.gather(*(self.queue_client.publish(self.sharding.notify_queue(shard), notice)
+                               for shard in range(self.sharding.count) if shard != self.shard))
 
     def forget_user(self, user_id: int) -> None:
         """A deactivated user: their queues dropped (held polls answered), sockets closed, credentials forgotten."""
