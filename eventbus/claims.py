@@ -93,13 +93,11 @@ class Claims(Store):
 
     def finish(self, *key: Any) -> None:
         """The effect of a claimed key was had: the key is done."""
-        with self._db(write=True) as db:
-            db.execute(update(self.TABLE).where(self._is(key)).values(sent_at=time.time(), claimed_until=None))
+        self.database.change(update(self.TABLE).where(self._is(key)).values(sent_at=time.time(), claimed_until=None))
 
     def release(self, *key: Any) -> None:
         """The effect of a claimed key failed: let the next try claim it at once."""
-        with self._db(write=True) as db:
-            db.execute(delete(self.TABLE).where(self._is(key), self.TABLE.c.claimed_until.is_not(None)))
+        self.database.change(delete(self.TABLE).where(self._is(key), self.TABLE.c.claimed_until.is_not(None)))
 
     def is_done(self, *key: Any) -> bool:
         with self._db() as db:
@@ -108,8 +106,7 @@ class Claims(Store):
 
     def forget_before(self, when: float) -> int:
         """Forget the keys done before ``when`` (and claims made before it); how many there were."""
-        with self._db(write=True) as db:
-            return int(db.execute(delete(self.TABLE).where(self.TABLE.c.sent_at < when)).rowcount)
+        return self.database.change(delete(self.TABLE).where(self.TABLE.c.sent_at < when))
 
     def _key(self, key: tuple[Any, ...]) -> dict[str, Any]:
         columns = self.TABLE.primary_key.columns

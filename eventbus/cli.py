@@ -249,16 +249,16 @@ def cmd_migrate_queues(args: argparse.Namespace) -> int:
 
 
 def cmd_copy_database(args: argparse.Namespace) -> int:
-    from eventbus.database import DatabaseError, open_database, redact
+    from eventbus.database import DatabaseError, open_database
     from eventbus.migrations import copy_database
-    from eventbus.settings import get_settings
+    from eventbus.settings import get_settings, redact_url
 
     source = get_settings().database
     try:
         copied = copy_database(open_database(source), open_database(args.target))
     except DatabaseError as e:
         raise UsageError(str(e)) from None
-    print(json.dumps({"from": redact(str(source)), "to": redact(args.target), "rows": copied}))
+    print(json.dumps({"from": redact_url(str(source)), "to": redact_url(args.target), "rows": copied}))
     return 0
 
 

@@ -33,12 +33,11 @@ import os
 import sqlite3
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 from select import POLLIN, poll
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -91,14 +90,18 @@ class Database:
     """One database, SQLite or PostgreSQL, with its engine; safe from any thread of the process that opened it."""
 
     def __init__(self, url: str) -> None:
+        from eventbus.settings import redact_url  # settings imports the stores' contracts, which build on this
+
         self.url = url
+        #: The URL as logs and errors show it: without its password.
+        self.name = redact_url(url)
         self.dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
         if self.dialect == "sqlite":
             self.engine = _sqlite_engine(url)
         else:
             self.engine = _postgresql_engine(url)
         event.listen(self.engine, "handle_error", _connect_failure_is_disconnect)
-        self.outage = Outage(redact(url))
+        self.outage = Outage(self.name)
         # PostgreSQL's reads run without BEGIN and COMMIT, a round trip each: at READ COMMITTED, its default, every
         # statement sees its own snapshot either way. SQLite's reads keep one snapshot for the block.
         self.reader = (self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.dialect == "postgresql"
@@ -169,7 +172,7 @@ class Database:
         return sorted(row[0] for row in result) if returning is not None else []
 
     def __repr__(self) -> str:
-        return f"Database({redact(self.url)!r})"
+        return f"Database({self.name!r})"
 
 
 @functools.lru_cache(maxsize=64)
@@ -277,15 +280,6 @@ def database_url(target: Path | str) -> str:
     return f"sqlite:///{Path(text).resolve()}"
 
 
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
-
-
 _opened: dict[tuple[int, str], Database] = {}
 _opening = threading.Lock()
 
@@ -344,12 +338,14 @@ def _use_wal(path: Path) -> None:
 _remembered = threading.local()
 
 
+def _remembered_reads() -> dict[tuple[Any, ...], Any] | None:
+    """This thread's remembered reads, by database URL and lookup key; None outside a ``remembering`` block."""
+    return getattr(_remembered, "reads", None)
+
+
 class Store:
     """A store in the database ``EVENTBUS_DATABASE`` names (a SQLite file's path or a PostgreSQL URL);
     ``_db()`` is one transaction. Safe from any thread and process."""
-
-    #: Nothing: every table is in ``eventbus.schema``, made by ``migrations``.
-    SCHEMA: ClassVar[None] = None
 
     def __init__(self, database: Database | Path | str) -> None:
         self.database = open_database(database)
@@ -365,7 +361,7 @@ class Store:
         reads the database once, in every store: a batch of requests reads the same few users and streams, and
         on PostgreSQL each read is a round trip. For blocks of a few milliseconds whose reads may be as old as
         the block (a worker's batch): a change made meanwhile is seen by the next block."""
-        if getattr(_remembered, "reads", None) is not None:  # an outer block remembers already
+        if _remembered_reads() is not None:  # an outer block remembers already
             yield
             return
         _remembered.reads = {}
@@ -377,17 +373,17 @@ class Store:
     @property
     def _remembering(self) -> bool:
         """Whether a ``remembering`` block runs in this thread."""
-        return getattr(_remembered, "reads", None) is not None
+        return _remembered_reads() is not None
 
     def _keep(self, key: tuple[Any, ...], value: Any) -> None:
         """Inside a ``remembering`` block, what a lookup of ``key`` gives there from now on (read ahead for it)."""
-        reads: dict[tuple[Any, ...], Any] | None = getattr(_remembered, "reads", None)
+        reads = _remembered_reads()
         if reads is not None:
             reads[(self.database.url, *key)] = value
 
     def _remember(self, key: tuple[Any, ...], read: Callable[[], T]) -> T:
         """``read()``, or inside a ``remembering`` block what it gave there before for ``key``."""
-        reads: dict[tuple[Any, ...], Any] | None = getattr(_remembered, "reads", None)
+        reads = _remembered_reads()
         if reads is None:
             return read()
         key = (self.database.url, *key)

@@ -72,6 +72,7 @@ from eventbus.channels import ChannelInfo
 from eventbus.database import Database, Store, ci_equal, explain, ordered_join
 from eventbus.migrations import FLAG_TESTS, TEXT_SEARCH_CONFIG
 from eventbus.narrow import NarrowError, NarrowTerm, fts_query, highlight, highlight_text, search_words, tsquery
+from eventbus.schema import recipient_key
 from eventbus.users import UserStore, gravatar_url
 from eventbus.validation import excerpt
 
@@ -316,7 +317,7 @@ class MessageStore(Store):
         with self._db() as db:
             for stream in streams:
                 first = last = None
-                recipient_id = _recipient_id(db, f"stream:{stream.id}")
+                recipient_id = _recipient_id(db, recipient_key(stream.id))
                 if recipient_id is not None:
                     first, last = db.execute(select(func.min(messages.id), func.max(messages.id))
                                              .where(messages.recipient_id == recipient_id)).one()
@@ -329,7 +330,7 @@ class MessageStore(Store):
     def received_from(self, user_id: int, stream_id: int) -> bool:
         """Whether the user has a message of the stream (one they were subscribed to, then)."""
         with self._db() as db:
-            recipient_id = _recipient_id(db, f"stream:{stream_id}")
+            recipient_id = _recipient_id(db, recipient_key(stream_id))
             return recipient_id is not None and db.execute(
                 select(literal(1)).select_from(ordered_join(_m, _um, (_um.c.message_id == _m.c.id)
                                                             & (_um.c.user_id == user_id)))
@@ -617,8 +618,8 @@ def _insert(database: Database, db: Connection, messages: Sequence[NewMessage]) 
                .mappings()}
     if missing := {m.sender_id for m in messages} - senders.keys():
         raise ValueError(f"no user {min(missing)} to send a message")
-    keys = [f"stream:{m.stream.id}" if m.stream is not None else "private:" + ",".join(
-        str(uid) for uid in sorted(u["id"] for u in m.display_recipient)) for m in messages]
+    keys = [recipient_key(m.stream.id if m.stream is not None else None, (u["id"] for u in m.display_recipient))
+            for m in messages]
     recipient_ids = {key: _new_recipient_id(db, key) for key in dict.fromkeys(keys)}
     now = time.time()
     ids = database.insert_rows(db, schema.messages, [{
@@ -695,13 +696,13 @@ class _Narrow:
         operator, operand = term.operator, term.operand
         if operator == "channel":
             stream_id = self._id_of("channel", operand)
-            self.params[param] = _recipient_id(self.db, f"stream:{stream_id}") or 0
+            self.params[param] = _recipient_id(self.db, recipient_key(stream_id)) or 0
             return "recipient"
         if operator == "dm":
             users = operand if isinstance(operand, tuple) else (
                 [operand] if isinstance(operand, int) else [e for e in operand.split(",") if e.strip()])
-            ids = sorted({self._id_of("user", u) for u in users} | {user_id})
-            self.params[param] = _recipient_id(self.db, "private:" + ",".join(map(str, ids))) or 0
+            ids = {self._id_of("user", u) for u in users} | {user_id}
+            self.params[param] = _recipient_id(self.db, recipient_key(None, ids)) or 0
             return "recipient"
         if operator == "topic":
             self.params[param] = str(operand)

@@ -105,8 +105,8 @@ def _fill_recipients(connection: Connection) -> None:
     rows = connection.execute(select(messages.c.id, messages.c.stream_id, messages.c.display_recipient)
                               .where(messages.c.recipient_id.is_(None))).all()
     for message_id, stream_id, display in rows:
-        key = (f"stream:{stream_id}" if stream_id is not None else
-               "private:" + ",".join(str(uid) for uid in sorted(int(u["id"]) for u in codec.decode(display))))
+        key = schema.recipient_key(stream_id, () if stream_id is not None else
+                                   (int(u["id"]) for u in codec.decode(display)))
         recipient_id = connection.scalar(select(recipients.c.id).where(recipients.c.key == key))
         if recipient_id is None:
             recipient_id = connection.scalar(recipients.insert().values(key=key).returning(recipients.c.id))

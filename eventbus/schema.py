@@ -15,6 +15,8 @@ gets them on its next start (``migrations``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -79,7 +81,8 @@ subscriptions = Table(
     PrimaryKeyConstraint("stream_id", "user_id"),
 )
 
-#: A message's recipient, as in Zulip: ``stream:<id>``, or ``private:<user ids, sorted, comma-separated>``.
+#: A message's recipient, as in Zulip: ``stream:<id>``, or ``private:<user ids, sorted, comma-separated>``
+#: (``recipient_key``).
 recipients = Table(
     "recipients", metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
@@ -215,3 +218,11 @@ schema_migrations = Table(
     Column("name", Text, nullable=False),
     Column("applied_at", Float, nullable=False),
 )
+
+
+def recipient_key(stream_id: int | None, user_ids: Iterable[int] = ()) -> str:
+    """The key of a message's recipient (``recipients.key``): its stream's, or its private conversation's, whose
+    users (the sender among them) are ``user_ids``."""
+    if stream_id is not None:
+        return f"stream:{stream_id}"
+    return "private:" + ",".join(str(uid) for uid in sorted(set(user_ids)))
