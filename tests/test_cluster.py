@@ -39,12 +39,11 @@ from eventbus.users import User, UserStore
 from tests.conftest import require_rabbitmq, wait_for
 from tests.workers import ROOT, WorkerProcess, cli_env, run_cli
 
-#: Clients are back within this many seconds of losing a node (the issue's bound).
+#: Clients are back within this many seconds of losing a node (the issue's bound), killed or frozen. Frozen: the
+#: other nodes take it for gone after 2 s (net_ticktime) and elect new leaders, and a client whose channel stops
+#: confirming sends its publishes again on a new channel after 1.5 s; 4.4 to 4.8 s in five runs with both cores
+#: kept busy by two other processes.
 RECOVERY_SECONDS = 10.0
-#: ... of a node that stopped answering: the other nodes take it for gone after 3 s (net_ticktime), elect new
-#: leaders, then keep reconnecting to it (the TCP port of a stopped process still accepts) and wait on it again
-#: for up to 3 s each time. On this 2-core machine shared by other test runs, that has taken up to 12 s.
-FROZEN_RECOVERY_SECONDS = 20.0
 #: Per URL: a 2 s heartbeat (a silent node is dropped after 4 s), and a connection attempt to a frozen node
 #: given up after 5 s.
 URL_OPTIONS = "?heartbeat=2&stack_timeout=5"
@@ -274,8 +273,7 @@ def test_losing_the_leader_mid_stream_loses_no_confirmed_event(
             return bool(after_workers & set(processed(settings))) and bool(after_tornado & set(listener.received))
 
         try:
-            bound = FROZEN_RECOVERY_SECONDS if failure is freeze else RECOVERY_SECONDS
-            wait_for(back, timeout=bound, what="every client back after the loss of a node")
+            wait_for(back, timeout=RECOVERY_SECONDS, what="every client back after the loss of a node")
         finally:
             print(f"{failure.__name__}: after {time.monotonic() - lost:.1f} s, published since: "
                   f"{len(to_workers.since(lost))} to workers, {len(to_tornado.since(lost))} to Tornado; "

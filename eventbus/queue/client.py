@@ -75,10 +75,12 @@ DeadLetterCallback = Callable[[str, int, int, bytes], None]
 NACK_RETRIES = 10
 NACK_RETRY_SECONDS = 0.1
 NACK_RETRY_MAX_SECONDS = 2.0
-#: A publish not confirmed after this many seconds, on a live connection, is sent again on a new channel (see
-#: ``_watch_confirms``); looked at this often.
+#: Publishes are sent again on a new channel (see ``_watch_confirms``) when the channel confirmed nothing for
+#: this many seconds while some waited, or when one publish waited this long (others being confirmed); looked at
+#: this often.
+SILENT_CHANNEL_SECONDS = 1.5
 CONFIRM_PATIENCE_SECONDS = 5.0
-CONFIRM_CHECK_SECONDS = 1.0
+CONFIRM_CHECK_SECONDS = 0.5
 #: Heartbeat timeouts without a byte from the broker after which a connection counts as dead.
 SILENT_HEARTBEATS = 2
 #: RabbitMQ's reply code for a declare whose arguments differ from the existing queue's.
@@ -166,6 +168,7 @@ class AmqpClient:
         self._on_closed: Callable[[], None] | None = None
         self._held: deque[Publish] = deque()
         self._unconfirmed: OrderedDict[int, Publish] = OrderedDict()
+        self._last_confirm_at = 0.0  # when the last ack or nack came, on any channel
         self._nacked: list[Publish] = []  # refused; sent again on a new channel
         self._renew_timer: Any = None
         self._next_tag = 1
@@ -432,20 +435,26 @@ class AmqpClient:
             self._on_ready()
 
     def _watch_confirms(self, channel: pika.channel.Channel) -> None:
-        """Every second while ``channel`` is ours: renew it once its oldest publish waited too long for a confirm.
+        """While ``channel`` is ours: renew it once it stopped confirming, or its oldest publish waited too long.
 
         A quorum queue confirms in milliseconds once it has a leader. A channel
         of RabbitMQ 3.10 that sent publishes to a leader the cluster lost can
         leave them unanswered, neither confirmed nor refused, after the queue
-        has a new leader: sent again on a new channel, they go through.
+        has a new leader: sent again on a new channel, they go through. A
+        channel that keeps confirming is healthy however long its backlog, so
+        the short wait counts from its last confirm; the long one covers a
+        channel that confirms for one queue and not for another.
         """
         if channel is not self._channel or not self._ready:
             return
         oldest = next(iter(self._unconfirmed.values()), None)
-        waited = 0.0 if oldest is None else time.monotonic() - oldest.sent_at
-        if waited > CONFIRM_PATIENCE_SECONDS:
-            logger.warning("%s: RabbitMQ at %s confirmed no publish for %.1f s; sending %d again on a new channel",
-                           self.name, self.url, waited, len(self._unconfirmed))
+        now = time.monotonic()
+        waited = 0.0 if oldest is None else now - oldest.sent_at
+        silent = 0.0 if oldest is None else now - max(self._last_confirm_at, oldest.sent_at)
+        if silent > SILENT_CHANNEL_SECONDS or waited > CONFIRM_PATIENCE_SECONDS:
+            logger.warning("%s: RabbitMQ at %s confirmed nothing for %.1f s, and the oldest publish waited %.1f s; "
+                           "sending %d again on a new channel", self.name, self.url, silent, waited,
+                           len(self._unconfirmed))
             self._renew_channel()
             return
         self._loop.call_later(CONFIRM_CHECK_SECONDS, partial(self._watch_confirms, channel))
@@ -573,6 +582,7 @@ class AmqpClient:
         """Invoked by pika when RabbitMQ acks or nacks one publish, or all up to a tag."""
         method = frame.method
         nacked = isinstance(method, pika.spec.Basic.Nack)
+        self._last_confirm_at = time.monotonic()
         tag = method.delivery_tag
         if method.multiple:
             done = []

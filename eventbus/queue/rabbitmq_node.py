@@ -36,10 +36,10 @@ from typing import Any
 #: Where Debian's rabbitmq-server package puts the real start script.
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
-#: Nodes on one machine (development, the tests) take a peer that stopped answering for gone after 3 s, not the
+#: Nodes on one machine (development, the tests) take a peer that stopped answering for gone after 2 s, not the
 #: default 60: until then, quorum queues led by that node elect no new leader, and their consumers wait. When the
 #: peer answers again, the split is healed automatically (autoheal): the side that lost restarts and rejoins.
-NODE_CONFIG = "cluster_partition_handling = autoheal\nnet_ticktime = 3\n"
+NODE_CONFIG = "cluster_partition_handling = autoheal\nnet_ticktime = 2\n"
 #: A node that autoheal restarts waits for the winner's word to start again; on RabbitMQ 3.10 that word can be
 #: lost, and the node starts only when this wait times out (60 s by default).
 NODE_ADVANCED_CONFIG = "[{rabbit, [{autoheal_state_transition_timeout, 5000}]}].\n"
