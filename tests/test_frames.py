@@ -9,8 +9,10 @@ test_consume.py and by every consumer test.
 from __future__ import annotations
 
 import random
+import socket
 from typing import Any
 
+import pika.adapters.utils.io_services_utils as pika_io
 import pika.exceptions
 import pika.frame
 import pika.spec
@@ -51,10 +53,14 @@ class PikaSide:
         self.frames_received = 0
         self.bytes_sent = 0
         self.frames_sent = 0
+        self._transport: Any = None
         self.seen: list[Any] = []
 
     def _adapter_emit_data(self, data: bytes) -> None:
-        self.seen.append(("write", data))
+        if self._transport is not None:  # as pika's BaseConnection does
+            self._transport.write(data)
+        else:
+            self.seen.append(("write", data))
 
     def _process_frame(self, frame_value: Any) -> None:
         self.frames_received += 1
@@ -174,3 +180,61 @@ def test_the_frames_of_a_message_go_out_as_one_write() -> None:
     connection._output_marshaled_frames([heartbeat()])
     assert connection.seen == [("write", b"".join(frames)), ("write", heartbeat())]
     assert (connection.bytes_sent, connection.frames_sent) == (len(b"".join(frames)) + len(heartbeat()), 4)
+
+
+class Loop:
+    """The part of pika's I/O services a transport uses: it records whether the transport waits to write."""
+
+    def __init__(self) -> None:
+        self.writer: Any = None
+
+    def set_reader(self, fd: int, callback: Any) -> None:
+        pass
+
+    def set_writer(self, fd: int, callback: Any) -> None:
+        self.writer = callback
+
+    def remove_writer(self, fd: int) -> None:
+        self.writer = None
+
+
+def publish_frames(n: int) -> list[bytes]:
+    body = b'{"n": %d}' % n
+    return [pika.frame.Method(1, pika.spec.Basic.Publish(exchange="", routing_key="q")).marshal(),
+            pika.frame.Header(1, len(body), pika.spec.BasicProperties()).marshal(), pika.frame.Body(1, body).marshal()]
+
+
+def test_what_one_turn_of_the_loop_writes_leaves_in_one_send() -> None:
+    # A connection on pika's own plaintext transport, over a real socket pair
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    loop, connection = Loop(), Connection()
+    transport = pika_io._AsyncPlaintextTransport(ours, None, loop)
+    sends: list[int] = []
+    send = transport._sigint_safe_send
+    transport._sigint_safe_send = lambda sock, data: sends.append(len(data)) or send(sock, data)  # type: ignore
+    connection._transport = transport
+    try:
+        # When 200 messages and a heartbeat are written before the loop finds the socket writable
+        for n in range(200):
+            connection._output_marshaled_frames(publish_frames(n))
+        connection._output_marshaled_frames([heartbeat()])
+        assert loop.writer is not None
+        loop.writer()
+
+        # Then they left in order, in one send per 64 KiB at most, and the transport waits for nothing more
+        expected = b"".join(b"".join(publish_frames(n)) for n in range(200)) + heartbeat()
+        received = b""
+        while len(received) < len(expected):
+            received += theirs.recv(1 << 20)
+        assert received == expected
+        assert len(sends) == 1 + len(expected) // (64 * 1024)
+        assert loop.writer is None and transport.get_write_buffer_size() == 0
+        assert (connection.bytes_sent, connection.frames_sent) == (len(expected), 601)
+
+        # and the next write after that waits for the loop again, on its own
+        connection._output_marshaled_frames([heartbeat()])
+        assert loop.writer is not None and transport.get_write_buffer_size() == len(heartbeat())
+    finally:
+        ours.close()
+        theirs.close()
