@@ -75,7 +75,6 @@ from eventbus.contracts import (
     SLOW_QUERIES,
     TORNADO_RETURN,
     USER_ACTIVITY,
-    notices_in,
 )
 from eventbus.messages import MessageStore
 from eventbus.processors.queues.messages import MessageSenderWorker
@@ -431,13 +430,11 @@ class InProcess:
         for first in range(0, count, size):
             self.worker.consume_batch(events[first:first + size])
         seconds = time.perf_counter() - start
+        delivered = self.broker.purge(NOTIFY_TORNADO)
         if isinstance(self.broker, MemoryBroker):
-            delivered = sum(len(notices_in(m)) for m in _take(self.broker, NOTIFY_TORNADO))
             answered = sum(len(m["answers"]) for m in _take(self.broker, TORNADO_RETURN))
-        else:  # RabbitMQ: one confirmed message of notices and one of answers a batch
-            batches = math.ceil(count / size)
-            delivered = count if self.broker.purge(NOTIFY_TORNADO) == batches else 0
-            answered = count if self.broker.purge(TORNADO_RETURN) == batches else 0
+        else:  # RabbitMQ: one confirmed answer message a batch
+            answered = count if self.broker.purge(TORNADO_RETURN) == math.ceil(count / size) else 0
         if delivered != count or answered != count:
             raise BenchError(f"in process: {count} messages sent, {delivered} delivered, {answered} answered")
         return Run(seconds)

@@ -10,7 +10,6 @@ the wrong kind raises ``ContractError`` naming it: a ValueError, and a
 Queues and their events::
 
     notify_tornado                       Notice            an event for the clients of some users
-                                         notices_event     or several, in one message
     tornado_return[.<server>]            MessageResponse   a processor's answer to a submitted request
     message_sender                       MessageRequest    a message a client submitted through Tornado
     user_activity                        UserActivity      API requests of a user, client and endpoint
@@ -200,18 +199,6 @@ class Notice:
 
     def event(self) -> dict[str, Any]:
         return {"event": self.client_event, "users": list(self.users)}
-
-
-def notices_event(notices: Sequence[Notice]) -> dict[str, Any]:
-    """What a producer publishes to a notify queue for several notices at once: ``{"notices": [...]}``."""
-    return {"notices": [notice.event() for notice in notices]}
-
-
-def notices_in(message: Any) -> list[Any]:
-    """The notices a message of a notify queue carries, in order and not yet checked: a ``notices_event``'s, or
-    the message itself."""
-    batch = message.get("notices") if isinstance(message, dict) else None
-    return batch if isinstance(batch, list) else [message]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ at the boundary, into this tree::
      +-- EventEncodingError        an event is not JSON-serializable, or a body is not JSON
      +-- PermanentError            an event can never be processed: stored at once, never retried
      |    +-- ContractError        an event breaks its queue's contract (eventbus.contracts); names the field
-     +-- FailedItems               some events of a batch failed, the others were handled: each stored alone
      +-- BrokerError               anything between us and RabbitMQ
           +-- BrokerUnreachable    could not connect (within the retry budget)
           +-- PublishError         RabbitMQ did not take an event
@@ -21,8 +20,6 @@ at the boundary, into this tree::
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 
 class EventBusError(Exception):
@@ -48,28 +45,6 @@ class ContractError(PermanentError, ValueError):
     bad value; a PermanentError, so that a worker stores such an event at once:
     trying again cannot give it the field it lacks.
     """
-
-
-class FailedItems(EventBusError):
-    """Raised by a Tornado consumer's callback given a message of several events (a batch) when some of them
-    failed, after the others were handled: the queue client stores each failed one in the error store on its
-    own, so that replaying them repeats nothing that was done. ``failures``: (event, the exception) pairs."""
-
-    def __init__(self, failures: list[tuple[object, BaseException]], total: int) -> None:
-        super().__init__(f"{len(failures)} of {total} event(s) of a batch failed")
-        self.failures = failures
-
-    @classmethod
-    def handle_each(cls, items: list[object], handle: Callable[[object], object]) -> None:
-        """``handle(item)`` for every item, in order, whatever the others do; FailedItems for those that raised."""
-        failures: list[tuple[object, BaseException]] = []
-        for item in items:
-            try:
-                handle(item)
-            except Exception as e:
-                failures.append((item, e))
-        if failures:
-            raise cls(failures, len(items))
 
 
 class BrokerError(EventBusError):

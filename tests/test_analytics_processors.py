@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from eventbus.contracts import notices_in
 from eventbus.errors import BrokerUnreachable
 from eventbus.presence import PresenceStore, UserPresence
 from eventbus.processors.queues import analytics
@@ -54,11 +53,9 @@ def store(event_settings: Settings) -> AnalyticsStore:
 
 
 def take_notices(broker: MemoryBroker) -> list[dict[str, Any]]:
-    """Every notice waiting in notify_tornado, taken off the queue (those sent together come in one message)."""
+    """Every notice waiting in notify_tornado, taken off the queue."""
     taken: list[dict[str, Any]] = []
-    consumer = broker.consumer("notify_tornado", lambda messages: taken.extend(n for m in messages
-                                                                               for n in notices_in(m)),
-                               batch_size=100, on_idle=lambda: consumer.stop())
+    consumer = broker.consumer("notify_tornado", taken.extend, batch_size=100, on_idle=lambda: consumer.stop())
     consumer.run()
     return taken
 

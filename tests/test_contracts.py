@@ -30,8 +30,6 @@ from eventbus.contracts import (
     Signup,
     SlowQuery,
     UserActivity,
-    notices_event,
-    notices_in,
 )
 from eventbus.errors import ContractError, PermanentError
 from eventbus.messages import MessageStore
@@ -125,14 +123,6 @@ def test_an_error_quotes_a_huge_value_only_in_part() -> None:
     with pytest.raises(ContractError) as refused:
         UserActivity.from_event({"user_id": "7" * 1_000_000, "query": "/q"})
     assert len(str(refused.value)) < 300
-
-
-def test_notices_sent_together_are_one_message_that_gives_them_back_in_order() -> None:
-    notices = [Notice.of({"type": "custom", "n": n}, [n + 1]) for n in range(3)]
-    message = codec.decode(codec.encode(notices_event(notices)))
-    assert [Notice.from_event(n) for n in notices_in(message)] == notices
-    lone = notices[0].event()
-    assert notices_in(lone) == [lone]
 
 
 def test_a_producer_cannot_publish_an_event_that_breaks_its_contract(event_broker: MemoryBroker) -> None:

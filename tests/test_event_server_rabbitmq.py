@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 import zulip
 
-from eventbus.contracts import Notice, notices_event
 from eventbus.queue.rabbitmq import RabbitMQBroker
 from eventbus.queue.rabbitmq_node import free_port
 from eventbus.settings import Settings
-from eventbus.tornado_events import send_event, send_events
+from eventbus.tornado_events import send_event
 from eventbus.users import User, UserStore
 from tests.conftest import wait_for
 from tests.eventserver import ServerThread
@@ -94,37 +93,6 @@ def test_notice_that_cannot_be_processed_goes_to_the_error_store(server: ServerT
     assert "'users' holds 'iago'" in errors[0]["error"]
     assert errors[1]["raw"] == "not json at all"
     wait_for(lambda: broker.queue_info("notify_tornado").depth == 0, what="both acked")
-
-
-def test_events_sent_together_travel_as_one_message_and_arrive_in_one_answer(
-        server: ServerThread, broker: RabbitMQBroker, iago: User) -> None:
-    client = zulip_client(server, iago)
-    queue_id = client.register(event_types=["custom"])["queue_id"]
-    server.call(lambda: server.server.queue_client.stop_consuming(["notify_tornado"]))
-    # When a processor sends five events at once
-    send_events(broker, [({"type": "custom", "n": n}, [iago.id]) for n in range(5)])
-    # Then RabbitMQ holds one message for them, and the client gets all five, in order, in one answer
-    assert broker.queue_info("notify_tornado").depth == 1
-    server.call(lambda: server.server.queue_client.consume("notify_tornado", server.server.on_notice))
-    result = client.get_events(queue_id=queue_id, last_event_id=-1)
-    assert [e["n"] for e in result["events"]] == [0, 1, 2, 3, 4]
-
-
-def test_a_bad_notice_among_good_ones_goes_to_the_error_store_alone(server: ServerThread, broker: RabbitMQBroker,
-                                                                   iago: User) -> None:
-    client = zulip_client(server, iago)
-    queue_id = client.register(event_types=["custom"])["queue_id"]
-    good = [Notice.of({"type": "custom", "n": n}, [iago.id]) for n in range(3)]
-    batch = notices_event(good)
-    batch["notices"].insert(1, {"event": {"type": "custom", "n": "bad"}, "users": ["iago"]})
-    broker.publish("notify_tornado", batch)
-    wait_for(lambda: broker.error_store.count("notify_tornado") == 1, what="the bad notice in the error store")
-    [entry] = broker.error_store.read("notify_tornado")
-    assert entry["event"] == {"event": {"type": "custom", "n": "bad"}, "users": ["iago"]}
-    assert "'users' holds 'iago'" in entry["error"]
-    events = client.get_events(queue_id=queue_id, last_event_id=-1)["events"]
-    assert [e["n"] for e in events] == [0, 1, 2]
-    wait_for(lambda: broker.queue_info("notify_tornado").depth == 0, what="the batch acked")
 
 
 def test_runtornado_saves_its_queues_on_sigterm(amqp_settings: Settings, iago: User) -> None:

@@ -31,7 +31,7 @@ from tornado.ioloop import IOLoop
 
 from eventbus import codec
 from eventbus.contracts import check_queue_name
-from eventbus.errors import EventEncodingError, FailedItems
+from eventbus.errors import EventEncodingError
 from eventbus.queue.client import AmqpClient
 from eventbus.queue.declarations import DEAD_LETTER_REASON
 from eventbus.queue.error_store import ErrorStore, describe
@@ -59,9 +59,7 @@ class TornadoClient(ABC):
     - ``consume(queue, callback)`` calls ``callback(event)`` for each event and
       acks it after the callback returns (or its awaitable finishes). An event
       that is not JSON, or whose callback raises, is logged and moved to the
-      error store, then acked: it never wedges the consumer. A callback given
-      a batch raises ``FailedItems`` for the events of it that failed: each
-      is stored on its own.
+      error store, then acked: it never wedges the consumer.
     - ``statistics()`` is a plain record: the connection's state, and the
       consumed, failed and publish_failures counts.
     """
@@ -247,7 +245,8 @@ class TornadoQueueClient(TornadoClient):
         try:
             result = callback(event)
         except Exception as e:
-            self._store_failures(queue, ack, event, e)
+            error, trace = describe(e)
+            self._store_failure(queue, ack, event=event, error=error, traceback=trace)
             return
         if result is None:
             self.consumed += 1
@@ -283,31 +282,20 @@ class TornadoQueueClient(TornadoClient):
             self.consumed += 1
             ack()
             return
-        if error is None:
-            self._store_failure(queue, ack, event=event, error="cancelled", traceback=None)
-        else:
-            self._store_failures(queue, ack, event, error)
-
-    def _store_failures(self, queue: str, ack: Callable[[], None], event: Any, error: BaseException) -> None:
-        """The event's callback raised ``error``: store the event, or only the failed events of a batch, each on
-        its own entry; then ack."""
-        self._store_entries(queue, ack, failure_entries(event, error))
+        reason, trace = describe(error) if error is not None else ("cancelled", None)
+        self._store_failure(queue, ack, event=event, error=reason, traceback=trace)
 
     def _store_failure(self, queue: str, ack: Callable[[], None], **entry: Any) -> None:
         """Write the error store, then ack: the event is kept before it is let go."""
-        self._store_entries(queue, ack, [entry])
 
-    def _store_entries(self, queue: str, ack: Callable[[], None], entries: list[dict[str, Any]]) -> None:
-        """Write every entry to the error store, then ack the message they came from."""
-
-        def on_recorded(f: asyncio.Future[list[None]]) -> None:
+        def on_recorded(f: asyncio.Future[None]) -> None:
             if f.exception() is not None:
                 # Not acked: RabbitMQ keeps it and delivers it again after a reconnect.
                 logger.error("%s: could not write the error store for %s: %s", self.name, queue, f.exception())
                 return
             ack()
 
-        asyncio.gather(*(self._record(queue, **entry) for entry in entries)).add_done_callback(on_recorded)
+        asyncio.ensure_future(self._record(queue, **entry)).add_done_callback(on_recorded)
 
     async def stop_consuming(self, queues: Iterable[str] | None = None, timeout: float = 5.0) -> None:
         """Stop consuming ``queues`` (all by default) for good, then wait (up to ``timeout`` s) until every event
@@ -417,8 +405,8 @@ class MemoryTornadoClient(TornadoClient):
                 await result
             self.consumed += 1
         except Exception as e:
-            for entry in failure_entries(event, e):
-                await self._record(queue, **entry)
+            error, trace = describe(e)
+            await self._record(queue, event=event, error=error, traceback=trace)
         finally:
             done.set_result(None)
 
@@ -438,17 +426,6 @@ class MemoryTornadoClient(TornadoClient):
 
     def _connection_statistics(self) -> dict[str, Any]:
         return {"ready": self.ready, "consumers": sorted(self._consumers)}
-
-
-def failure_entries(event: Any, error: BaseException) -> list[dict[str, Any]]:
-    """The error store's entries for an event whose callback raised ``error``: the event's, or one for each
-    event of a batch that failed (``FailedItems``)."""
-    failures = error.failures if isinstance(error, FailedItems) else [(event, error)]
-    entries = []
-    for item, cause in failures:
-        reason, trace = describe(cause)
-        entries.append({"event": item, "error": reason, "traceback": trace})
-    return entries
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

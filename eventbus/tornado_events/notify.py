@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from eventbus.accounts import deactivated_user
-from eventbus.contracts import Notice, Recipient, notices_event, recipient
+from eventbus.contracts import Notice, Recipient, recipient
 from eventbus.queue import Broker
 from eventbus.sharding import Sharding
 
@@ -34,17 +34,12 @@ def send_event(broker: Broker, event: dict[str, Any], user_ids: Iterable[Recipie
 def send_events(broker: Broker, events: Sequence[tuple[dict[str, Any], Iterable[Recipient]]]) -> None:
     """``send_event`` for several events, in order, with pipelined confirms: one round trip for the lot.
 
-    The notices for one notify queue go out in one message (``notices_event``): RabbitMQ stores, delivers and
-    takes the ack of one message, and the event server gets them in one read, to answer each long-poll once.
     Every notice is checked before any is published: a bad one raises ContractError and none goes out.
     """
     sharding = broker.settings.sharding
-    by_queue: dict[str, list[Notice]] = {}
-    for event, user_ids in events:
-        for shard, part in split_notice(sharding, Notice.of(event, user_ids)).items():
-            by_queue.setdefault(sharding.notify_queue(shard), []).append(part)
-    routed = [(queue, parts[0].event() if len(parts) == 1 else notices_event(parts))
-              for queue, parts in by_queue.items()]
+    notices = [Notice.of(event, user_ids) for event, user_ids in events]
+    routed = [(sharding.notify_queue(shard), part.event())
+              for notice in notices for shard, part in split_notice(sharding, notice).items()]
     if routed:
         broker.publish_routed(routed)
 

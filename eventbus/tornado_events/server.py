@@ -32,9 +32,7 @@ from eventbus.contracts import (
     MESSAGE_SENDER,
     NOTIFY_TORNADO,
     Notice,
-    notices_in,
 )
-from eventbus.errors import FailedItems
 from eventbus.messages import MessageStore
 from eventbus.presence import PresenceStore
 from eventbus.queue import Broker, make_broker
@@ -191,22 +189,13 @@ class EventServer:
         own = self.settings.notify_queue
         return [own, NOTIFY_TORNADO] if own != NOTIFY_TORNADO else [own]
 
-    def on_notice(self, message: Any) -> None:
-        """Invoked for each message of this shard's notify queue: a notice, or several (``notices_event``); one
-        that fails does not stop the others, and goes to the error store alone (``FailedItems``)."""
-        FailedItems.handle_each(notices_in(message), self.notify)
+    def on_notice(self, notice: Any) -> None:
+        """Invoked for each event of this shard's notify queue."""
+        self.notify(notice)
 
-    async def on_notice_to_route(self, message: Any) -> None:
-        """Invoked for each message of the plain ``notify_tornado`` when sharded: as ``on_notice``."""
-        failures: list[tuple[object, BaseException]] = []
-        notices = notices_in(message)
-        for notice in notices:
-            try:
-                await self.route(notice)
-            except Exception as e:
-                failures.append((notice, e))
-        if failures:
-            raise FailedItems(failures, len(notices))
+    async def on_notice_to_route(self, notice: Any) -> None:
+        """Invoked for each event of the plain ``notify_tornado`` when sharded."""
+        await self.route(notice)
 
     async def route(self, notice: Any) -> int:
         """A notice that may concern other shards' users too (POSTed, or from the plain ``notify_tornado``):
