@@ -24,7 +24,7 @@ its own. The mixin joins a message's frames into one write, and joins that
 write to the one already waiting for the socket, if any: the transport sends
 when the loop next finds the socket writable, so everything written in one
 turn of the loop (a batch's publishes, a read's acks) leaves in one ``send``
-rather than three per message.
+rather than one per message.
 
 The frame layout is AMQP 0-9-1's (section 4.2.3 of the specification): a type
 octet, a channel short, a size long, the payload, and the end octet 0xCE.
