@@ -2,7 +2,7 @@
 
 Two fast paths go below public APIs on purpose (see docs/benchmarks.md for why):
 ``eventbus/queue/frames.py`` replaces two methods of pika's ``Connection`` and
-uses its frame buffer and counters; ``eventbus/tornado_events/websocket.py``
+uses its frame buffer, counters and transport; ``eventbus/tornado_events/websocket.py``
 writes its frames straight to the websocket connection's stream. setup.py
 pins the versions they were written for; when an upgrade changes one of these
 names anyway, these tests say which, instead of deliveries silently going
@@ -46,6 +46,8 @@ def test_pika_connection_state_that_frames_py_reads_and_writes_is_unchanged() ->
     connection = FastSelectConnection(pika.ConnectionParameters(host="127.0.0.1", port=1),
                                       internal_connection_workflow=False)
     assert isinstance(connection._frame_buffer, bytes), f"Connection._frame_buffer {UPGRADE_HINT}"
+    # frames.py joins writes to the one the transport holds (its buffers: tests/test_frames.py, on pika's own).
+    assert connection._transport is None, f"BaseConnection._transport {UPGRADE_HINT}"
     for counter in ("bytes_received", "frames_received", "bytes_sent", "frames_sent"):
         assert getattr(connection, counter, None) == 0, f"Connection.{counter} {UPGRADE_HINT}"
 

@@ -448,15 +448,15 @@ class AmqpClient:
         if channel is not self._channel or not self._ready:
             return
         oldest = next(iter(self._unconfirmed.values()), None)
-        now = time.monotonic()
-        waited = 0.0 if oldest is None else now - oldest.sent_at
-        silent = 0.0 if oldest is None else now - max(self._last_confirm_at, oldest.sent_at)
-        if silent > SILENT_CHANNEL_SECONDS or waited > CONFIRM_PATIENCE_SECONDS:
-            logger.warning("%s: RabbitMQ at %s confirmed nothing for %.1f s, and the oldest publish waited %.1f s; "
-                           "sending %d again on a new channel", self.name, self.url, silent, waited,
-                           len(self._unconfirmed))
-            self._renew_channel()
-            return
+        if oldest is not None:
+            now = time.monotonic()
+            waited, silent = now - oldest.sent_at, now - max(self._last_confirm_at, oldest.sent_at)
+            if silent > SILENT_CHANNEL_SECONDS or waited > CONFIRM_PATIENCE_SECONDS:
+                logger.warning("%s: RabbitMQ at %s confirmed nothing for %.1f s, and the oldest publish waited "
+                               "%.1f s; sending %d again on a new channel", self.name, self.url, silent, waited,
+                               len(self._unconfirmed))
+                self._renew_channel()
+                return
         self._loop.call_later(CONFIRM_CHECK_SECONDS, partial(self._watch_confirms, channel))
 
     def _on_channel_closed(self, channel: pika.channel.Channel, reason: BaseException) -> None:
